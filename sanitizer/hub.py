@@ -1,0 +1,74 @@
+"""Resolve model ids to local folders, offline. Torch-free.
+
+A model id ``org/name`` lives in ``<store>/org--name/`` (a plain Hugging Face folder:
+config.json, model.safetensors, tokenizer files). The store is ``$SANITIZER_MODEL_STORE``
+or ``~/.cache/sanitizer/models``. The Hugging Face hub cache is searched as a fallback.
+Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sanitizer.errors import UnknownModelError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def cache_dir() -> Path:
+    """Root of everything the project caches outside git (models, datasets)."""
+    return Path(os.environ.get("SANITIZER_CACHE", Path.home() / ".cache" / "sanitizer"))
+
+
+def model_store_dir() -> Path:
+    return Path(os.environ.get("SANITIZER_MODEL_STORE", cache_dir() / "models"))
+
+
+def _folder_name(model_id: str) -> str:
+    return model_id.replace("/", "--")
+
+
+def _hf_cache_candidates(model_id: str, revision: str | None) -> list[Path]:
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub = Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub"))
+    snapshots = hub / f"models--{_folder_name(model_id)}" / "snapshots"
+    if not snapshots.is_dir():
+        return []
+    if revision:
+        return [snapshots / revision]
+    return sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def resolve_model(model_id: str, revision: str | None = None) -> Path:
+    """Return the local folder of ``model_id``; raise UnknownModelError if it is not there."""
+    local = Path(model_id)
+    if local.is_absolute() and (local / "config.json").is_file():
+        return local
+    if not _ID_RE.match(model_id):
+        raise UnknownModelError(
+            f"'{model_id}' is not a valid model id",
+            hint="use a Hugging Face id like 'org/name' made of letters, digits, '.', '_' and '-'",
+        )
+    folder = model_store_dir() / _folder_name(model_id)
+    if (folder / "config.json").is_file():
+        return folder
+    for cand in _hf_cache_candidates(model_id, revision):
+        if (cand / "config.json").is_file():
+            return cand
+    available = ", ".join(list_models()) or "none"
+    raise UnknownModelError(
+        f"base model '{model_id}' is not available on this server (available: {available})",
+        hint="run `sanitizer assets` to install the bundled models, or copy a Hugging Face "
+        f"folder to {folder}",
+    )
+
+
+def list_models() -> list[str]:
+    store = model_store_dir()
+    if not store.is_dir():
+        return []
+    return sorted(
+        p.name.replace("--", "/", 1) for p in store.iterdir() if (p / "config.json").is_file()
+    )
