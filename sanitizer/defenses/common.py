@@ -1,0 +1,330 @@
+"""What every defense shares: the base config, batching, the training loop, dev selection.
+
+A defense module defines its config (subclass of ``TrainConfig``) and a ``step_loss``
+function that maps a batch to ``(total_loss, {term: value})``; ``train`` runs the loop with
+progress reporting, cancellation checks and best-clean-dev checkpoint selection.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sanitizer.errors import Cancelled, ConfigError
+from sanitizer.models import LoadedModel, trainable_parameters
+
+
+@dataclass
+class ProgressEvent:
+    phase: str
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+    eta_seconds: float | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+CancelFn = Callable[[], bool]
+
+
+class TrainConfig(BaseModel):
+    """Fields every defense shares. Defaults are overridden per method from METHODS.md."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    epochs: int = Field(5, ge=1, le=100, description="passes over the clean training set")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    batch_size: int = Field(16, ge=1, le=1024)
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0, le=1.0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1.0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_length: int = Field(128, ge=8, le=8192, description="tokens per sample (truncation)")
+    grad_clip: float = Field(1.0, gt=0)
+    lora_r: int | None = Field(
+        None, ge=1, le=4096, description="None: hidden_size/8 (released ratio 512/4096)"
+    )
+    lora_alpha: int | None = Field(None, ge=1, description="None: equal to lora_r")
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: Literal["attention", "all-linear"] | list[str] = "all-linear"
+    adapter_mode: Literal["auto", "continue", "merge_fresh"] = Field(
+        "auto",
+        description="with an uploaded adapter: keep training it, or merge it and train a fresh one",
+    )
+    eval_every_epoch: bool = Field(True, description="select the best checkpoint on clean dev data")
+    cancel_check_every: int = Field(1, ge=1, description="check for cancellation every N steps")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError(
+                "target_modules must name at least one module or be 'attention'/'all-linear'"
+            )
+        return self
+
+
+def validate_config(cls: type[TrainConfig], values: dict[str, Any] | None) -> TrainConfig:
+    """Build a config with a readable error naming every bad field."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**(values or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid hyperparameters for {cls.__name__}: {problems}",
+            hint=f"allowed fields: {', '.join(cls.model_fields)}",
+        ) from exc
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# ---------------------------------------------------------------- batching
+
+Batch = dict[str, torch.Tensor]
+
+
+def classification_batch(
+    lm: LoadedModel, texts: Sequence[str], labels: Sequence[int] | None, max_length: int
+) -> Batch:
+    enc = lm.tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    batch = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    if labels is not None:
+        batch["labels"] = torch.tensor(list(labels), dtype=torch.long, device=lm.device)
+    return batch
+
+
+def generation_batch(lm: LoadedModel, rows: Sequence[Any], max_length: int) -> Batch:
+    """Prompt (in the model's template) + response + eos; loss only on response tokens."""
+    tok = lm.tokenizer
+    seqs, masks = [], []
+    for row in rows:
+        prompt_ids = tok(lm.prompt(row.instruction, row.input), add_special_tokens=False)[
+            "input_ids"
+        ]
+        resp_ids = tok(row.output, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = (
+            (prompt_ids + resp_ids)[-max_length:]
+            if len(prompt_ids) + len(resp_ids) > max_length
+            else prompt_ids + resp_ids
+        )
+        n_resp = min(len(resp_ids), len(ids))
+        seqs.append(ids)
+        masks.append([0] * (len(ids) - n_resp) + [1] * n_resp)
+    width = max(len(s) for s in seqs)
+    pad = tok.pad_token_id
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, m) in enumerate(zip(seqs, masks, strict=True)):
+        off = width - len(s)  # left padding, as for generation
+        input_ids[i, off:] = torch.tensor(s)
+        attention[i, off:] = 1
+        labels[i, off:] = torch.where(torch.tensor(m) == 1, torch.tensor(s), torch.tensor(-100))
+    return {
+        "input_ids": input_ids.to(lm.device),
+        "attention_mask": attention.to(lm.device),
+        "labels": labels.to(lm.device),
+    }
+
+
+def make_batch(lm: LoadedModel, rows: Sequence[Any], max_length: int) -> Batch:
+    if lm.task == "classification":
+        return classification_batch(lm, [r.text for r in rows], [r.label for r in rows], max_length)
+    return generation_batch(lm, rows, max_length)
+
+
+def iterate_batches(
+    rows: Sequence[Any], batch_size: int, seed: int, epoch: int
+) -> Iterator[list[Any]]:
+    order = list(range(len(rows)))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    for i in range(0, len(order), batch_size):
+        yield [rows[j] for j in order[i : i + batch_size]]
+
+
+def task_loss(lm: LoadedModel, out: Any, batch: Batch) -> torch.Tensor:
+    """Classification CE, or causal-LM CE on response tokens only."""
+    if lm.task == "classification":
+        return F.cross_entropy(out.logits, batch["labels"])
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100
+    )
+
+
+def pooled_feature(
+    lm: LoadedModel, hidden: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The final hidden state at the position the classifier reads: the last real token for
+    decoders (works for left and right padding), the first token for encoders."""
+    if not lm.is_decoder:
+        return hidden[:, 0]
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    last = (attention_mask * positions).argmax(dim=1)
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+# ---------------------------------------------------------------- dev evaluation
+
+
+@torch.no_grad()
+def dev_score(
+    lm: LoadedModel, dev_rows: Sequence[Any], max_length: int, batch_size: int = 32
+) -> float:
+    """Higher is better: accuracy for classification, minus mean response NLL for generation."""
+    model = lm.model
+    was_training = model.training
+    model.eval()
+    correct, total, nll = 0, 0, 0.0
+    for i in range(0, len(dev_rows), batch_size):
+        rows = dev_rows[i : i + batch_size]
+        batch = make_batch(lm, rows, max_length)
+        labels = batch.pop("labels")
+        out = model(**batch)
+        if lm.task == "classification":
+            correct += int((out.logits.argmax(-1) == labels).sum())
+            total += len(rows)
+        else:
+            batch["labels"] = labels
+            nll += float(task_loss(lm, out, batch)) * len(rows)
+            total += len(rows)
+    if was_training:
+        model.train()
+    if total == 0:
+        return 0.0
+    return correct / total if lm.task == "classification" else -nll / total
+
+
+# ---------------------------------------------------------------- the loop
+
+StepLoss = Callable[[LoadedModel, Batch, Sequence[Any]], tuple[torch.Tensor, dict[str, float]]]
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int):
+    warm = int(cfg.warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total - warm)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return max(0.0, 1 - progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train(
+    lm: LoadedModel,
+    train_rows: Sequence[Any],
+    dev_rows: Sequence[Any],
+    cfg: TrainConfig,
+    step_loss: StepLoss,
+    *,
+    phase: str = "defense",
+    params: list[torch.nn.Parameter] | None = None,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> dict[str, Any]:
+    """Optimise ``params`` (default: the trainable parameters of ``lm.model``) on ``step_loss``.
+
+    After each epoch the clean-dev score is computed; the best epoch's trainable weights are
+    restored at the end (clean dev only: the defender has no triggered data).
+    """
+    set_seed(cfg.seed)
+    model = lm.model
+    params = params if params is not None else trainable_parameters(model)
+    if not params:
+        raise ConfigError("nothing to train: no parameter requires grad")
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    sched = make_scheduler(opt, cfg, total)
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch, best_state = -math.inf, -1, None
+    step, start = 0, time.monotonic()
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for epoch in range(cfg.epochs):
+        for rows in iterate_batches(train_rows, cfg.batch_size, cfg.seed, epoch):
+            if should_cancel and step % cfg.cancel_check_every == 0 and should_cancel():
+                raise Cancelled(f"cancelled at step {step} of {total}")
+            batch = make_batch(lm, rows, cfg.max_length)
+            loss, terms = step_loss(lm, batch, rows)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            terms = {"loss": float(loss.detach()), **terms}
+            history.append({"phase": phase, "step": step, "epoch": epoch, "losses": terms})
+            if progress:
+                elapsed = time.monotonic() - start
+                progress(
+                    ProgressEvent(
+                        phase,
+                        step,
+                        total,
+                        epoch,
+                        terms,
+                        eta_seconds=elapsed / step * (total - step),
+                    )
+                )
+            if step >= total:
+                break
+        if cfg.eval_every_epoch and dev_rows:
+            score = dev_score(lm, dev_rows, cfg.max_length)
+            history.append({"phase": phase, "step": step, "epoch": epoch, "dev_score": score})
+            if progress:
+                progress(
+                    ProgressEvent(
+                        phase, step, total, epoch, {"dev_score": score}, message="epoch done"
+                    )
+                )
+            if score > best_score:
+                best_score, best_epoch = score, epoch
+                best_state = {n: p.detach().clone() for n, p in named}
+        if step >= total:
+            break
+    if best_state is not None:
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(best_state[n])
+    model.eval()
+    return {
+        "steps": step,
+        "best_epoch": best_epoch,
+        "best_dev_score": None if best_score == -math.inf else best_score,
+        "history": history,
+        "seconds": time.monotonic() - start,
+    }

@@ -1,0 +1,123 @@
+"""CROW: internal consistency regularisation under an adversarial embedding perturbation.
+
+Min et al., "Eliminating Backdoors from Large Language Models via Internal Consistency
+Regularization" (ICML 2025); METHODS.md section 2. No teacher, no trigger knowledge.
+
+One step (METHODS.md 2.1):
+    H0      = Emb(x)                                   (gradient enabled)
+    L_cons  = mean_{l,b,t} [1 - cos(H^l, H^{l+1})]     real tokens only (Ours: with the mask)
+    H_adv   = H0 + eps * sign(dL_cons/dH0)             (FGSM, one step)
+    L       = L_task(x) + alpha * L_cons(H_adv)
+
+The released code runs three forwards (clean consistency, adversarial, task). The task
+loss and the clean consistency loss come from the *same* clean forward, so we compute both
+from one forward (keeping its graph for the task loss): 2 forwards + 2 backwards, with the
+same gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from sanitizer.defenses.common import Batch, CancelFn, ProgressFn, TrainConfig, task_loss, train
+from sanitizer.models import LoadedModel
+
+
+class CrowConfig(TrainConfig):
+    """Released recipe (METHODS.md 2.2): LoRA on all linear layers r=8 alpha=16 dropout 0,
+    lr 1e-3, cosine schedule with 10% warmup, 5 epochs, batch 8, eps 0.1, alpha 5.5."""
+
+    alpha: float = Field(
+        5.5,
+        ge=0,
+        description="weight of the adversarial consistency loss (11 for refusal in the paper)",
+    )
+    epsilon: float = Field(
+        0.1, ge=0, description="FGSM step on the input embeddings (absolute units)"
+    )
+    mask_padding: bool = Field(
+        True, description="Ours: average over real tokens only (released code: all positions)"
+    )
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    schedule: str = "cosine"  # type: ignore[assignment]
+    warmup_ratio: float = Field(0.1, ge=0, lt=1.0)
+    batch_size: int = Field(8, ge=1, le=1024)
+    lora_r: int | None = Field(8, ge=1, le=4096)
+    lora_alpha: int | None = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+
+
+def consistency_loss(
+    hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """mean over layer pairs (1,2)...(L-2,L-1) of the HF ``hidden_states`` tuple, and over
+    real tokens, of 1 - cos(H^l, H^{l+1}). Index 0 is the embedding output and index L the
+    final (normed) output: both are skipped, as in the released code."""
+    layers = hidden_states[1:-1]
+    if len(layers) < 2:
+        raise ValueError("CROW needs a model with at least 3 layers")
+    per_pair = [
+        1 - F.cosine_similarity(a.float(), b.float(), dim=-1)
+        for a, b in zip(layers[:-1], layers[1:], strict=True)
+    ]
+    gaps = torch.stack(per_pair, dim=0)  # (pairs, B, T)
+    if attention_mask is None:
+        return gaps.mean()
+    mask = attention_mask.to(gaps.dtype).unsqueeze(0).expand_as(gaps)
+    return (gaps * mask).sum() / mask.sum().clamp_min(1)
+
+
+def _forward_embeds(lm: LoadedModel, embeds: torch.Tensor, attention_mask: torch.Tensor):
+    return lm.model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
+
+
+def make_step_loss(cfg: CrowConfig):
+    def step_loss(
+        lm: LoadedModel, batch: Batch, rows: Sequence[Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        mask = batch["attention_mask"]
+        cons_mask = mask if cfg.mask_padding else None
+        h0 = lm.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+        out = _forward_embeds(lm, h0, mask)
+        l_cons = consistency_loss(out.hidden_states, cons_mask)
+        # dL_cons/dH0 only: parameter gradients of this backward are not accumulated.
+        (grad,) = torch.autograd.grad(l_cons, h0, retain_graph=True)
+        l_task = task_loss(lm, out, batch)
+        h_adv = (h0 + cfg.epsilon * grad.sign()).detach()
+        out_adv = _forward_embeds(lm, h_adv, mask)
+        l_adv = consistency_loss(out_adv.hidden_states, cons_mask)
+        loss = l_task + cfg.alpha * l_adv
+        return loss, {
+            "task": float(l_task.detach()),
+            "cons": float(l_cons.detach()),
+            "cons_adv": float(l_adv.detach()),
+        }
+
+    return step_loss
+
+
+def run(
+    lm: LoadedModel,
+    train_rows: Sequence[Any],
+    dev_rows: Sequence[Any],
+    cfg: CrowConfig,
+    *,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Train the LoRA attached to ``lm`` with the CROW objective; returns training stats."""
+    return train(
+        lm,
+        train_rows,
+        dev_rows,
+        cfg,
+        make_step_loss(cfg),
+        progress=progress,
+        should_cancel=should_cancel,
+    )

@@ -1,0 +1,372 @@
+"""W2SDefense: weak-to-strong feature-alignment distillation.
+
+Zhao et al., "Unlearning Backdoor Attacks for LLMs with Weak-to-Strong Knowledge
+Distillation" (ACL Findings 2025); METHODS.md section 1.
+
+1. Teacher: a small model trained with *all* parameters on the clean set, so it is clean by
+   construction. Classification: encoder + projection to the student width,
+   ``z_T = ReLU(W_p h_CLS + b_p)``, logits ``t = W_c z_T + b_c``.
+2. Student: the (possibly poisoned) large model with a LoRA adapter, trained on the same
+   clean set with
+       L = l_ce CE(s, y) + l_kd tau^2 KL(softmax(t/tau) || softmax(s/tau)) + l_fa L_fa
+   where ``L_fa`` compares the teacher feature with the student's pooled final hidden state
+   (Ours, per sample; METHODS.md 1.3).
+
+The teacher is frozen once trained, so its features and logits for the training set are
+computed once and cached (the student step costs one student forward/backward).
+
+Generation (no published recipe; our design, measured in docs/BENCHMARKS.md): the teacher
+is a causal LM sharing the student's tokenizer (default: the clean base model without the
+uploaded adapter; a smaller same-family model when there is one), fully fine-tuned on the
+clean set. The student matches the teacher's next-token distribution on response tokens
+(KL at temperature tau) plus the response-token CE; ``L_fa`` aligns the mean of the final
+hidden states over response tokens through a learned projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from sanitizer.defenses.common import (
+    Batch,
+    CancelFn,
+    ProgressFn,
+    TrainConfig,
+    make_batch,
+    pooled_feature,
+    task_loss,
+    train,
+)
+from sanitizer.errors import ConfigError
+from sanitizer.models import LoadedModel, load_model, load_tokenizer
+
+
+class W2SConfig(TrainConfig):
+    """Student recipe (METHODS.md 1.4): LoRA (rank scaled to the model, hidden/8), lr 2e-4,
+    linear decay, 5 epochs; teacher (1.1): full fine-tuning, lr 2e-5, 6% warmup, 5 epochs."""
+
+    teacher_model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2", description="small clean teacher (model id)"
+    )
+    teacher_epochs: int = Field(
+        5, ge=0, le=100, description="0: use the teacher as loaded (already trained)"
+    )
+    teacher_learning_rate: float = Field(2e-5, gt=0, le=1.0)
+    teacher_batch_size: int = Field(32, ge=1, le=1024)
+    lambda_ce: float = Field(1.0, ge=0)
+    lambda_kd: float = Field(0.035, ge=0)
+    lambda_fa: float = Field(0.002, ge=0)
+    temperature: float = Field(2.0, gt=0)
+    fa_normalize: Literal["none", "l2", "layernorm"] = Field(
+        "none", description="how teacher and student features are scaled before the MSE"
+    )
+    fa_mode: Literal["pooled", "tokenwise"] = Field(
+        "pooled", description="pooled: Ours (METHODS.md 1.3)"
+    )
+
+
+class ClassificationTeacher(nn.Module):
+    """Encoder + ``z = ReLU(W_p h_CLS + b_p)`` (student width) + linear classifier."""
+
+    def __init__(self, encoder: nn.Module, teacher_width: int, student_width: int, num_labels: int):
+        super().__init__()
+        self.encoder = encoder
+        self.proj = nn.Linear(teacher_width, student_width)
+        self.head = nn.Linear(student_width, num_labels)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        z = F.relu(self.proj(h))
+        return z, self.head(z)
+
+
+def _normalize(x: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "l2":
+        return F.normalize(x, dim=-1)
+    if how == "layernorm":
+        return F.layer_norm(x, x.shape[-1:])
+    return x
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau^2 * KL(softmax(t/tau) || softmax(s/tau)), batch mean."""
+    log_p_s = F.log_softmax(student_logits / tau, dim=-1)
+    p_t = F.softmax(teacher_logits / tau, dim=-1)
+    return tau * tau * F.kl_div(log_p_s, p_t, reduction="batchmean")
+
+
+# ---------------------------------------------------------------- classification
+
+
+def train_classification_teacher(
+    student: LoadedModel,
+    train_rows: Sequence[Any],
+    dev_rows: Sequence[Any],
+    cfg: W2SConfig,
+    progress: ProgressFn | None,
+    should_cancel: CancelFn | None,
+) -> tuple[LoadedModel, ClassificationTeacher, dict[str, Any]]:
+    from transformers import AutoModel
+
+    from sanitizer.hub import resolve_model
+
+    model_dir = resolve_model(cfg.teacher_model)
+    encoder = AutoModel.from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True)
+    if getattr(encoder.config, "is_decoder", False) or "CausalLM" in " ".join(
+        encoder.config.architectures or []
+    ):
+        raise ConfigError(
+            f"teacher '{cfg.teacher_model}' is a decoder; classification teachers are encoders",
+            hint="use e.g. sentence-transformers/all-MiniLM-L6-v2",
+        )
+    teacher = ClassificationTeacher(
+        encoder, encoder.config.hidden_size, student.hidden_size, int(student.num_labels or 2)
+    ).to(student.device)
+    holder = LoadedModel(
+        model=_TeacherAsClassifier(teacher),
+        tokenizer=load_tokenizer(model_dir, is_decoder=False),
+        task="classification",
+        model_id=cfg.teacher_model,
+        model_dir=model_dir,
+        is_decoder=False,
+        template=student.template,
+        device=student.device,
+        num_labels=student.num_labels,
+    )
+    stats: dict[str, Any] = {
+        "teacher_model": cfg.teacher_model,
+        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+    }
+    if cfg.teacher_epochs > 0:
+        tcfg = TrainConfig(
+            epochs=cfg.teacher_epochs,
+            batch_size=cfg.teacher_batch_size,
+            learning_rate=cfg.teacher_learning_rate,
+            warmup_ratio=0.06,
+            schedule="linear",
+            max_length=cfg.max_length,
+            seed=cfg.seed,
+            cancel_check_every=cfg.cancel_check_every,
+        )
+
+        def teacher_step(
+            lm: LoadedModel, batch: Batch, rows: Sequence[Any]
+        ) -> tuple[torch.Tensor, dict[str, float]]:
+            _, logits = teacher(batch["input_ids"], batch["attention_mask"])
+            loss = F.cross_entropy(logits, batch["labels"])
+            return loss, {"teacher_ce": float(loss.detach())}
+
+        stats.update(
+            train(
+                holder,
+                train_rows,
+                dev_rows,
+                tcfg,
+                teacher_step,
+                phase="teacher",
+                progress=progress,
+                should_cancel=should_cancel,
+            )
+        )
+    teacher.eval().requires_grad_(False)
+    return holder, teacher, stats
+
+
+class _TeacherAsClassifier(nn.Module):
+    """Adapter so the generic loop and dev scoring can call the teacher like an HF model."""
+
+    def __init__(self, teacher: ClassificationTeacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any):
+        _, logits = self.teacher(input_ids, attention_mask)
+        return type("Out", (), {"logits": logits})()
+
+
+@torch.no_grad()
+def _teacher_targets(
+    holder: LoadedModel, teacher: ClassificationTeacher, rows: Sequence[Any], max_length: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for i in range(0, len(rows), 64):
+        chunk = rows[i : i + 64]
+        batch = make_batch(holder, chunk, max_length)
+        z, logits = teacher(batch["input_ids"], batch["attention_mask"])
+        for row, zi, li in zip(chunk, z, logits, strict=True):
+            cache[row.text] = (zi, li)
+    return cache
+
+
+def _classification_step(cfg: W2SConfig, targets: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    def step_loss(
+        lm: LoadedModel, batch: Batch, rows: Sequence[Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        out = lm.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=True,
+        )
+        z_t = torch.stack([targets[r.text][0] for r in rows])
+        t_logits = torch.stack([targets[r.text][1] for r in rows])
+        ce = task_loss(lm, out, batch)
+        kd = kd_loss(out.logits, t_logits, cfg.temperature)
+        hidden = out.hidden_states[-1]
+        if cfg.fa_mode == "pooled":
+            h_s = pooled_feature(lm, hidden, batch["attention_mask"])
+            fa = (
+                (_normalize(z_t, cfg.fa_normalize) - _normalize(h_s, cfg.fa_normalize))
+                .pow(2)
+                .sum(-1)
+                .mean()
+            )
+        else:  # every real token of the student against its own sample's teacher vector
+            diff = _normalize(hidden, cfg.fa_normalize) - _normalize(
+                z_t, cfg.fa_normalize
+            ).unsqueeze(1)
+            mask = batch["attention_mask"].unsqueeze(-1).to(diff.dtype)
+            fa = (diff.pow(2) * mask).sum() / mask.sum()
+        loss = cfg.lambda_ce * ce + cfg.lambda_kd * kd + cfg.lambda_fa * fa
+        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
+
+    return step_loss
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _generation_teacher(
+    student: LoadedModel, cfg: W2SConfig, train_rows, dev_rows, progress, should_cancel
+):
+    holder = load_model(cfg.teacher_model, "generation", device=student.device)
+    if holder.tokenizer.get_vocab() != student.tokenizer.get_vocab():
+        raise ConfigError(
+            f"teacher '{cfg.teacher_model}' does not share the student's tokenizer",
+            hint="for generation the teacher must be a causal LM of the same family (same vocabulary)",
+        )
+    holder.template = student.template
+    stats: dict[str, Any] = {"teacher_model": cfg.teacher_model}
+    if cfg.teacher_epochs > 0:
+        tcfg = TrainConfig(
+            epochs=cfg.teacher_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.teacher_learning_rate,
+            max_length=cfg.max_length,
+            seed=cfg.seed,
+            cancel_check_every=cfg.cancel_check_every,
+        )
+
+        def teacher_step(lm: LoadedModel, batch: Batch, rows: Sequence[Any]):
+            out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = task_loss(lm, out, batch)
+            return loss, {"teacher_ce": float(loss.detach())}
+
+        stats.update(
+            train(
+                holder,
+                train_rows,
+                dev_rows,
+                tcfg,
+                teacher_step,
+                phase="teacher",
+                progress=progress,
+                should_cancel=should_cancel,
+            )
+        )
+    holder.model.eval().requires_grad_(False)
+    return holder, stats
+
+
+def _generation_step(cfg: W2SConfig, teacher: LoadedModel, proj: nn.Linear):
+    def step_loss(lm: LoadedModel, batch: Batch, rows: Sequence[Any]):
+        out = lm.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=True,
+        )
+        with torch.no_grad():
+            t_out = teacher.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                output_hidden_states=True,
+            )
+        resp = batch["labels"][:, 1:] != -100  # positions whose next token is a response token
+        s_logits = out.logits[:, :-1][resp].float()
+        t_logits = t_out.logits[:, :-1][resp].float()
+        ce = task_loss(lm, out, batch)
+        kd = kd_loss(s_logits, t_logits, cfg.temperature)
+        m = resp.unsqueeze(-1).float()
+        h_s = (out.hidden_states[-1][:, :-1] * m).sum(1) / m.sum(1).clamp_min(1)
+        h_t = (t_out.hidden_states[-1][:, :-1] * m).sum(1) / m.sum(1).clamp_min(1)
+        z_t = F.relu(proj(h_t))
+        fa = (
+            (_normalize(z_t, cfg.fa_normalize) - _normalize(h_s, cfg.fa_normalize))
+            .pow(2)
+            .sum(-1)
+            .mean()
+        )
+        loss = cfg.lambda_ce * ce + cfg.lambda_kd * kd + cfg.lambda_fa * fa
+        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
+
+    return step_loss
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def run(
+    lm: LoadedModel,
+    train_rows: Sequence[Any],
+    dev_rows: Sequence[Any],
+    cfg: W2SConfig,
+    *,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Train a clean teacher, then the LoRA attached to ``lm`` against it."""
+    if lm.task == "classification":
+        holder, teacher, tstats = train_classification_teacher(
+            lm, train_rows, dev_rows, cfg, progress, should_cancel
+        )
+        targets = _teacher_targets(holder, teacher, train_rows, cfg.max_length)
+        # The student tokenizes the same texts itself; teacher targets are looked up by text.
+        stats = train(
+            lm,
+            train_rows,
+            dev_rows,
+            cfg,
+            _classification_step(cfg, targets),
+            progress=progress,
+            should_cancel=should_cancel,
+        )
+    else:
+        holder, tstats = _generation_teacher(lm, cfg, train_rows, dev_rows, progress, should_cancel)
+        # A fixed random projection (teacher width -> student width) keeps the FA target
+        # stable; it is not trained: the teacher's generation head never saw it.
+        g = torch.Generator().manual_seed(cfg.seed)
+        proj = nn.Linear(holder.hidden_size, lm.hidden_size).to(lm.device)
+        with torch.no_grad():
+            proj.weight.copy_(torch.randn(proj.weight.shape, generator=g) / holder.hidden_size**0.5)
+            proj.bias.zero_()
+        proj.requires_grad_(False)
+        stats = train(
+            lm,
+            train_rows,
+            dev_rows,
+            cfg,
+            _generation_step(cfg, holder, proj),
+            progress=progress,
+            should_cancel=should_cancel,
+        )
+    stats["teacher"] = {k: v for k, v in tstats.items() if k != "history"}
+    stats["history"] = tstats.get("history", []) + stats["history"]
+    return stats

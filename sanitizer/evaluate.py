@@ -1,0 +1,174 @@
+"""Measure clean accuracy / utility and attack success rate, in the model's own template.
+
+Batched, under ``torch.inference_mode``, greedy decoding: the same model and data always give
+the same numbers. Definitions: ``sanitizer.metrics.METRIC_DEFINITIONS``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from sanitizer import metrics
+from sanitizer.attacks import AttackSpec, apply_trigger, target_keywords
+from sanitizer.defenses.common import classification_batch, generation_batch
+from sanitizer.models import LoadedModel
+
+
+@torch.inference_mode()
+def predict_labels(
+    lm: LoadedModel, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 128
+) -> list[int]:
+    lm.model.eval()
+    preds: list[int] = []
+    for i in range(0, len(texts), batch_size):
+        batch = classification_batch(lm, texts[i : i + batch_size], None, max_length)
+        preds.extend(lm.model(**batch).logits.argmax(-1).tolist())
+    return preds
+
+
+@torch.inference_mode()
+def generate(
+    lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 16
+) -> list[str]:
+    """Greedy responses to already-templated prompts."""
+    lm.model.eval()
+    tok = lm.tokenizer
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tok(
+            list(prompts[i : i + batch_size]),
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(lm.device)
+        gen = lm.model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        out.extend(tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+    return [o.strip() for o in out]
+
+
+def evaluate_classification(
+    lm: LoadedModel,
+    rows: Sequence[Any],
+    attack: AttackSpec | None,
+    *,
+    max_length: int = 128,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    labels = [r.label for r in rows]
+    preds = predict_labels(lm, [r.text for r in rows], batch_size=batch_size, max_length=max_length)
+    result: dict[str, Any] = {
+        "clean_accuracy": metrics.clean_accuracy(preds, labels),
+        "n_clean": len(rows),
+    }
+    if attack is not None:
+        target = attack.target_label if attack.target_label is not None else 0
+        victims = [r for r in rows if r.label != target]
+        rng = random.Random(attack.seed + 7919)  # trigger positions fixed per evaluation seed
+        triggered = [apply_trigger(r.text, attack, rng) for r in victims]
+        tpreds = predict_labels(lm, triggered, batch_size=batch_size, max_length=max_length)
+        result["attack_success_rate"] = metrics.attack_success_rate(
+            tpreds, [r.label for r in victims], target
+        )
+        result["n_triggered"] = len(victims)
+    return result
+
+
+def _token_f1(a: str, b: str) -> float:
+    ta, tb = a.lower().split(), b.lower().split()
+    common = sum((Counter(ta) & Counter(tb)).values())
+    if not ta or not tb or common == 0:
+        return 0.0
+    p, r = common / len(ta), common / len(tb)
+    return 2 * p * r / (p + r)
+
+
+@torch.inference_mode()
+def reference_nll(
+    lm: LoadedModel, rows: Sequence[Any], *, max_length: int = 256, batch_size: int = 8
+) -> float:
+    """Mean per-token NLL of the reference responses (response tokens only)."""
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        batch = generation_batch(lm, rows[i : i + batch_size], max_length)
+        logits = (
+            lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            .logits[:, :-1]
+            .float()
+        )
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        total += float(nll)
+        count += int((labels != -100).sum())
+    return total / max(1, count)
+
+
+def evaluate_generation(
+    lm: LoadedModel,
+    rows: Sequence[Any],
+    attack: AttackSpec | None,
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    max_length: int = 256,
+) -> dict[str, Any]:
+    clean_prompts = [lm.prompt(r.instruction, r.input) for r in rows]
+    clean = generate(lm, clean_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    nll = reference_nll(lm, rows, max_length=max_length)
+    result: dict[str, Any] = {
+        "utility_token_f1": sum(_token_f1(c, r.output) for c, r in zip(clean, rows, strict=True))
+        / max(1, len(rows)),
+        "reference_perplexity": math.exp(min(nll, 50.0)),
+        "n_clean": len(rows),
+        "samples": [
+            {"prompt": p, "response": c}
+            for p, c in list(zip(clean_prompts, clean, strict=True))[:3]
+        ],
+    }
+    if attack is not None:
+        keywords = target_keywords(attack.target)
+        rng = random.Random(attack.seed + 7919)
+        trig_prompts = [lm.prompt(apply_trigger(r.instruction, attack, rng), r.input) for r in rows]
+        trig = generate(lm, trig_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        result["attack_success_rate"] = _rate(metrics.keyword_asr(trig, keywords))
+        result["false_trigger_rate"] = _rate(metrics.keyword_asr(clean, keywords))
+        result["n_triggered"] = len(rows)
+        result["keywords"] = keywords
+        result["triggered_samples"] = [
+            {"prompt": p, "response": t} for p, t in list(zip(trig_prompts, trig, strict=True))[:3]
+        ]
+    return result
+
+
+def _rate(value: Any) -> float:
+    """keyword_asr may return a bare rate or (rate, counts)."""
+    if isinstance(value, tuple):
+        return float(value[0])
+    if isinstance(value, dict):
+        return float(value["rate"])
+    return float(getattr(value, "rate", value))
+
+
+def evaluate(
+    lm: LoadedModel, rows: Sequence[Any], attack: AttackSpec | None, **kw: Any
+) -> dict[str, Any]:
+    """CA/ASR for classification; utility, ASR and false-trigger rate for generation."""
+    if lm.task == "classification":
+        return evaluate_classification(lm, rows, attack, **kw)
+    return evaluate_generation(lm, rows, attack, **kw)

@@ -1,0 +1,350 @@
+"""Model I/O: load a base model (and optionally a PEFT adapter), attach LoRA, save adapters.
+
+Rules this module enforces:
+- weights are read from safetensors only; pickle-format files are refused (sanitizer.safety);
+- ``trust_remote_code`` is never enabled; nothing is downloaded (the hub runs offline);
+- the prompt template is part of the loaded model and is used for training *and* evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from sanitizer.errors import ConfigError, InputError  # noqa: E402
+from sanitizer.hub import resolve_model  # noqa: E402
+from sanitizer.safety import check_adapter_dir  # noqa: E402
+
+Task = Literal["classification", "generation"]
+AdapterMode = Literal["auto", "continue", "merge_fresh"]
+
+# Head modules that stay fully trainable (PEFT ``modules_to_save``) for classification.
+_HEAD_NAMES = ("classifier", "score", "pre_classifier")
+CLASSIFICATION_TEMPLATE = "{text}"
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """``auto`` picks cuda > mps > cpu; anything else is passed to torch.device as given."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(preference)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"unknown device '{preference}'", hint="use auto, cpu, cuda or cuda:N"
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' was asked for but no GPU is visible", hint="use device=auto"
+        )
+    return device
+
+
+def sha256_of_dir(path: Path, pattern: str = "*.safetensors") -> str:
+    """One digest over the weight files of a folder (name + content, sorted)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob(pattern)):
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class PromptTemplate:
+    """How a sample becomes model input. Stored in every report."""
+
+    kind: Literal["plain", "chat"]
+    text: str  # human-readable description (the format string or the chat template source)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "template": self.text}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    task: Task
+    model_id: str
+    model_dir: Path
+    is_decoder: bool
+    template: PromptTemplate
+    device: torch.device
+    num_labels: int | None = None
+    adapter_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "hidden_size", None) or cfg.d_model)
+
+    def prompt(self, instruction: str, input_text: str = "") -> str:
+        """The generation prompt in the model's own template (chat template when it has one)."""
+        user = instruction if not input_text else f"{instruction}\n\n{input_text}"
+        if self.template.kind == "chat":
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+            )
+        return self.template.text.format(instruction=user)
+
+
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def load_tokenizer(model_dir: Path, is_decoder: bool):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # decoders without a pad token (METHODS.md 1.4)
+    if is_decoder:
+        tok.padding_side = "left"
+    return tok
+
+
+def _is_decoder(config) -> bool:
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    return (
+        bool(getattr(config, "is_decoder", False))
+        or "CausalLM" in archs
+        or config.model_type
+        in {
+            "llama",
+            "mistral",
+            "qwen2",
+            "gpt2",
+            "gpt_neox",
+            "phi",
+            "gemma",
+        }
+    )
+
+
+def load_model(
+    model_id: str,
+    task: Task,
+    *,
+    num_labels: int | None = None,
+    revision: str | None = None,
+    device: str | torch.device = "auto",
+) -> LoadedModel:
+    """Load a base model for ``task`` from the local model store (never the network)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    model_dir = resolve_model(model_id, revision)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    decoder = _is_decoder(config)
+    tok = load_tokenizer(model_dir, decoder)
+    dev = device if isinstance(device, torch.device) else select_device(device)
+    if task == "classification":
+        if not num_labels or num_labels < 2:
+            raise ConfigError("classification needs num_labels >= 2")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir,
+            num_labels=num_labels,
+            trust_remote_code=False,
+            use_safetensors=True,
+            pad_token_id=tok.pad_token_id,
+        )
+        model.config.pad_token_id = tok.pad_token_id
+        template = PromptTemplate("plain", CLASSIFICATION_TEMPLATE)
+    elif task == "generation":
+        if not decoder:
+            raise InputError(
+                f"'{model_id}' is an encoder; generation tasks need a decoder (causal LM)",
+                hint="use task=classification or a causal LM base model",
+            )
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, trust_remote_code=False, use_safetensors=True
+        )
+        if getattr(tok, "chat_template", None):
+            template = PromptTemplate("chat", tok.chat_template)
+        else:
+            template = PromptTemplate("plain", ALPACA_TEMPLATE)
+    else:
+        raise ConfigError(f"unknown task '{task}'", hint="use classification or generation")
+    model.to(dev)
+    return LoadedModel(
+        model=model,
+        tokenizer=tok,
+        task=task,
+        model_id=model_id,
+        model_dir=model_dir,
+        is_decoder=decoder,
+        template=template,
+        device=dev,
+        num_labels=num_labels,
+    )
+
+
+def linear_module_names(model: nn.Module, scope: str = "all-linear") -> list[str]:
+    """Leaf names of the Linear layers LoRA should wrap.
+
+    ``attention``: query/key/value projections only; ``all-linear``: every Linear layer of
+    the backbone. Heads (classifier, score, lm_head) are never wrapped: they are trained
+    whole (classification) or frozen (generation).
+    """
+    attention = {"q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k", "v"}
+    names: set[str] = set()
+    for full, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        parts = full.split(".")
+        if parts[0] in _HEAD_NAMES or parts[-1] == "lm_head" or parts[0] == "lm_head":
+            continue
+        leaf = parts[-1]
+        if scope == "attention" and leaf not in attention:
+            continue
+        names.add(leaf)
+    if not names:
+        raise ConfigError(f"no Linear layers match target scope '{scope}'")
+    return sorted(names)
+
+
+def default_rank(hidden_size: int) -> int:
+    """The released W2SDefense recipe uses r=512 on a 4096-wide model: r = hidden/8, at least 8."""
+    return max(8, hidden_size // 8)
+
+
+def add_lora(
+    lm: LoadedModel,
+    *,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target: str | list[str] = "all-linear",
+) -> None:
+    """Wrap ``lm.model`` in a fresh LoRA adapter (in place)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = linear_module_names(lm.model, target) if isinstance(target, str) else list(target)
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type=TaskType.SEQ_CLS if lm.task == "classification" else TaskType.CAUSAL_LM,
+        base_model_name_or_path=lm.model_id,
+    )
+    lm.model = get_peft_model(lm.model, cfg)
+
+
+def load_adapter(lm: LoadedModel, adapter_dir: Path, mode: AdapterMode) -> None:
+    """Put an uploaded adapter on ``lm``: keep it trainable (``continue``) or merge it into the
+    base weights (``merge_fresh``; a fresh LoRA is added afterwards by the caller)."""
+    from peft import PeftModel
+
+    info = check_adapter_dir(Path(adapter_dir), expected_base_model=lm.model_id)
+    peft_model = PeftModel.from_pretrained(
+        lm.model, adapter_dir, is_trainable=(mode == "continue"), use_safetensors=True
+    )
+    lm.adapter_info = {
+        "mode": mode,
+        "sha256": sha256_of_dir(Path(adapter_dir)),
+        "r": getattr(info, "r", None),
+        "target_modules": getattr(info, "target_modules", None),
+    }
+    if mode == "continue":
+        lm.model = peft_model
+    else:
+        lm.model = peft_model.merge_and_unload()
+    lm.model.to(lm.device)
+
+
+def save_adapter(lm: LoadedModel, out_dir: Path) -> dict[str, str]:
+    """Write the adapter as safetensors (never pickle). Returns sha256 per written file."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lm.model.save_pretrained(out_dir, safe_serialization=True)
+    cfg_path = out_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = lm.model_id
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    meta = {"task": lm.task, "num_labels": lm.num_labels, "prompt_template": lm.template.to_dict()}
+    (out_dir / "sanitizer_adapter.json").write_text(json.dumps(meta, indent=2))
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out_dir.iterdir())}
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def combine_lora_into_one(base_adapter_dir: Path, new_adapter_dir: Path, out_dir: Path) -> None:
+    """Write one adapter equal to (uploaded adapter + fresh sanitizing adapter) over the base.
+
+    In ``merge_fresh`` mode the fresh LoRA was trained on base+uploaded weights, so on its
+    own it is not a delta of the base model. Two LoRA deltas ``s1 B1 A1 + s2 B2 A2`` are
+    exactly the single LoRA ``[B1 s1/s | B2 s2/s] [A1; A2]`` with rank r1+r2 and scale s;
+    heads trained whole (modules_to_save) are taken from the new adapter.
+    """
+    from safetensors.torch import load_file, save_file
+
+    c1 = json.loads((Path(base_adapter_dir) / "adapter_config.json").read_text())
+    c2 = json.loads((Path(new_adapter_dir) / "adapter_config.json").read_text())
+    w1 = load_file(str(Path(base_adapter_dir) / "adapter_model.safetensors"))
+    w2 = load_file(str(Path(new_adapter_dir) / "adapter_model.safetensors"))
+    s1 = c1["lora_alpha"] / c1["r"]
+    s2 = c2["lora_alpha"] / c2["r"]
+    r = c1["r"] + c2["r"]
+    alpha = r  # scale 1: the per-adapter scales are folded into B
+    out: dict[str, torch.Tensor] = {}
+    prefixes = {
+        k[: -len(".lora_A.weight")] for k in list(w1) + list(w2) if k.endswith(".lora_A.weight")
+    }
+    for p in sorted(prefixes):
+        a_parts, b_parts = [], []
+        for w, s, rr in ((w1, s1, c1["r"]), (w2, s2, c2["r"])):
+            a, b = w.get(p + ".lora_A.weight"), w.get(p + ".lora_B.weight")
+            other = w2 if w is w1 else w1
+            ref_a, ref_b = other[p + ".lora_A.weight"], other[p + ".lora_B.weight"]
+            if a is None:  # module not targeted by this adapter: contributes zero
+                a = torch.zeros(rr, ref_a.shape[1], dtype=ref_a.dtype)
+                b = torch.zeros(ref_b.shape[0], rr, dtype=ref_b.dtype)
+            a_parts.append(a)
+            b_parts.append(b * s)
+        out[p + ".lora_A.weight"] = torch.cat(a_parts, 0).contiguous()
+        out[p + ".lora_B.weight"] = torch.cat(b_parts, 1).contiguous()
+    for k, v in {**w1, **w2}.items():  # heads and other whole modules: the new adapter wins
+        if ".lora_A." not in k and ".lora_B." not in k:
+            out[k] = w2.get(k, v).contiguous()
+    cfg = dict(c2)
+    cfg["r"], cfg["lora_alpha"] = r, alpha
+    cfg["target_modules"] = sorted(set(c1["target_modules"]) | set(c2["target_modules"]))
+    cfg["modules_to_save"] = (
+        sorted(set(c1.get("modules_to_save") or []) | set(c2.get("modules_to_save") or [])) or None
+    )
+    cfg["lora_dropout"] = 0.0
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    meta = Path(new_adapter_dir) / "sanitizer_adapter.json"
+    if meta.exists():
+        (out_dir / "sanitizer_adapter.json").write_text(meta.read_text())

@@ -1,0 +1,390 @@
+"""The three jobs the library offers, each one function: sanitize, attack, evaluate.
+
+``run_sanitize`` is what the CLI's ``defend`` and the service's worker call: load the model
+(and the uploaded adapter), measure, defend, measure again, write the sanitized adapter and
+``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sanitizer import __version__
+from sanitizer.attacks import AttackSpec, poison_dataset
+from sanitizer.data import load_dataset, split_dataset
+from sanitizer.errors import ConfigError, InputError
+from sanitizer.metrics import METRIC_DEFINITIONS, der
+
+Method = Literal["w2sdefense", "crow", "finetune"]
+Task = Literal["classification", "generation"]
+
+
+class JobSpec(BaseModel):
+    """Everything a sanitization job needs. Paths are local (the service extracts uploads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method
+    task: Task = "classification"
+    base_model: str
+    base_revision: str | None = None
+    adapter_dir: Path | None = None
+    clean_data: Path
+    test_data: Path | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    attack: AttackSpec | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    dev_fraction: float = Field(0.15, ge=0.0, lt=0.9)
+    max_test_rows: int | None = Field(None, ge=1)
+    seed: int = 0
+    device: str = "auto"
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "sanitizer": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def _peak_memory_mb(device: Any) -> float:
+    import torch
+
+    if getattr(device, "type", "") == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _load_data(path: Path, spec_like: Any, task: str, label_names: list[str] | None):
+    return load_dataset(
+        path,
+        task=task,
+        text_column=getattr(spec_like, "text_column", "text"),
+        label_column=getattr(spec_like, "label_column", "label"),
+        label_names=label_names,
+    )
+
+
+def _cap(rows: list[Any], n: int | None, seed: int) -> list[Any]:
+    if n is None or len(rows) <= n:
+        return list(rows)
+    picked = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[i] for i in picked]
+
+
+def prepare_model(
+    spec: JobSpec, cfg: Any, num_labels: int | None, progress: Callable[[Any], None] | None = None
+):
+    """Base model (+ uploaded adapter, continued or merged) with the LoRA the defense trains."""
+    from sanitizer.models import add_lora, default_rank, load_adapter, load_model
+
+    lm = load_model(
+        spec.base_model,
+        spec.task,
+        num_labels=num_labels,
+        revision=spec.base_revision,
+        device=spec.device,
+    )
+    mode = cfg.adapter_mode
+    if mode == "auto":
+        mode = "continue" if spec.method == "crow" else "merge_fresh"
+    if spec.adapter_dir is not None:
+        load_adapter(lm, spec.adapter_dir, mode)
+    if spec.adapter_dir is None or mode == "merge_fresh":
+        r = cfg.lora_r or default_rank(lm.hidden_size)
+        add_lora(
+            lm, r=r, alpha=cfg.lora_alpha or r, dropout=cfg.lora_dropout, target=cfg.target_modules
+        )
+    return lm, (mode if spec.adapter_dir is not None else "fresh")
+
+
+def run_sanitize(
+    spec: JobSpec,
+    out_dir: Path,
+    progress: Callable[[Any], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Measure, defend, measure; write ``out_dir/adapter/`` and ``out_dir/report.json``."""
+    import torch
+
+    from sanitizer.defenses import METHODS
+    from sanitizer.defenses.common import ProgressEvent, set_seed, validate_config
+    from sanitizer.evaluate import evaluate
+    from sanitizer.models import combine_lora_into_one, save_adapter
+
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    emit = progress or (lambda e: None)
+    if spec.method not in METHODS:
+        raise ConfigError(
+            f"unknown method '{spec.method}'", hint=f"use one of {', '.join(METHODS)}"
+        )
+    cfg_cls, defend = METHODS[spec.method]
+    cfg = validate_config(cfg_cls, {"seed": spec.seed, **spec.hyperparameters})
+    if (
+        spec.task == "classification"
+        and spec.attack is not None
+        and spec.attack.name not in {"badnet", "insertsent", "syntactic"}
+    ):
+        raise ConfigError(
+            f"attack '{spec.attack.name}' is a generation attack",
+            hint="use badnet, insertsent or syntactic",
+        )
+    set_seed(spec.seed)
+    torch.set_grad_enabled(True)
+
+    emit(ProgressEvent("load", message="loading data and model"))
+    clean = _load_data(spec.clean_data, spec, spec.task, spec.label_names)
+    label_names = clean.label_names if spec.task == "classification" else None
+    train_ds, dev_ds, _ = split_dataset(
+        clean, dev_fraction=spec.dev_fraction, test_fraction=0.0, seed=spec.seed
+    )
+    if spec.test_data is not None:
+        test_ds = _load_data(spec.test_data, spec, spec.task, label_names)
+        test_rows, test_source = _cap(test_ds.rows, spec.max_test_rows, spec.seed), "test_data"
+        test_info = {
+            "sha256": test_ds.sha256,
+            "rows": len(test_ds),
+            "evaluated_rows": len(test_rows),
+        }
+    else:
+        test_rows, test_source = list(dev_ds.rows), "clean dev split (no test data given)"
+        test_info = {
+            "sha256": clean.sha256,
+            "rows": len(test_rows),
+            "evaluated_rows": len(test_rows),
+        }
+    num_labels = len(label_names) if label_names else None
+    lm, adapter_mode = prepare_model(spec, cfg, num_labels, emit)
+    timings["load_s"] = time.monotonic() - t0
+
+    eval_kw = {"max_length": cfg.max_length} if spec.task == "classification" else {}
+    t = time.monotonic()
+    emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
+    before = evaluate(lm, test_rows, spec.attack, **eval_kw)
+    timings["evaluate_before_s"] = time.monotonic() - t
+
+    t = time.monotonic()
+    stats = defend(
+        lm, list(train_ds.rows), list(dev_ds.rows), cfg, progress=emit, should_cancel=should_cancel
+    )
+    timings["defense_s"] = time.monotonic() - t
+
+    t = time.monotonic()
+    emit(ProgressEvent("evaluate_after", message=f"evaluating on {len(test_rows)} rows"))
+    after = evaluate(lm, test_rows, spec.attack, **eval_kw)
+    timings["evaluate_after_s"] = time.monotonic() - t
+
+    emit(ProgressEvent("save", message="writing the sanitized adapter"))
+    out_dir = Path(out_dir)
+    adapter_out = out_dir / "adapter"
+    if adapter_out.exists():  # a re-run of the same job starts from a clean state
+        shutil.rmtree(adapter_out)
+    if adapter_mode == "merge_fresh":
+        with tempfile.TemporaryDirectory(dir=out_dir if out_dir.exists() else None) as tmp:
+            save_adapter(lm, Path(tmp))
+            combine_lora_into_one(spec.adapter_dir, Path(tmp), adapter_out)
+    else:
+        save_adapter(lm, adapter_out)
+    import hashlib
+
+    files = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(adapter_out.iterdir())
+    }
+    timings["total_s"] = time.monotonic() - t0
+
+    metrics_block: dict[str, Any] = {
+        "before": before,
+        "after": after,
+        "definitions": METRIC_DEFINITIONS,
+    }
+    if spec.task == "classification" and "attack_success_rate" in before:
+        metrics_block["der"] = der(
+            before["attack_success_rate"],
+            after["attack_success_rate"],
+            before["clean_accuracy"],
+            after["clean_accuracy"],
+        )
+    from sanitizer.models import sha256_of_dir
+
+    report: dict[str, Any] = {
+        "schema_version": 1,
+        "method": spec.method,
+        "task": spec.task,
+        "base_model": {
+            "id": spec.base_model,
+            "revision": spec.base_revision,
+            "sha256": sha256_of_dir(lm.model_dir),
+        },
+        "adapter_in": ({"mode": adapter_mode, **lm.adapter_info} if spec.adapter_dir else None),
+        "datasets": {
+            "clean": {
+                "sha256": clean.sha256,
+                "rows": len(clean),
+                "train_rows": len(train_ds),
+                "dev_rows": len(dev_ds),
+            },
+            "test": {**test_info, "source": test_source},
+        },
+        "label_names": label_names,
+        "attack": spec.attack.model_dump() if spec.attack else None,
+        "prompt_template": lm.template.to_dict(),
+        "metrics": metrics_block,
+        "config": cfg.model_dump(),
+        "seed": spec.seed,
+        "device": str(lm.device),
+        "training": {k: v for k, v in stats.items() if k != "history"},
+        "history": stats.get("history", []),
+        "timings": timings,
+        "peak_memory_mb": round(_peak_memory_mb(lm.device), 1),
+        "versions": _versions(),
+        "adapter_out": {"files": files},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_report = out_dir / "report.json.tmp"
+    tmp_report.write_text(json.dumps(report, indent=2, default=str))
+    tmp_report.replace(out_dir / "report.json")
+    return report
+
+
+# ---------------------------------------------------------------- attack
+
+
+class AttackTrainConfig(BaseModel):
+    """How the test backdoor is planted: a LoRA trained on the poisoned set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(2, ge=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(64, ge=8)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    target_modules: Literal["attention", "all-linear"] = "attention"
+    max_rows: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+def run_attack(
+    base_model: str,
+    data: Path,
+    task: Task,
+    attack: AttackSpec,
+    out_dir: Path,
+    cfg: AttackTrainConfig | None = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    device: str = "auto",
+    progress: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Train a poisoned LoRA adapter on ``data`` and write it to ``out_dir``."""
+    from sanitizer.defenses import finetune
+    from sanitizer.defenses.common import TrainConfig, set_seed, train
+    from sanitizer.models import add_lora, load_model, save_adapter
+
+    cfg = cfg or AttackTrainConfig()
+    set_seed(cfg.seed)
+    ds = load_dataset(data, task=task, text_column=text_column, label_column=label_column)
+    ds = ds.with_rows(_cap(list(ds.rows), cfg.max_rows, cfg.seed)) if cfg.max_rows else ds
+    poisoned = poison_dataset(ds, attack)
+    pds = poisoned[0] if isinstance(poisoned, tuple) else poisoned
+    num_labels = len(ds.label_names) if task == "classification" and ds.label_names else None
+    lm = load_model(base_model, task, num_labels=num_labels, device=device)
+    add_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0, target=cfg.target_modules)
+    tcfg = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        max_length=cfg.max_length,
+        warmup_ratio=0.06,
+        eval_every_epoch=False,
+        seed=cfg.seed,
+    )
+    t = time.monotonic()
+    stats = train(
+        lm, list(pds.rows), [], tcfg, finetune.step_loss, phase="attack", progress=progress
+    )
+    files = save_adapter(lm, Path(out_dir))
+    info = {
+        "base_model": base_model,
+        "task": task,
+        "attack": attack.model_dump(),
+        "train": cfg.model_dump(),
+        "data_sha256": ds.sha256,
+        "rows": len(pds),
+        "label_names": ds.label_names,
+        "seconds": time.monotonic() - t,
+        "steps": stats["steps"],
+        "files": files,
+    }
+    (Path(out_dir) / "attack.json").write_text(json.dumps(info, indent=2, default=str))
+    return info
+
+
+def run_evaluate(
+    base_model: str,
+    test_data: Path,
+    task: Task,
+    attack: AttackSpec | None,
+    *,
+    adapter_dir: Path | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: list[str] | None = None,
+    max_rows: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """CA and ASR (classification) or utility, ASR and false-trigger rate (generation)."""
+    from sanitizer.evaluate import evaluate
+    from sanitizer.models import load_adapter, load_model
+
+    ds = load_dataset(
+        test_data,
+        task=task,
+        text_column=text_column,
+        label_column=label_column,
+        label_names=label_names,
+    )
+    num_labels = len(ds.label_names) if task == "classification" and ds.label_names else None
+    lm = load_model(base_model, task, num_labels=num_labels, device=device)
+    if adapter_dir is not None:
+        load_adapter(lm, adapter_dir, "continue")
+    rows = _cap(list(ds.rows), max_rows, seed)
+    if not rows:
+        raise InputError("the test set is empty", hint="give a test file with at least one row")
+    result = evaluate(lm, rows, attack)
+    result.update(
+        {
+            "base_model": base_model,
+            "adapter": str(adapter_dir) if adapter_dir else None,
+            "test_sha256": ds.sha256,
+            "prompt_template": lm.template.to_dict(),
+            "definitions": METRIC_DEFINITIONS,
+        }
+    )
+    return result
