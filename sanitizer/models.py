@@ -23,7 +23,6 @@ from torch import nn  # noqa: E402
 
 from sanitizer.errors import ConfigError, InputError  # noqa: E402
 from sanitizer.hub import resolve_model  # noqa: E402
-from sanitizer.safety import check_adapter_dir  # noqa: E402
 
 Task = Literal["classification", "generation"]
 AdapterMode = Literal["auto", "continue", "merge_fresh"]
@@ -260,6 +259,8 @@ def load_adapter(lm: LoadedModel, adapter_dir: Path, mode: AdapterMode) -> None:
     """Put an uploaded adapter on ``lm``: keep it trainable (``continue``) or merge it into the
     base weights (``merge_fresh``; a fresh LoRA is added afterwards by the caller)."""
     from peft import PeftModel
+
+    from sanitizer.safety import check_adapter_dir
 
     info = check_adapter_dir(Path(adapter_dir), expected_base_model=lm.model_id)
     peft_model = PeftModel.from_pretrained(
