@@ -323,9 +323,9 @@ def combine_lora_into_one(base_adapter_dir: Path, new_adapter_dir: Path, out_dir
         a_parts, b_parts = [], []
         for w, s, rr in ((w1, s1, c1["r"]), (w2, s2, c2["r"])):
             a, b = w.get(p + ".lora_A.weight"), w.get(p + ".lora_B.weight")
-            other = w2 if w is w1 else w1
-            ref_a, ref_b = other[p + ".lora_A.weight"], other[p + ".lora_B.weight"]
             if a is None:  # module not targeted by this adapter: contributes zero
+                other = w2 if w is w1 else w1
+                ref_a, ref_b = other[p + ".lora_A.weight"], other[p + ".lora_B.weight"]
                 a = torch.zeros(rr, ref_a.shape[1], dtype=ref_a.dtype)
                 b = torch.zeros(ref_b.shape[0], rr, dtype=ref_b.dtype)
             a_parts.append(a)

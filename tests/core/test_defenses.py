@@ -1,0 +1,242 @@
+"""Defense mechanics on tiny random models built in code (fast, no assets)."""
+
+from __future__ import annotations
+
+import math
+import random
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sanitizer.defenses import METHODS
+from sanitizer.defenses.common import pooled_feature, validate_config
+from sanitizer.defenses.crow import consistency_loss
+from sanitizer.defenses.w2sdefense import kd_loss
+from sanitizer.errors import ConfigError
+from sanitizer.models import (
+    add_lora,
+    combine_lora_into_one,
+    load_model,
+    save_adapter,
+    select_device,
+)
+from sanitizer.tiny import build_tiny_model
+
+torch.set_num_threads(2)
+
+Row = types.SimpleNamespace
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store")
+    build_tiny_model(path, "tiny/bert", "bert")
+    build_tiny_model(path, "tiny/llama", "llama")
+    build_tiny_model(path, "tiny/teacher", "bert", hidden_size=16, num_layers=2, seed=1)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _model_store(store, monkeypatch):
+    monkeypatch.setenv("SANITIZER_MODEL_STORE", str(store))
+
+
+def _rows(n: int, seed: int = 0) -> list[Row]:
+    rng = random.Random(seed)
+    pos, neg = "good great fine love best".split(), "bad awful dull hate worst".split()
+    fill = "the a movie film story plot it was".split()
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = [rng.choice(fill) for _ in range(5)] + [rng.choice(pos if label else neg)]
+        rng.shuffle(words)
+        rows.append(Row(text=" ".join(words), label=label))
+    return rows
+
+
+def _gen_rows(n: int) -> list[Row]:
+    return [
+        Row(instruction="tell me about the movie", input="", output="it was good") for _ in range(n)
+    ]
+
+
+# ---------------------------------------------------------------- loss terms by hand
+
+
+def test_consistency_loss_matches_hand_computation():
+    torch.manual_seed(0)
+    hs = [torch.randn(2, 3, 4) for _ in range(5)]  # embeddings, 3 layers, final
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    # pairs (1,2) and (2,3) only; real tokens only
+    total, count = 0.0, 0
+    for a, b in ((hs[1], hs[2]), (hs[2], hs[3])):
+        for i in range(2):
+            for t in range(3):
+                if mask[i, t]:
+                    cos = float(torch.dot(a[i, t], b[i, t]) / (a[i, t].norm() * b[i, t].norm()))
+                    total += 1 - cos
+                    count += 1
+    assert float(consistency_loss(hs, mask)) == pytest.approx(total / count, rel=1e-5)
+    # without a mask every position counts (the released code)
+    unmasked = torch.stack(
+        [1 - F.cosine_similarity(a, b, dim=-1) for a, b in ((hs[1], hs[2]), (hs[2], hs[3]))]
+    ).mean()
+    assert float(consistency_loss(hs, None)) == pytest.approx(float(unmasked), rel=1e-6)
+
+
+def test_kd_loss_matches_formula():
+    s = torch.tensor([[1.0, 2.0, 0.5]])
+    t = torch.tensor([[0.2, 1.5, 1.0]])
+    tau = 2.0
+    p_t = torch.softmax(t / tau, -1)
+    p_s = torch.softmax(s / tau, -1)
+    expected = tau**2 * float((p_t * (p_t.log() - p_s.log())).sum())
+    assert float(kd_loss(s, t, tau)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_pooled_feature_reads_last_real_token_for_decoders_and_first_for_encoders(store):
+    lm = load_model("tiny/llama", "classification", num_labels=2, device="cpu")
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float).view(2, 4, 1)
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert pooled_feature(lm, hidden, left).flatten().tolist() == [3.0, 7.0]
+    assert pooled_feature(lm, hidden, right).flatten().tolist() == [1.0, 7.0]
+    enc = load_model("tiny/bert", "classification", num_labels=2, device="cpu")
+    assert pooled_feature(enc, hidden, right).flatten().tolist() == [0.0, 4.0]
+
+
+# ---------------------------------------------------------------- configs and devices
+
+
+def test_config_errors_name_the_field():
+    cfg_cls = METHODS["crow"][0]
+    with pytest.raises(ConfigError) as exc:
+        validate_config(cfg_cls, {"epochs": 0, "alpha": -1})
+    assert "epochs" in exc.value.message and "alpha" in exc.value.message
+    with pytest.raises(ConfigError) as exc:
+        validate_config(cfg_cls, {"learning_rat": 1e-3})
+    assert "learning_rat" in exc.value.message
+    assert "learning_rate" in (exc.value.hint or "")
+
+
+def test_defaults_follow_methods_md():
+    crow = validate_config(METHODS["crow"][0], {})
+    assert (crow.alpha, crow.epsilon, crow.learning_rate, crow.lora_r, crow.lora_alpha) == (
+        5.5,
+        0.1,
+        1e-3,
+        8,
+        16,
+    )
+    w2s = validate_config(METHODS["w2sdefense"][0], {})
+    assert w2s.temperature == 2.0 and w2s.teacher_learning_rate == 2e-5
+
+
+def test_select_device():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError):
+            select_device("cuda")
+
+
+# ---------------------------------------------------------------- training mechanics
+
+
+def _lora_model(arch: str, task: str = "classification", r: int = 4):
+    lm = load_model(
+        f"tiny/{arch}", task, num_labels=2 if task == "classification" else None, device="cpu"
+    )
+    add_lora(lm, r=r, alpha=r, dropout=0.0, target="all-linear")
+    return lm
+
+
+@pytest.mark.parametrize("method", ["finetune", "crow", "w2sdefense"])
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_only_adapter_and_head_move(method, arch):
+    lm = _lora_model(arch)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    cfg = validate_config(
+        METHODS[method][0],
+        {
+            "epochs": 1,
+            "max_steps": 3,
+            "batch_size": 8,
+            "learning_rate": 1e-2,
+            "teacher_model": "tiny/teacher",
+            "teacher_epochs": 1,
+        }
+        if method == "w2sdefense"
+        else {"epochs": 1, "max_steps": 3, "batch_size": 8, "learning_rate": 1e-2},
+    )
+    stats = METHODS[method][1](lm, _rows(24), _rows(8, seed=1), cfg)
+    assert stats["steps"] == 3
+    moved_lora = moved_frozen = 0
+    for n, p in lm.model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        if p.requires_grad:
+            moved_lora += int(changed and "lora_B" in n)
+        else:
+            moved_frozen += int(changed)
+    assert moved_lora > 0, "no LoRA weight was updated"
+    assert moved_frozen == 0, "a frozen base weight changed"
+    losses = [
+        h["losses"] for h in stats["history"] if "losses" in h and h.get("phase") == "defense"
+    ]
+    assert all(math.isfinite(v) for term in losses for v in term.values())
+
+
+@pytest.mark.parametrize("method", ["finetune", "crow", "w2sdefense"])
+def test_generation_defenses_train(method):
+    lm = _lora_model("llama", task="generation")
+    hp = {"epochs": 1, "max_steps": 2, "batch_size": 4, "learning_rate": 1e-2}
+    if method == "w2sdefense":
+        hp |= {"teacher_model": "tiny/llama", "teacher_epochs": 1}
+    stats = METHODS[method][1](
+        lm, _gen_rows(8), _gen_rows(4), validate_config(METHODS[method][0], hp)
+    )
+    assert stats["steps"] == 2
+    assert stats["best_dev_score"] is not None and stats["best_dev_score"] < 0  # minus a mean NLL
+
+
+def test_same_seed_same_adapter(tmp_path):
+    outs = []
+    for i in range(2):
+        torch.manual_seed(123)  # the LoRA init is seeded by the caller (pipeline.set_seed)
+        lm = _lora_model("bert")
+        cfg = validate_config(
+            METHODS["crow"][0], {"epochs": 1, "max_steps": 3, "batch_size": 8, "seed": 7}
+        )
+        METHODS["crow"][1](lm, _rows(24), [], cfg)
+        save_adapter(lm, tmp_path / str(i))
+        outs.append((tmp_path / str(i) / "adapter_model.safetensors").read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_combined_adapter_equals_merged_plus_fresh(tmp_path):
+    """merge_fresh output: one adapter over the *base* reproducing base+uploaded+fresh."""
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    lm = _lora_model("bert", r=4)
+    for n, p in lm.model.named_parameters():  # make both LoRA factors non-zero
+        if "lora_" in n or "modules_to_save" in n:
+            p.data.normal_(0, 0.1)
+    save_adapter(lm, tmp_path / "poisoned")
+    lm.model = lm.model.merge_and_unload()
+    add_lora(lm, r=2, alpha=4, dropout=0.0, target="attention")
+    for n, p in lm.model.named_parameters():
+        if "lora_" in n or "modules_to_save" in n:
+            p.data.normal_(0, 0.1)
+    save_adapter(lm, tmp_path / "fresh")
+    x = lm.tokenizer(["the movie was good", "bad plot"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = lm.model(**x).logits
+    combine_lora_into_one(tmp_path / "poisoned", tmp_path / "fresh", tmp_path / "combined")
+    base = load_model("tiny/bert", "classification", num_labels=2, device="cpu")
+    combined = PeftModel.from_pretrained(base.model, tmp_path / "combined").eval()
+    with torch.no_grad():
+        got = combined(**x).logits
+    assert torch.allclose(got, expected, atol=1e-5)
