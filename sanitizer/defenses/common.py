@@ -311,7 +311,9 @@ def train(
                         phase, step, total, epoch, {"dev_score": score}, message="epoch done"
                     )
                 )
-            if score >= best_score:  # ties go to the later epoch: more defense training, same clean accuracy
+            if (
+                score >= best_score
+            ):  # ties go to the later epoch: more defense training, same clean accuracy
                 best_score, best_epoch = score, epoch
                 best_state = {n: p.detach().clone() for n, p in named}
         if step >= total:
