@@ -1,0 +1,3 @@
+from sanitizer_cli.main import main
+
+main()
