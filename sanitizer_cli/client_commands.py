@@ -1,7 +1,675 @@
-"""Commands of this group are registered on the main `sanitizer` app by ``register``."""
+"""Client commands: `submit`, `jobs list|get|cancel|events|report`, `report` (JSON -> HTML).
+
+They talk to a running service through ``sanitizer_client`` and never import torch.
+
+Exit codes (a CI pipeline gates on them):
+
+    0  the job succeeded and passed the policy (--max-asr / --max-ca-drop), or no policy
+    1  the job succeeded but failed the policy
+    2  the job failed or was cancelled
+    3  usage or input error: bad flags, missing file, any 4xx from the service
+    4  the service is unreachable (connection refused/timed out, 5xx after retries)
+    5  the downloaded adapter failed verification (sha256 header or manifest mismatch)
+
+People get rich tables and a live progress bar (on stderr); ``--json`` prints one JSON
+document on stdout for machines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+try:  # recent typer vendors click; older releases use the click package
+    from typer._click.exceptions import UsageError as _UsageError
+except ImportError:  # pragma: no cover
+    from click import UsageError as _UsageError
+
+EXIT_OK, EXIT_POLICY, EXIT_JOB, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_VERIFY = 0, 1, 2, 3, 4, 5
+
+
+class _Command(TyperCommand):
+    """Usage errors exit with 3 (click's default 2 means "job failed" here)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as e:
+            e.exit_code = EXIT_USAGE
+            raise
+
+
+class _Group(TyperGroup):
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except _UsageError as e:
+            e.exit_code = EXIT_USAGE
+            raise
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as e:
+            e.exit_code = EXIT_USAGE
+            raise
+
+
+# ------------------------------------------------------------------ shared options
+
+Url = Annotated[
+    str | None,
+    typer.Option("--url", envvar="SANITIZER_URL", help="service URL [env: SANITIZER_URL]"),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="SANITIZER_API_KEY",
+        help="API key [env: SANITIZER_API_KEY]",
+        show_default=False,
+    ),
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="print JSON on stdout (for machines)")]
+Timeout = Annotated[float, typer.Option("--http-timeout", help="seconds per HTTP request")]
+MaxAsr = Annotated[
+    float | None,
+    typer.Option("--max-asr", help="policy: fail (exit 1) if ASR after > this (e.g. 0.05)"),
+]
+MaxCaDrop = Annotated[
+    float | None,
+    typer.Option(
+        "--max-ca-drop", help="policy: fail (exit 1) if clean accuracy drops by more (e.g. 0.01)"
+    ),
+]
+
+
+def _err(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+
+
+def _die(code: int, message: str) -> NoReturn:
+    _err(message)
+    raise typer.Exit(code)
+
+
+def _client(url: str | None, api_key: str | None, timeout: float = 60.0) -> Any:
+    from sanitizer_client import Client
+
+    return Client(url, api_key, timeout=timeout)
+
+
+class _handle_errors:
+    """Map SDK exceptions to exit codes and a one-line message (context manager)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, typer.Exit):
+            return False
+        from sanitizer_client import (
+            APIConnectionError,
+            APIError,
+            ChecksumMismatchError,
+            SanitizerClientError,
+            WaitTimeoutError,
+        )
+
+        if isinstance(exc, APIConnectionError):
+            _die(EXIT_UNREACHABLE, str(exc))
+        if isinstance(exc, APIError):
+            _die(EXIT_UNREACHABLE if exc.status >= 500 else EXIT_USAGE, str(exc))
+        if isinstance(exc, ChecksumMismatchError):
+            _die(EXIT_VERIFY, f"verification failed: {exc}")
+        if isinstance(exc, WaitTimeoutError):
+            _die(EXIT_JOB, str(exc))
+        if isinstance(exc, SanitizerClientError):
+            _die(EXIT_USAGE, str(exc))
+        return False
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            _die(EXIT_USAGE, f"--param '{item}' is not key=value (e.g. --param epochs=3)")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _pct(v: Any) -> str:
+    from sanitizer.report_html import format_value
+
+    return format_value(v, "attack_success_rate") if isinstance(v, (int, float)) else "–"
+
+
+# ------------------------------------------------------------------ progress
+
+
+class _ProgressView:
+    """Live bar on a terminal (step/total, loss, ETA); plain log lines otherwise (CI logs)."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
+        self._progress: Any = None
+        self._task: Any = None
+        self._last_line = ("", -1, 0.0)
+
+    def __enter__(self) -> _ProgressView:
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description:<16}"),
+                BarColumn(),
+                TextColumn("{task.fields[steps]}"),
+                TextColumn("{task.fields[loss]}"),
+                TextColumn("{task.fields[eta]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("submitted", total=None, steps="", loss="", eta="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, job: Any) -> None:
+        if not self.enabled:
+            return
+        p = job.progress
+        phase = p.phase or job.status
+        steps = f"{p.step}/{p.total_steps}" if p.step is not None and p.total_steps else ""
+        loss = " ".join(f"{k}={v:.4f}" for k, v in p.losses.items())
+        eta = f"ETA {_duration(p.eta_seconds)}" if p.eta_seconds is not None else ""
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                description=phase if not job.done else job.status,
+                total=p.total_steps or None,
+                completed=p.step or 0,
+                steps=steps,
+                loss=loss,
+                eta=eta,
+            )
+            return
+        # Non-terminal: a line on phase change, and at most every 10 s otherwise.
+        now = time.monotonic()
+        last_phase, last_step, last_t = self._last_line
+        if phase != last_phase or (p.step != last_step and now - last_t >= 10) or job.done:
+            parts = [f"[{job.status}]", phase, steps, loss, eta]
+            self.console.print(" ".join(x for x in parts if x), highlight=False)
+            self._last_line = (phase, p.step if p.step is not None else -1, now)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(round(seconds))
+    return (
+        f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
+
+
+# ------------------------------------------------------------------ report rendering
+
+
+def _policy(max_asr: float | None, max_ca_drop: float | None) -> Any:
+    from sanitizer.report_html import Policy
+
+    return Policy(max_asr=max_asr, max_ca_drop=max_ca_drop)
+
+
+def _summary_table(report: dict[str, Any], verdict: Any = None) -> Any:
+    from rich.table import Table
+
+    metrics = report.get("metrics") or {}
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    t = Table(
+        title=f"{report.get('method', '')} on {(report.get('base_model') or {}).get('id', '')}"
+    )
+    t.add_column("metric")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    for key, label in (
+        ("attack_success_rate", "ASR"),
+        ("clean_accuracy", "CA"),
+        ("utility_token_f1", "utility (token F1)"),
+        ("false_trigger_rate", "false-trigger rate"),
+    ):
+        if key in before or key in after:
+            t.add_row(label, _pct(before.get(key)), _pct(after.get(key)))
+    if isinstance(metrics.get("der"), (int, float)):
+        t.add_row("DER", "", _pct(metrics["der"]))
+    if verdict is not None:
+        t.caption = (
+            "[bold green]PASSED the policy[/]"
+            if verdict.passed
+            else "[bold red]FAILED the policy[/]: " + "; ".join(verdict.reasons)
+        )
+    return t
+
+
+# ------------------------------------------------------------------ submit
+
+
+def _attack_spec(
+    attack: str | None, trigger: str | None, target_label: str | None, target: str | None
+) -> dict[str, Any] | None:
+    if attack is None:
+        if trigger or target_label or target:
+            _die(EXIT_USAGE, "--trigger/--target-label/--target need --attack NAME")
+        return None
+    spec: dict[str, Any] = {"name": attack}
+    if trigger is not None:
+        spec["trigger"] = trigger
+    if target_label is not None:
+        spec["target_label"] = (
+            int(target_label) if target_label.lstrip("-").isdigit() else target_label
+        )
+    if target is not None:
+        spec["target"] = target
+    return spec
+
+
+def submit(
+    method: Annotated[str, typer.Option("--method", help="w2sdefense | crow | finetune")],
+    base_model: Annotated[str, typer.Option("--base-model", help="HF model id (org/name)")],
+    clean_data: Annotated[
+        Path, typer.Option("--clean-data", help="clean dataset file (CSV/JSONL)")
+    ],
+    adapter: Annotated[
+        Path | None,
+        typer.Option("--adapter", help="PEFT adapter: a folder (zipped on the fly) or an archive"),
+    ] = None,
+    base_revision: Annotated[str | None, typer.Option("--base-revision")] = None,
+    task: Annotated[str, typer.Option("--task", help="classification | generation")] = (
+        "classification"
+    ),
+    test_data: Annotated[
+        Path | None, typer.Option("--test-data", help="test dataset used to measure ASR/CA")
+    ] = None,
+    attack: Annotated[
+        str | None, typer.Option("--attack", help="attack to measure ASR with (e.g. badnet)")
+    ] = None,
+    trigger: Annotated[str | None, typer.Option("--trigger", help="trigger word/sentence")] = None,
+    target_label: Annotated[
+        str | None, typer.Option("--target-label", help="label the backdoor forces")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="generation target: refusal|sentiment|code")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="hyperparameter key=value (repeatable; JSON values)"),
+    ] = None,
+    metadata: Annotated[
+        list[str] | None, typer.Option("--metadata", "-m", help="job metadata key=value")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="block until the job is done")] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="give up waiting after this many seconds")
+    ] = None,
+    poll_interval: Annotated[float, typer.Option("--poll-interval")] = 2.0,
+    max_asr: MaxAsr = None,
+    max_ca_drop: MaxCaDrop = None,
+    download: Annotated[
+        Path | None,
+        typer.Option("--download", help="download + verify the sanitized adapter into DIR"),
+    ] = None,
+    report_html: Annotated[
+        Path | None, typer.Option("--report-html", help="write the HTML report to FILE")
+    ] = None,
+    json_out: JsonOut = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+    http_timeout: Timeout = 60.0,
+) -> None:
+    """Upload inputs, start a sanitization job and (with --wait) gate on its result.
+
+    --max-asr, --max-ca-drop, --download and --report-html imply --wait.
+    Exit codes: 0 passed, 1 policy failed, 2 job failed/cancelled, 3 usage/input error,
+    4 service unreachable, 5 download verification failed.
+    """
+    from rich.console import Console
+
+    from sanitizer_client import Job
+
+    err = Console(stderr=True, highlight=False)
+    for flag, path in (
+        ("--clean-data", clean_data),
+        ("--test-data", test_data),
+        ("--adapter", adapter),
+    ):
+        if path is not None and not path.exists():
+            _die(EXIT_USAGE, f"{flag} {path}: no such file or directory")
+    if clean_data.is_dir():
+        _die(EXIT_USAGE, f"--clean-data {clean_data} is a directory; give a CSV/JSONL file")
+    hyperparameters = _parse_params(param)
+    meta = {k: str(v) for k, v in _parse_params(metadata).items()}
+    attack_spec = _attack_spec(attack, trigger, target_label, target)
+    policy = _policy(max_asr, max_ca_drop)
+    wait = wait or not policy.is_empty() or download is not None or report_html is not None
+    say = (lambda m: None) if (quiet or json_out) else (lambda m: err.print(m))
+
+    result: dict[str, Any] = {}
+    with _handle_errors(), _client(url, api_key, http_timeout) as client:
+        files = {}
+        for name, path, purpose in (
+            ("adapter_file", adapter, "adapter"),
+            ("clean_dataset_file", clean_data, "dataset"),
+            ("test_dataset_file", test_data, "dataset"),
+        ):
+            if path is not None:
+                f = client.files.upload(path, purpose=purpose)
+                say(f"uploaded {path} → {f.id} (sha256 {f.sha256[:12]}…, verified)")
+                files[name] = f.id
+        job: Job = client.jobs.create(
+            method=method,
+            base_model=base_model,
+            base_revision=base_revision,
+            task=task,
+            attack=attack_spec,
+            hyperparameters=hyperparameters or None,
+            metadata=meta or None,
+            **files,
+        )
+        say(f"job {job.id} {job.status}")
+        result["job"] = job.raw
+        if not wait:
+            if json_out:
+                _print_json(result)
+            else:
+                typer.echo(job.id)
+            raise typer.Exit(EXIT_OK)
+
+        try:
+            with _ProgressView(enabled=not (quiet or json_out)) as view:
+                job = client.jobs.wait(
+                    job.id, timeout=timeout, poll_interval=poll_interval, on_progress=view
+                )
+        except KeyboardInterrupt:
+            _die(
+                EXIT_JOB,
+                f"interrupted; job {job.id} keeps running (sanitizer jobs cancel {job.id})",
+            )
+        result["job"] = job.raw
+        if not job.succeeded:
+            result["exit_code"] = EXIT_JOB
+            err_info = job.error or {}
+            if json_out:
+                _print_json(result)
+            _die(
+                EXIT_JOB,
+                f"job {job.id} {job.status}"
+                + (f": [{err_info.get('code')}] {err_info.get('message')}" if err_info else ""),
+            )
+
+        report = client.jobs.report(job.id)
+        result["metrics"] = report.get("metrics")
+        code = EXIT_OK
+        verdict = None
+        if not policy.is_empty():
+            from sanitizer.report_html import check_policy
+
+            verdict = check_policy(report, policy)
+            result["policy"] = {"max_asr": max_asr, "max_ca_drop": max_ca_drop, **verdict.to_dict()}
+            code = EXIT_OK if verdict.passed else EXIT_POLICY
+        if report_html is not None:
+            from sanitizer.report_html import render_report_html
+
+            report_html.parent.mkdir(parents=True, exist_ok=True)
+            report_html.write_text(render_report_html(report, policy=policy, job=job.raw))
+            result["report_html"] = str(report_html)
+            say(f"report written to {report_html}")
+        if download is not None:
+            d = client.jobs.download_adapter(job.id, download, verify=True)
+            result["download"] = {
+                "path": str(d.path),
+                "sha256": d.archive_sha256,
+                "verified": d.verified,
+                "files": d.files,
+            }
+            say(
+                f"adapter downloaded to {d.path} (sha256 {d.archive_sha256[:12]}…, manifest verified)"
+            )
+        result["exit_code"] = code
+        if json_out:
+            _print_json(result)
+        else:
+            Console().print(_summary_table(report, verdict))
+        raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------ jobs
+
+
+jobs_app = typer.Typer(
+    cls=_Group, help="Inspect and control jobs on the service.", no_args_is_help=True
+)
+
+
+@jobs_app.command("list", cls=_Command)
+def jobs_list(
+    status: Annotated[str | None, typer.Option("--status", help="filter by status")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="show at most N jobs")] = 20,
+    json_out: JsonOut = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """List jobs, newest first."""
+    import itertools
+
+    from rich.console import Console
+    from rich.table import Table
+
+    with _handle_errors(), _client(url, api_key) as client:
+        jobs = list(itertools.islice(client.jobs.list(status=status, limit=min(limit, 100)), limit))
+    if json_out:
+        _print_json([j.raw for j in jobs])
+        return
+    t = Table(title=f"{len(jobs)} job(s)")
+    for col in ("id", "status", "method", "base model", "progress", "created"):
+        t.add_column(col)
+    for j in jobs:
+        p = j.progress
+        prog = f"{p.step}/{p.total_steps}" if p.step is not None and p.total_steps else ""
+        t.add_row(
+            j.id, _status(j.status), j.method or "", j.base_model or "", prog, j.created_at or ""
+        )
+    Console().print(t)
+
+
+def _status(s: str) -> str:
+    color = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+    return f"[{color[s]}]{s}[/]" if s in color else s
+
+
+@jobs_app.command("get", cls=_Command)
+def jobs_get(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    json_out: JsonOut = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Show one job: status, progress, timestamps, error."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _handle_errors(), _client(url, api_key) as client:
+        job = client.jobs.get(job_id)
+    if json_out:
+        _print_json(job.raw)
+        return
+    t = Table(show_header=False, title=f"job {job.id}")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    t.add_row("status", _status(job.status))
+    for k in ("method", "base_model"):
+        if getattr(job, k):
+            t.add_row(k.replace("_", " "), str(getattr(job, k)))
+    p = job.progress
+    if p.phase or p.step is not None:
+        t.add_row("phase", str(p.phase or ""))
+        if p.total_steps:
+            t.add_row("step", f"{p.step}/{p.total_steps}")
+        if p.losses:
+            t.add_row("loss", " ".join(f"{k}={v:.4f}" for k, v in p.losses.items()))
+        if p.eta_seconds is not None:
+            t.add_row("ETA", _duration(p.eta_seconds))
+    for k in ("created_at", "started_at", "finished_at"):
+        if getattr(job, k):
+            t.add_row(k.replace("_", " "), str(getattr(job, k)))
+    if job.error:
+        t.add_row("error", f"[red][{job.error.get('code')}] {job.error.get('message')}[/]")
+    if job.metadata:
+        t.add_row("metadata", json.dumps(job.metadata))
+    Console().print(t)
+
+
+@jobs_app.command("cancel", cls=_Command)
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    json_out: JsonOut = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Ask the service to cancel a job (cooperative: it ends as cancelled shortly)."""
+    with _handle_errors(), _client(url, api_key) as client:
+        job = client.jobs.cancel(job_id)
+    if json_out:
+        _print_json(job.raw)
+    else:
+        typer.echo(f"job {job.id} {job.status}")
+
+
+@jobs_app.command("events", cls=_Command)
+def jobs_events(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="at most N events")] = None,
+    json_out: JsonOut = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """The job's event log: level, message, metrics."""
+    import itertools
+
+    from rich.console import Console
+    from rich.table import Table
+
+    with _handle_errors(), _client(url, api_key) as client:
+        events = list(itertools.islice(client.jobs.events(job_id), limit))
+    if json_out:
+        _print_json([e.raw for e in events])
+        return
+    t = Table(title=f"events of {job_id}")
+    for col in ("time", "level", "message", "metrics"):
+        t.add_column(col)
+    for e in events:
+        metrics = (
+            " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.metrics.items()
+            )
+            if isinstance(e.metrics, dict)
+            else str(e.metrics)
+        )
+        level = e.level or ""
+        style = {"error": "red", "warning": "yellow"}.get(level.lower(), "")
+        t.add_row(
+            e.created_at or "", f"[{style}]{level}[/]" if style else level, e.message or "", metrics
+        )
+    Console().print(t)
+
+
+@jobs_app.command("report", cls=_Command)
+def jobs_report(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    html: Annotated[
+        Path | None, typer.Option("--html", help="write the HTML report to FILE")
+    ] = None,
+    max_asr: MaxAsr = None,
+    max_ca_drop: MaxCaDrop = None,
+    json_out: JsonOut = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """The job's report: ASR/CA before and after (exit 1 if a given policy fails)."""
+    from rich.console import Console
+
+    from sanitizer.report_html import check_policy, render_report_html
+
+    policy = _policy(max_asr, max_ca_drop)
+    with _handle_errors(), _client(url, api_key) as client:
+        report = client.jobs.report(job_id)
+        job = client.jobs.get(job_id) if html is not None else None
+    verdict = None if policy.is_empty() else check_policy(report, policy)
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_report_html(report, policy=policy, job=job.raw if job else None))
+    if json_out:
+        _print_json(report if verdict is None else {**report, "policy": verdict.to_dict()})
+    else:
+        Console().print(_summary_table(report, verdict))
+        if html is not None:
+            Console(stderr=True).print(f"HTML report written to {html}")
+    raise typer.Exit(EXIT_OK if verdict is None or verdict.passed else EXIT_POLICY)
+
+
+# ------------------------------------------------------------------ report (offline)
+
+
+def report(
+    report_json: Annotated[Path, typer.Argument(help="report.json of a job or a local run")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file (default: next to the JSON)")
+    ] = None,
+    max_asr: MaxAsr = None,
+    max_ca_drop: MaxCaDrop = None,
+) -> None:
+    """Render a report.json as a self-contained HTML page (plots embedded, no network)."""
+    from sanitizer.report_html import check_policy, render_report_html
+
+    try:
+        data = json.loads(report_json.read_text())
+    except FileNotFoundError:
+        _die(EXIT_USAGE, f"{report_json}: no such file")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        _die(EXIT_USAGE, f"{report_json} is not JSON: {e}")
+    if not isinstance(data, dict):
+        _die(EXIT_USAGE, f"{report_json} does not hold a report object")
+    policy = _policy(max_asr, max_ca_drop)
+    out = output or report_json.with_suffix(".html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report_html(data, policy=policy))
+    typer.echo(str(out))
+    if not policy.is_empty() and not check_policy(data, policy).passed:
+        raise typer.Exit(EXIT_POLICY)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("submit", cls=_Command)(submit)
+    app.command("report", cls=_Command)(report)
+    app.add_typer(jobs_app, name="jobs")
