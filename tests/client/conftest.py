@@ -49,3 +49,31 @@ def serve_in_thread(asgi_app: Any) -> Iterator[str]:
 @pytest.fixture
 def report() -> dict[str, Any]:
     return json.loads((DATA / "report_classification.json").read_text())
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[str, Any]]:
+    """(base_url, state) of a running stand-in service; tests script faults via ``state``."""
+    from stub_service import StubState, create_app
+
+    state = StubState()
+    with serve_in_thread(create_app(state)) as url:
+        yield url, state
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    p = tmp_path / "clean.jsonl"
+    p.write_text(
+        "".join(json.dumps({"text": f"row {i}", "label": i % 2}) + "\n" for i in range(20))
+    )
+    return p
+
+
+@pytest.fixture
+def adapter_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    (d / "adapter_model.safetensors").write_bytes(b"\x00" * 4096)
+    return d
