@@ -91,8 +91,11 @@ MaxCaDrop = Annotated[
 
 def _err(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[bold red]error:[/] {escape(message)}"
+    )
 
 
 def _die(code: int, message: str) -> NoReturn:
@@ -220,7 +223,7 @@ class _ProgressView:
         last_phase, last_step, last_t = self._last_line
         if phase != last_phase or (p.step != last_step and now - last_t >= 10) or job.done:
             parts = [f"[{job.status}]", phase, steps, loss, eta]
-            self.console.print(" ".join(x for x in parts if x), highlight=False)
+            self.console.print(" ".join(x for x in parts if x), highlight=False, markup=False)
             self._last_line = (phase, p.step if p.step is not None else -1, now)
 
 
@@ -373,7 +376,7 @@ def submit(
     attack_spec = _attack_spec(attack, trigger, target_label, target)
     policy = _policy(max_asr, max_ca_drop)
     wait = wait or not policy.is_empty() or download is not None or report_html is not None
-    say = (lambda m: None) if (quiet or json_out) else (lambda m: err.print(m))
+    say = (lambda m: None) if (quiet or json_out) else (lambda m: err.print(m, markup=False))
 
     result: dict[str, Any] = {}
     with _handle_errors(), _client(url, api_key, http_timeout) as client:
@@ -518,6 +521,7 @@ def jobs_get(
     """Show one job: status, progress, timestamps, error."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     with _handle_errors(), _client(url, api_key) as client:
         job = client.jobs.get(job_id)
@@ -544,7 +548,7 @@ def jobs_get(
         if getattr(job, k):
             t.add_row(k.replace("_", " "), str(getattr(job, k)))
     if job.error:
-        t.add_row("error", f"[red][{job.error.get('code')}] {job.error.get('message')}[/]")
+        t.add_row("error", Text(f"[{job.error.get('code')}] {job.error.get('message')}", "red"))
     if job.metadata:
         t.add_row("metadata", json.dumps(job.metadata))
     Console().print(t)
@@ -579,6 +583,7 @@ def jobs_events(
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     with _handle_errors(), _client(url, api_key) as client:
         events = list(itertools.islice(client.jobs.events(job_id), limit))
@@ -598,9 +603,7 @@ def jobs_events(
         )
         level = e.level or ""
         style = {"error": "red", "warning": "yellow"}.get(level.lower(), "")
-        t.add_row(
-            e.created_at or "", f"[{style}]{level}[/]" if style else level, e.message or "", metrics
-        )
+        t.add_row(e.created_at or "", Text(level, style), Text(e.message or ""), Text(metrics))
     Console().print(t)
 
 
