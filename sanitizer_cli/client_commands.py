@@ -165,7 +165,7 @@ def _pct(v: Any) -> str:
 # ------------------------------------------------------------------ progress
 
 
-class _ProgressView:
+class ProgressView:
     """Live bar on a terminal (step/total, loss, ETA); plain log lines otherwise (CI logs)."""
 
     def __init__(self, enabled: bool) -> None:
@@ -178,7 +178,7 @@ class _ProgressView:
         self._task: Any = None
         self._last_line = ("", -1, 0.0)
 
-    def __enter__(self) -> _ProgressView:
+    def __enter__(self) -> ProgressView:
         if self.live:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -410,7 +410,7 @@ def submit(
             raise typer.Exit(EXIT_OK)
 
         try:
-            with _ProgressView(enabled=not (quiet or json_out)) as view:
+            with ProgressView(enabled=not (quiet or json_out)) as view:
                 job = client.jobs.wait(
                     job.id, timeout=timeout, poll_interval=poll_interval, on_progress=view
                 )
