@@ -1,0 +1,368 @@
+"""SDK and CLI against the REAL service: `sanitizer serve` (embedded mode: API + worker,
+SQLite) as a subprocess, tiny models built in code. Faults are injected by small proxies in
+front of it (503/429 with Retry-After, a tampered adapter archive), never by mocking it.
+
+Skipped (with the reason) while `sanitizer serve` is not available.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import free_port, serve_in_thread
+
+from sanitizer_client import ChecksumMismatchError, Client
+
+POS = "good great fine love best".split()
+NEG = "bad awful dull hate worst".split()
+FILL = "the a movie film story plot it was".split()
+
+
+def _csv(path: Path, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        for _ in range(n):
+            label = rng.choice(["negative", "positive"])
+            words = [rng.choice(FILL) for _ in range(5)]
+            words.append(rng.choice(POS if label == "positive" else NEG))
+            rng.shuffle(words)
+            w.writerow([" ".join(words), label])
+    return path
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sanitizer_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("live")
+    base_env = {
+        **os.environ,
+        "HOME": str(root),
+        "SANITIZER_MODEL_STORE": str(root / "store"),
+        "SANITIZER_DATA_DIR": str(root / "service"),
+        "COLUMNS": "200",
+    }
+    base_env = {
+        k: v
+        for k, v in base_env.items()
+        if k not in ("SANITIZER_URL", "SANITIZER_API_KEY", "DATABASE_URL", "REDIS_URL")
+    }
+    if _cli(base_env, "serve", "--help", timeout=60).returncode != 0:
+        pytest.skip("`sanitizer serve` is not available yet (service issue)")
+
+    from sanitizer.tiny import build_tiny_model
+
+    build_tiny_model(root / "store", "tiny/bert", "bert")
+    build_tiny_model(root / "store", "tiny/teacher", "bert", hidden_size=16, num_layers=2, seed=1)
+    files = {
+        "train": _csv(root / "train.csv", 96, 0),
+        "clean": _csv(root / "clean.csv", 40, 1),
+        "test": _csv(root / "test.csv", 40, 2),
+    }
+    r = _cli(
+        base_env,
+        "attack",
+        "--base-model",
+        "tiny/bert",
+        "--data",
+        str(files["train"]),
+        "--attack",
+        "badnet",
+        "--trigger",
+        "cf",
+        "--target-label",
+        "0",
+        "--poison-rate",
+        "0.2",
+        "--epochs",
+        "1",
+        "--out",
+        str(root / "backdoored"),
+    )
+    assert r.returncode == 0, r.stderr
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(root / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sanitizer_cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=base_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (root / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "service did not start"
+            time.sleep(0.5)
+        key = None
+        k = _cli(base_env, "keys", "create", "--project", "client-tests", "--json", timeout=60)
+        if k.returncode == 0:
+            data = json.loads(k.stdout)
+            key = data.get("key") or data.get("api_key") or data.get("token")
+        env = {**base_env, "SANITIZER_URL": url, **({"SANITIZER_API_KEY": key} if key else {})}
+        yield {
+            "url": url,
+            "key": key,
+            "env": env,
+            "root": root,
+            "adapter": root / "backdoored",
+            **files,
+        }
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the service we started, and its worker
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _submit_args(live: dict[str, Any], *extra: str) -> list[str]:
+    return [
+        "submit",
+        "--method",
+        "finetune",
+        "--base-model",
+        "tiny/bert",
+        "--adapter",
+        str(live["adapter"]),
+        "--clean-data",
+        str(live["clean"]),
+        "--test-data",
+        str(live["test"]),
+        "--attack",
+        "badnet",
+        "--trigger",
+        "cf",
+        "--target-label",
+        "0",
+        "--param",
+        "epochs=1",
+        "--poll-interval",
+        "0.5",
+        *extra,
+    ]
+
+
+def test_happy_path_exit_0_download_verified_report_matches(
+    live: dict[str, Any], tmp_path: Path
+) -> None:
+    out = _cli(
+        live["env"],
+        *_submit_args(
+            live,
+            "--max-asr",
+            "1.0",
+            "--max-ca-drop",
+            "1.0",
+            "--download",
+            str(tmp_path / "clean"),
+            "--report-html",
+            str(tmp_path / "r.html"),
+            "--json",
+        ),
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["download"]["verified"] is True
+    assert (tmp_path / "clean" / "adapter_model.safetensors").exists()
+    with Client(live["url"], live["key"]) as c:
+        report = c.jobs.report(result["job"]["id"])
+    assert result["metrics"] == report["metrics"]
+    html = (tmp_path / "r.html").read_text()
+    asr = report["metrics"]["after"]["attack_success_rate"]
+    assert f'data-key="metrics.after.attack_success_rate" data-value="{json.dumps(asr)}"' in html
+
+
+def test_policy_failed_exit_1(live: dict[str, Any]) -> None:
+    out = _cli(live["env"], *_submit_args(live, "--max-ca-drop", "-1", "--json"))
+    assert out.returncode == 1, out.stderr
+    assert json.loads(out.stdout)["policy"]["passed"] is False
+
+
+def test_cancelled_job_exit_2(live: dict[str, Any]) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sanitizer_cli",
+            *_submit_args(live, "--param", "epochs=50", "--wait", "--json"),
+        ],
+        env=live["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with Client(live["url"], live["key"]) as c:
+        deadline = time.monotonic() + 120
+        job = None
+        while job is None and time.monotonic() < deadline:
+            running = [j for j in c.jobs.list(limit=50) if not j.done]
+            job = running[0] if running else None
+            time.sleep(0.2)
+        assert job is not None, "the submitted job never appeared"
+        c.jobs.cancel(job.id)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    assert "cancelled" in err
+
+
+def test_input_errors_exit_3(live: dict[str, Any], tmp_path: Path) -> None:
+    bad = _cli(
+        live["env"],
+        "submit",
+        "--method",
+        "nope",
+        "--base-model",
+        "tiny/bert",
+        "--clean-data",
+        str(live["clean"]),
+    )
+    assert bad.returncode == 3, bad.stderr
+    pickle_adapter = tmp_path / "pickled"
+    pickle_adapter.mkdir()
+    (pickle_adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (pickle_adapter / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")
+    unsafe = _cli(
+        live["env"],
+        *_submit_args(live)[:4],
+        "--adapter",
+        str(pickle_adapter),
+        "--clean-data",
+        str(live["clean"]),
+    )
+    assert unsafe.returncode == 3, unsafe.stderr
+    assert _cli(live["env"], "jobs", "get", "job_does_not_exist").returncode == 3
+
+
+def test_unreachable_exit_4(live: dict[str, Any]) -> None:
+    env = {**live["env"], "SANITIZER_URL": f"http://127.0.0.1:{free_port()}"}
+    assert _cli(env, "jobs", "list").returncode == 4
+
+
+def _proxy(target: str, state: dict[str, Any]) -> Any:
+    """Forward to the real service; answer scripted faults first; optionally tamper."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def forward(request: Request) -> Response:
+        key = (request.method, request.url.path)
+        state.setdefault("seen", []).append((*key, request.headers.get("idempotency-key")))
+        faults = state.get("faults", {}).get(key)
+        if faults:
+            status = faults.pop(0)
+            return JSONResponse(
+                {"title": "busy", "status": status, "code": "busy"},
+                status,
+                headers={"Retry-After": "1"},
+                media_type="application/problem+json",
+            )
+        async with httpx.AsyncClient(base_url=target, timeout=60) as c:
+            r = await c.request(
+                request.method,
+                request.url.path,
+                params=list(request.query_params.multi_items()),
+                content=await request.body(),
+                headers=[
+                    (k, v)
+                    for k, v in request.headers.items()
+                    if k.lower() not in ("host", "content-length")
+                ],
+            )
+        body = r.content
+        if state.get("tamper") and request.url.path.endswith("/artifacts/adapter"):
+            body = body[:-16] + bytes(16)
+        headers = {
+            k: v
+            for k, v in r.headers.items()
+            if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")
+        }
+        return Response(body, r.status_code, headers=headers)
+
+    return Starlette(
+        routes=[Route("/{path:path}", forward, methods=["GET", "POST", "DELETE", "PUT", "PATCH"])]
+    )
+
+
+def test_retry_429_503_through_proxy_creates_one_job_and_progress_is_reported(
+    live: dict[str, Any],
+) -> None:
+    state: dict[str, Any] = {"faults": {("POST", "/v1/jobs"): [503, 429]}}
+    with (
+        serve_in_thread(_proxy(live["url"], state)) as proxy_url,
+        Client(proxy_url, live["key"], backoff_base=0.05) as c,
+    ):
+        f = c.files.upload(live["clean"], purpose="dataset")
+        t0 = time.monotonic()
+        job = c.jobs.create(
+            method="finetune",
+            base_model="tiny/bert",
+            clean_dataset_file=f,
+            hyperparameters={"epochs": 1},
+            metadata={"case": "retry"},
+        )
+        assert time.monotonic() - t0 >= 2.0  # two Retry-After: 1 honoured
+        posts = [s for s in state["seen"] if s[:2] == ("POST", "/v1/jobs")]
+        assert len(posts) == 3 and len({s[2] for s in posts}) == 1
+        assert [j.id for j in c.jobs.list(metadata={"case": "retry"})] == [job.id]
+        seen: list[Any] = []
+        done = c.jobs.wait(job.id, timeout=300, poll_interval=0.2, on_progress=seen.append)
+        assert done.succeeded, done.error
+        steps = [j.progress.step for j in seen if j.progress.step is not None]
+        assert steps and steps == sorted(steps)
+
+
+def test_tampered_download_detected_exit_5(live: dict[str, Any], tmp_path: Path) -> None:
+    with Client(live["url"], live["key"]) as c:
+        done = [j for j in c.jobs.list(status="succeeded")]
+        assert done, "needs a succeeded job from an earlier test"
+        jid = done[0].id
+    state: dict[str, Any] = {"tamper": True}
+    with serve_in_thread(_proxy(live["url"], state)) as proxy_url:
+        with Client(proxy_url, live["key"]) as c, pytest.raises(ChecksumMismatchError):
+            c.jobs.download_adapter(jid, tmp_path / "out")
+        env = {**live["env"], "SANITIZER_URL": proxy_url}
+        out = _cli(env, *_submit_args(live, "--download", str(tmp_path / "cli")))
+        assert out.returncode == 5, out.stderr
