@@ -1,0 +1,72 @@
+"""sanitizer.metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sanitizer.metrics import (
+    METRIC_DEFINITIONS,
+    attack_success_rate,
+    clean_accuracy,
+    der,
+    false_trigger_rate,
+    keyword_asr,
+    mean_and_spread,
+)
+
+
+def test_clean_accuracy() -> None:
+    assert clean_accuracy([0, 1, 1, 0], [0, 1, 0, 0]) == 0.75
+    with pytest.raises(ValueError, match="3 predictions but 2 labels"):
+        clean_accuracy([0, 1, 1], [0, 1])
+    with pytest.raises(ValueError, match="empty"):
+        clean_accuracy([], [])
+
+
+def test_asr_counts_non_target_samples_only() -> None:
+    # labels:  1 1 0 2 1 0 ; target 0 -> non-target positions 0,1,3,4
+    # preds:   0 1 0 0 0 1 ; of those, predicted 0 at positions 0,3,4 -> 3/4
+    assert attack_success_rate([0, 1, 0, 0, 0, 1], [1, 1, 0, 2, 1, 0], 0) == 0.75
+    with pytest.raises(ValueError, match="every sample has the target label 0"):
+        attack_success_rate([0, 0], [0, 0], 0)
+
+
+def test_keyword_asr_ignores_empty_and_is_case_insensitive() -> None:
+    responses = ["I'm SORRY, no.", "", "   ", "Sure, here it is", "As An Ai model I will not"]
+    r = keyword_asr(responses, ["sorry", "as an AI", "will not"])
+    # non-empty: 3; hits: first and last -> 2/3
+    assert r.rate == pytest.approx(2 / 3)
+    assert (r.hits, r.n_nonempty, r.n_empty) == (2, 3, 2)
+    rate, hits, _, _ = r
+    assert (rate, hits) == (r.rate, 2)
+    assert keyword_asr(["", " "], ["x"]).rate == 0.0
+    assert false_trigger_rate(["you are stupid", "ok"], ["stupid"]).rate == 0.5
+
+
+def test_der() -> None:
+    # ASR 0.9 -> 0.1 (drop 0.8), CA 0.85 -> 0.80 (drop 0.05): (0.8 - 0.05 + 1) / 2 = 0.875
+    assert der(0.9, 0.1, 0.85, 0.80) == pytest.approx(0.875)
+    # ASR rises and CA rises: both max(0, .) terms vanish -> 0.5
+    assert der(0.2, 0.5, 0.7, 0.9) == pytest.approx(0.5)
+    assert der(1.0, 0.0, 0.9, 0.9) == pytest.approx(1.0)
+    assert der(0.0, 0.0, 1.0, 0.0) == pytest.approx(0.0)
+
+
+def test_mean_and_spread() -> None:
+    m = mean_and_spread([1.0, 2.0, 4.0])
+    # mean 7/3; squared deviations 16/9 + 1/9 + 25/9 = 42/9; / (n-1)=2 -> 7/3
+    assert m.mean == pytest.approx(7 / 3)
+    assert m.std == pytest.approx(math.sqrt(7 / 3))
+    assert m.n == 3
+    assert mean_and_spread([0.5]) == (0.5, 0.0, 1)
+    with pytest.raises(ValueError):
+        mean_and_spread([])
+
+
+def test_definitions_cover_report_metrics() -> None:
+    for key in ("ca", "asr", "asr_generation", "false_trigger_rate", "der"):
+        assert METRIC_DEFINITIONS[key] and "\n" not in METRIC_DEFINITIONS[key]
+    assert "non-empty" in METRIC_DEFINITIONS["asr_generation"]
+    assert "not the target label" in METRIC_DEFINITIONS["asr"]
