@@ -138,7 +138,7 @@ class Verdict:
         return {"passed": self.passed, "reasons": self.reasons, "checks": self.checks}
 
 
-def _clean_metric(block: dict[str, Any] | None) -> tuple[str, float] | None:
+def _clean_metric(block: Any) -> tuple[str, float] | None:
     """CA for classification, token-F1 utility for generation."""
     for key in ("clean_accuracy", "utility_token_f1"):
         v = _get(block, key)
@@ -154,7 +154,7 @@ def check_policy(report: dict[str, Any], policy: Policy) -> Verdict:
     checks: list[dict[str, Any]] = []
     reasons: list[str] = []
     if policy.max_asr is not None:
-        asr = after.get("attack_success_rate")
+        asr: Any = after.get("attack_success_rate")
         if not _is_number(asr):
             ok = False
             reasons.append(
@@ -458,11 +458,12 @@ def render_report_html(
     status and timestamps to the header.
     """
     report = report if isinstance(report, dict) else {}
-    metrics = report.get("metrics") if isinstance(report.get("metrics"), dict) else {}
-    before = metrics.get("before") if isinstance(metrics.get("before"), dict) else {}
-    after = metrics.get("after") if isinstance(metrics.get("after"), dict) else {}
+    metrics: dict[str, Any] = report["metrics"] if isinstance(report.get("metrics"), dict) else {}
+    before: dict[str, Any] = metrics["before"] if isinstance(metrics.get("before"), dict) else {}
+    after: dict[str, Any] = metrics["after"] if isinstance(metrics.get("after"), dict) else {}
     found = _baseline(report)
-    bkey, baseline = found if found else ("baseline", None)
+    bkey: str = found[0] if found else "baseline"
+    baseline: dict[str, Any] | None = found[1] if found else None
     method = str(report.get("method") or "sanitization")
     base_id = _get(report, "base_model", "id") or report.get("base_model")
     base_id = base_id if isinstance(base_id, str) else None
@@ -526,7 +527,8 @@ def render_report_html(
         )
         rows = []
         for k in keys:
-            b, a = before.get(k), after.get(k)
+            b: Any = before.get(k)
+            a: Any = after.get(k)
             change = "–"
             if _is_number(b) and _is_number(a) and not k.startswith("n_"):
                 d = a - b
@@ -739,12 +741,13 @@ def render_report_html(
         )
     tpl = report.get("prompt_template")
     if tpl:
+        text: Any
         if isinstance(tpl, dict):
             text = tpl.get("template") or tpl.get("text") or json.dumps(tpl, indent=2)
-            kind = tpl.get("kind")
+            tpl_kind = tpl.get("kind")
         else:
-            text, kind = str(tpl), None
-        head = f"<p>kind: <code>{html.escape(str(kind))}</code></p>" if kind else ""
+            text, tpl_kind = str(tpl), None
+        head = f"<p>kind: <code>{html.escape(str(tpl_kind))}</code></p>" if tpl_kind else ""
         parts.append(
             _section(
                 "Prompt template (used for training and evaluation)",

@@ -28,7 +28,7 @@ from typer.core import TyperCommand, TyperGroup
 try:  # recent typer vendors click; older releases use the click package
     from typer._click.exceptions import UsageError as _UsageError
 except ImportError:  # pragma: no cover
-    from click import UsageError as _UsageError
+    from click import UsageError as _UsageError  # type: ignore[assignment]
 
 EXIT_OK, EXIT_POLICY, EXIT_JOB, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_VERIFY = 0, 1, 2, 3, 4, 5
 
@@ -115,9 +115,9 @@ class _handle_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None or isinstance(exc, typer.Exit):
-            return False
+            return None
         from sanitizer_client import (
             APIConnectionError,
             APIError,
@@ -136,7 +136,7 @@ class _handle_errors:
             _die(EXIT_JOB, str(exc))
         if isinstance(exc, SanitizerClientError):
             _die(EXIT_USAGE, str(exc))
-        return False
+        return None
 
 
 def _print_json(obj: Any) -> None:

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 import zipfile
@@ -55,8 +56,7 @@ def zip_directory(directory: Path) -> Path:
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 with open(path, "rb") as src, zf.open(info, "w") as dst:
-                    for chunk in iter(lambda src=src: src.read(_CHUNK), b""):
-                        dst.write(chunk)
+                    shutil.copyfileobj(src, dst, _CHUNK)
     except BaseException:
         os.unlink(name)
         raise
@@ -115,7 +115,7 @@ def _opener(archive: Path, kind: str) -> Iterator[Callable[[str], IO[bytes]]]:
             yield open_tar
 
 
-def _manifest_hashes(manifest: dict[str, Any]) -> dict[str, str]:
+def _manifest_hashes(manifest: dict[str, Any]) -> dict[str, Any]:
     """{file name: sha256} from the manifest's ``files`` (a mapping, or a list of records)."""
     files = manifest.get("files")
     if isinstance(files, dict):
@@ -181,6 +181,5 @@ def extract_archive(archive: Path, dest: Path) -> list[str]:
                 raise SanitizerClientError(f"refusing archive member outside {dest}: {name!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
             with open_member(name) as src, open(target, "wb") as dst:
-                for chunk in iter(lambda src=src: src.read(_CHUNK), b""):
-                    dst.write(chunk)
+                shutil.copyfileobj(src, dst, _CHUNK)
     return names

@@ -182,7 +182,7 @@ class RetryPolicy:
 # ------------------------------------------------------------------ helpers
 
 
-def _q(value: str) -> str:
+def _q(value: object) -> str:
     return quote(str(value), safe="")
 
 
