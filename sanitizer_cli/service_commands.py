@@ -1,7 +1,197 @@
-"""Commands of this group are registered on the main `sanitizer` app by ``register``."""
+"""Service commands: serve (embedded API + worker), worker, keys, db.
+
+Heavy imports (uvicorn, celery, sqlalchemy) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import typer
 
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+
+DEFAULT_PROJECT = "default"
+
+
+def _apply_env(data_dir: Path | None) -> None:
+    if data_dir is not None:
+        os.environ["SANITIZER_DATA_DIR"] = str(data_dir.resolve())
+    from jobstore.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def worker_argv(queues: str | None, concurrency: int, name: str = "worker") -> list[str]:
+    from jobstore.settings import get_settings
+
+    s = get_settings()
+    return [
+        "worker",
+        "--queues",
+        queues or f"{s.queue},{s.webhooks_queue}",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        os.environ.get("SANITIZER_LOG_LEVEL", "INFO"),
+        "--hostname",
+        f"{name}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def _embedded_key() -> str:
+    """SANITIZER_API_KEY if set, else the key this data dir was given on first start."""
+    from jobstore.db import session_scope
+    from jobstore.keys import authenticate, create_key, install_key
+    from jobstore.settings import get_settings
+
+    s = get_settings()
+    with session_scope() as session:
+        if s.api_key:
+            install_key(session, DEFAULT_PROJECT, s.api_key)
+            return s.api_key
+        saved = s.data_dir / "api_key"
+        if saved.is_file():
+            key = saved.read_text().strip()
+            if authenticate(session, key) is not None:
+                return key
+        _, key = create_key(session, DEFAULT_PROJECT, name="serve")
+    saved.write_text(key + "\n")
+    saved.chmod(0o600)
+    return key
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address the API listens on"),
+    port: int = typer.Option(8000, help="API port"),
+    workers: int = typer.Option(1, help="worker processes started beside the API (0: none)"),
+    data_dir: Path | None = typer.Option(None, help="overrides SANITIZER_DATA_DIR"),
+) -> None:
+    """Start the API and a worker on this machine (SQLite + a serverless broker unless
+    DATABASE_URL / REDIS_URL are set)."""
+    _apply_env(data_dir)
+    import uvicorn
+
+    from jobstore.db import upgrade
+    from jobstore.settings import get_settings
+
+    s = get_settings()
+    upgrade()
+    key = _embedded_key()
+    mode = (
+        "embedded (SQLite broker, no Redis)"
+        if s.embedded
+        else f"distributed ({s.broker_url.split('@')[-1]})"
+    )
+    typer.echo(f"sanitizer service: {mode}; data in {s.data_dir}")
+    typer.echo(f"API:     http://{host}:{port}  (OpenAPI at /docs)")
+    typer.echo(f"API key: {key}")
+    procs: list[subprocess.Popen[bytes]] = []
+    for i in range(workers):
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.celery_app:celery_app",
+                    *worker_argv(None, 1, f"embedded{i}"),
+                ],
+                env={**os.environ, "SANITIZER_DATA_DIR": str(s.data_dir)},
+            )
+        )
+    try:
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def worker(
+    concurrency: int = typer.Option(1, help="jobs run at once by this worker (one per GPU)"),
+    queues: str | None = typer.Option(
+        None, help="comma-separated queues; default sanitize,webhooks"
+    ),
+    data_dir: Path | None = typer.Option(None, help="overrides SANITIZER_DATA_DIR"),
+) -> None:
+    """Run a Celery worker that executes sanitization jobs (and webhook deliveries)."""
+    _apply_env(data_dir)
+    from workers.celery_app import celery_app
+
+    celery_app.worker_main(worker_argv(queues, concurrency))
+
+
+@keys_app.command("create")
+def keys_create(
+    project: str = typer.Option(
+        DEFAULT_PROJECT, help="project the key belongs to (created if new)"
+    ),
+    name: str | None = typer.Option(None, help="a label for the key"),
+) -> None:
+    """Create an API key; it is printed once and stored only hashed."""
+    from jobstore.db import session_scope, upgrade
+    from jobstore.keys import create_key
+
+    upgrade()
+    with session_scope() as s:
+        record, key = create_key(s, project, name)
+        key_id = record.id
+    typer.echo(
+        f"key id:  {key_id}\nproject: {project}\nAPI key: {key}\n(store it now: it is not shown again)"
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="the key id (keyXXXXXXXXXXXX)")) -> None:
+    """Revoke a key: requests with it get 401 from now on."""
+    from jobstore.db import session_scope
+    from jobstore.keys import revoke_key
+
+    with session_scope() as s:
+        record = revoke_key(s, key_id)
+    if record is None:
+        typer.echo(f"no key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (ids, projects, state; never the keys themselves)."""
+    from jobstore.db import session_scope
+    from jobstore.keys import list_keys
+
+    with session_scope() as s:
+        for k, p in list_keys(s):
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            typer.echo(f"{k.id}\t{p.name}\t{state}\t{k.name or ''}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the migrations to DATABASE_URL (SQLite by default)."""
+    from jobstore.db import upgrade
+    from jobstore.settings import get_settings
+
+    upgrade(revision=revision)
+    typer.echo(f"database at {get_settings().db_url.split('@')[-1]} is at {revision}")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("serve")(serve)
+    app.command("worker")(worker)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(db_app, name="db")

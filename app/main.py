@@ -1,0 +1,95 @@
+"""The FastAPI application: routers, problem+json errors, request ids, the reaper thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from app import problems
+from app.middleware import RequestContext, RequestIdFilter
+from app.queue import get_queue
+from app.routers import files, health, jobs, project
+from jobstore.db import session_factory, session_scope, upgrade
+from jobstore.jobs import reap
+from jobstore.keys import install_key
+from jobstore.models import Job
+from jobstore.settings import get_settings
+from jobstore.webhooks import create_delivery
+
+log = logging.getLogger("app")
+DEFAULT_PROJECT = "default"
+
+
+def _on_terminal(job_id: str) -> None:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        delivery = create_delivery(s, job) if job else None
+    if delivery:
+        get_queue().send_webhook(delivery)
+
+
+def reaper_loop(stop: threading.Event) -> None:
+    settings = get_settings()
+    while not stop.is_set():
+        try:
+            done = reap(
+                session_factory(),
+                get_queue().enqueue,
+                heartbeat_timeout=settings.heartbeat_timeout,
+                max_attempts=settings.max_attempts,
+                dispatch_grace=max(2.0, settings.reaper_interval),
+            )
+            for job_id in done["failed"] + done["cancelled"]:
+                _on_terminal(job_id)
+        except Exception:
+            log.exception("reaper pass failed")
+        stop.wait(settings.reaper_interval)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    if settings.auto_migrate:
+        upgrade()
+    if settings.api_key:
+        with session_scope() as s:
+            install_key(s, DEFAULT_PROJECT, settings.api_key)
+    stop = threading.Event()
+    thread = threading.Thread(target=reaper_loop, args=(stop,), name="reaper", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+_collector: health.StoreCollector | None = None
+
+
+def create_app() -> FastAPI:
+    global _collector
+    logging.getLogger().addFilter(RequestIdFilter())
+    app = FastAPI(
+        title="Backdoor sanitizer",
+        version="1.0",
+        description="Upload a PEFT adapter and a clean dataset, run W2SDefense / CROW / "
+        "fine-tuning to remove backdoors, download the sanitized adapter and its report.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.add_middleware(RequestContext)
+    for r in (files.router, jobs.router, project.router, health.router):
+        app.include_router(r)
+    if _collector is None:  # one per process (tests build several apps)
+        _collector = health.StoreCollector(get_queue)
+        REGISTRY.register(_collector)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,141 @@
+"""Errors as ``application/problem+json`` (RFC 9457), with a stable ``code`` and the request id."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sanitizer.errors import DataValidationError, SanitizerError
+
+log = logging.getLogger("app")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ApiError(Exception):
+    """Raise anywhere in a route: becomes a problem+json response."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        hint: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.hint = status, code, detail, hint
+        self.errors, self.headers, self.extra = errors, headers, extra
+
+
+def not_found(kind: str, obj_id: str) -> ApiError:
+    return ApiError(
+        404,
+        f"{kind}_not_found",
+        f"no {kind} '{obj_id}' in this project",
+        hint=f"check the id; list yours with GET /v1/{kind}s",
+    )
+
+
+def from_library(exc: SanitizerError, *, status: int = 422, field: str | None = None) -> ApiError:
+    """A library error (bad input) as a 4xx that says what to fix."""
+    errors = None
+    if isinstance(exc, DataValidationError):
+        errors = [
+            {"file": p.file, "line": p.line, "column": p.column, "message": p.message}
+            for p in exc.problems
+        ]
+    extra = {"field": field} if field else {}
+    return ApiError(status, exc.code, exc.message, hint=exc.hint, errors=errors, **extra)
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    hint: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://sanitizer.invalid/problems/{code}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": getattr(request.state, "request_id", None),
+        "instance": request.url.path,
+    }
+    if hint:
+        body["hint"] = hint
+    if errors is not None:
+        body["errors"] = errors
+    body.update(extra)
+    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return problem_response(
+            request,
+            exc.status,
+            exc.code,
+            exc.detail,
+            hint=exc.hint,
+            errors=exc.errors,
+            headers=exc.headers,
+            **exc.extra,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        shown = "; ".join(f"{_loc(e['loc'])}: {e['message']}" for e in errors[:5])
+        return problem_response(
+            request,
+            422,
+            "validation_error",
+            f"the request is invalid: {shown}",
+            hint="fix the fields listed in errors[] (see the schema at /docs)",
+            errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        detail = str(exc.detail)
+        if exc.status_code == 404:
+            detail = f"no route {request.method} {request.url.path}"
+        return problem_response(
+            request, exc.status_code, code, detail, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            request,
+            500,
+            "internal_error",
+            "the server failed to handle this request",
+            hint="retry later; quote the request_id when reporting it",
+        )

@@ -1,0 +1,179 @@
+"""Files: adapters and datasets, validated on upload."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+
+from app import uploads
+from app.deps import ProjectDep, SessionDep, SettingsDep, StoreDep
+from app.problems import ApiError, not_found
+from app.schemas import FilePublic, FilesPublic
+from jobstore import status as st
+from jobstore.models import File, Job, new_id
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["purpose", "file"],
+                    "properties": {
+                        "purpose": {"type": "string", "enum": ["adapter", "dataset"]},
+                        "file": {"type": "string", "format": "binary"},
+                        "task": {"type": "string", "enum": ["classification", "generation"]},
+                        "text_column": {"type": "string", "default": "text"},
+                        "label_column": {"type": "string", "default": "label"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def to_public(f: File) -> FilePublic:
+    return FilePublic(
+        id=f.id,
+        purpose=f.purpose,  # type: ignore[arg-type]
+        filename=f.filename,
+        bytes=f.bytes,
+        sha256=f.sha256,
+        created_at=f.created_at,
+        details=f.info or {},
+    )
+
+
+def get_owned(s: SessionDep, project_id: str, file_id: str) -> File:
+    f = s.get(File, file_id)
+    if f is None or f.project_id != project_id:
+        raise not_found("file", file_id)
+    return f
+
+
+@router.post("", status_code=201, response_model=FilePublic, openapi_extra=UPLOAD_DOC)
+async def upload_file(
+    request: Request, project: ProjectDep, s: SessionDep, settings: SettingsDep, store: StoreDep
+) -> FilePublic:
+    """Upload an adapter archive or a dataset (multipart: purpose, file); validated before it is kept."""
+    up = await uploads.receive(request, settings)
+    try:
+        purpose = up.fields.get("purpose")
+        if purpose not in ("adapter", "dataset"):
+            raise ApiError(
+                422,
+                "invalid_purpose",
+                f"purpose must be 'adapter' or 'dataset', got {purpose!r}",
+                errors=[{"loc": ["body", "purpose"], "message": "adapter | dataset"}],
+                hint="add the form field purpose=adapter or purpose=dataset",
+            )
+        if up.path is None or up.filename is None:
+            raise ApiError(
+                422,
+                "missing_file",
+                "the upload has no file part",
+                errors=[{"loc": ["body", "file"], "message": "field required"}],
+                hint="send the file as the multipart field 'file'",
+            )
+        if up.size == 0:
+            raise ApiError(
+                422, "empty_file", f"'{up.filename}' is empty", hint="upload a non-empty file"
+            )
+        if purpose == "adapter":
+            info = await run_in_threadpool(
+                uploads.validate_adapter, up.path, up.tmp_dir / "extracted", settings
+            )
+        else:
+            task = up.fields.get("task") or None
+            if task not in (None, "classification", "generation"):
+                raise ApiError(
+                    422, "invalid_task", f"task must be classification or generation, got {task!r}"
+                )
+            info = await run_in_threadpool(
+                uploads.validate_dataset,
+                up.path,
+                task,
+                up.fields.get("text_column") or "text",
+                up.fields.get("label_column") or "label",
+            )
+        file_id = new_id("file")
+        key = f"files/{file_id}/{up.path.name}"
+        await run_in_threadpool(store.put_file, key, up.path, move=True)
+        record = File(
+            id=file_id,
+            project_id=project.id,
+            purpose=purpose,
+            filename=up.filename,
+            bytes=up.size,
+            sha256=up.sha256,
+            storage_key=key,
+            info=info,
+        )
+        s.add(record)
+        try:
+            s.commit()
+        except Exception:
+            store.delete_prefix(f"files/{file_id}")
+            raise
+        return to_public(record)
+    finally:
+        up.cleanup()
+
+
+@router.get("", response_model=FilesPublic)
+def list_files(
+    project: ProjectDep,
+    s: SessionDep,
+    purpose: Literal["adapter", "dataset"] | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> FilesPublic:
+    """List your files, newest first (cursor: after=<last_id>)."""
+    q = select(File).where(File.project_id == project.id)
+    if purpose:
+        q = q.where(File.purpose == purpose)
+    if after:
+        q = q.where(File.id < after)
+    rows = list(s.scalars(q.order_by(File.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    return FilesPublic(
+        data=[to_public(f) for f in page],
+        has_more=len(rows) > limit,
+        last_id=page[-1].id if page else None,
+    )
+
+
+@router.get("/{file_id}", response_model=FilePublic)
+def get_file(file_id: str, project: ProjectDep, s: SessionDep) -> FilePublic:
+    """Get one file's metadata."""
+    return to_public(get_owned(s, project.id, file_id))
+
+
+@router.delete("/{file_id}", status_code=204)
+def delete_file(file_id: str, project: ProjectDep, s: SessionDep, store: StoreDep) -> Response:
+    """Delete a file that no active job uses."""
+    f = get_owned(s, project.id, file_id)
+    ref = (
+        (Job.adapter_file_id == f.id)
+        | (Job.clean_dataset_file_id == f.id)
+        | (Job.test_dataset_file_id == f.id)
+    )
+    busy = s.scalar(select(Job.id).where(ref, Job.status.in_(st.ACTIVE)).limit(1))
+    if busy:
+        raise ApiError(
+            409,
+            "file_in_use",
+            f"file '{f.id}' is used by active job '{busy}'",
+            hint="wait for the job to finish or cancel it, then delete the file",
+        )
+    s.delete(f)
+    s.commit()
+    store.delete_prefix(f"files/{f.id}")
+    return Response(status_code=204)

@@ -1,0 +1,403 @@
+"""Jobs: submit, list, get, cancel, events, report, artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from app.deps import ProjectDep, QueueDep, SessionDep, SettingsDep, StoreDep
+from app.problems import ApiError, from_library, not_found
+from app.schemas import (
+    METHODS,
+    AdapterArtifact,
+    EventPublic,
+    EventsPublic,
+    JobCreate,
+    JobError,
+    JobPublic,
+    JobsPublic,
+    Progress,
+)
+from jobstore import status as st
+from jobstore.db import session_factory
+from jobstore.jobs import add_event, dispatch
+from jobstore.models import File, IdempotencyRecord, Job, JobEvent, Project, new_id
+from jobstore.settings import Settings
+from jobstore.webhooks import create_delivery
+from sanitizer.errors import SanitizerError
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+MAX_METADATA_KEYS = 16
+
+
+def to_public(job: Job) -> JobPublic:
+    spec = job.spec or {}
+    done = job.status == st.SUCCEEDED and job.artifact_sha256
+    return JobPublic(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        method=job.method,
+        task=job.task,
+        base_model=job.base_model,
+        base_revision=job.base_revision,
+        adapter_file=job.adapter_file_id,
+        clean_dataset_file=job.clean_dataset_file_id,
+        evaluation=spec.get("evaluation"),
+        hyperparameters=spec.get("hyperparameters") or {},
+        seed=spec.get("seed", 0),
+        metadata=job.meta or {},
+        webhook_url=job.webhook_url,
+        progress=Progress.model_validate(job.progress) if job.progress else None,
+        error=JobError(code=job.error_code, message=job.error_message or "")
+        if job.error_code
+        else None,
+        attempt=job.attempt,
+        created_at=job.created_at,
+        queued_at=job.queued_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        artifacts={
+            "adapter": AdapterArtifact(
+                url=f"/v1/jobs/{job.id}/artifacts/adapter", sha256=job.artifact_sha256 or ""
+            )
+        }
+        if done
+        else None,
+        report_url=f"/v1/jobs/{job.id}/report" if done else None,
+    )
+
+
+def get_owned_job(s: SessionDep, project_id: str, job_id: str) -> Job:
+    job = s.get(Job, job_id)
+    if job is None or job.project_id != project_id:
+        raise not_found("job", job_id)
+    return job
+
+
+def _file(s: SessionDep, project: Project, file_id: str, purpose: str, field: str) -> File:
+    f = s.get(File, file_id)
+    if f is None or f.project_id != project.id:
+        raise ApiError(
+            404,
+            "file_not_found",
+            f"{field} '{file_id}' is not a file of this project",
+            hint="upload it with POST /v1/files and use the returned id",
+            field=field,
+        )
+    if f.purpose != purpose:
+        raise ApiError(
+            422,
+            "wrong_file_purpose",
+            f"{field} '{file_id}' was uploaded with purpose '{f.purpose}', not '{purpose}'",
+            hint=f"upload the file again with purpose={purpose}",
+            field=field,
+        )
+    return f
+
+
+def _check_inputs(
+    body: JobCreate, s: SessionDep, project: Project, settings: Settings, store: StoreDep
+) -> None:
+    """Everything that can be checked without torch, so bad jobs fail now with a 4xx."""
+    from app.uploads import validate_dataset
+    from sanitizer.hub import resolve_model
+    from sanitizer.safety import check_adapter_dir, extract_archive
+
+    if body.method not in METHODS:
+        raise ApiError(
+            422,
+            "unknown_method",
+            f"unknown method '{body.method}'",
+            hint=f"use one of: {', '.join(METHODS)}",
+            errors=[{"loc": ["body", "method"], "message": f"one of {', '.join(METHODS)}"}],
+        )
+    if len(body.metadata) > MAX_METADATA_KEYS:
+        raise ApiError(422, "invalid_metadata", f"at most {MAX_METADATA_KEYS} metadata keys")
+    try:
+        resolve_model(body.base_model, body.base_revision)
+    except SanitizerError as exc:
+        raise from_library(exc, field="base_model") from exc
+    datasets = [("clean_dataset_file", body.clean_dataset_file)]
+    if body.evaluation and body.evaluation.test_dataset_file:
+        datasets.append(("evaluation.test_dataset_file", body.evaluation.test_dataset_file))
+    for field, fid in datasets:
+        f = _file(s, project, fid, "dataset", field)
+        info = f.info or {}
+        same = (info.get("task"), info.get("text_column"), info.get("label_column")) == (
+            body.task,
+            body.text_column,
+            body.label_column,
+        )
+        if not same:  # validated at upload for another task/columns: check again for this job
+            validate_dataset(
+                store.path(f.storage_key), body.task, body.text_column, body.label_column
+            )
+    if body.adapter_file:
+        f = _file(s, project, body.adapter_file, "adapter", "adapter_file")
+        tmp = Path(tempfile.mkdtemp(prefix="check-", dir=_tmp_root(settings)))
+        try:
+            folder = extract_archive(
+                store.path(f.storage_key),
+                tmp,
+                max_bytes=settings.max_extracted_bytes,
+                max_files=settings.max_archive_files,
+            )
+            check_adapter_dir(folder, expected_base_model=body.base_model)
+        except SanitizerError as exc:
+            raise from_library(exc, field="adapter_file") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tmp_root(settings: Settings) -> Path:
+    p = settings.data_dir / "tmp"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _request_hash(body: JobCreate) -> str:
+    canon = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _replay(s: SessionDep, project: Project, key: str, digest: str) -> Job | None:
+    rec = s.scalar(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.project_id == project.id, IdempotencyRecord.key == key
+        )
+    )
+    if rec is None:
+        return None
+    if rec.request_sha256 != digest:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            f"Idempotency-Key '{key}' was already used with a different request body",
+            hint="use a new Idempotency-Key for a different job",
+        )
+    return s.get(Job, rec.job_id)
+
+
+@router.post("", status_code=202, response_model=JobPublic)
+def create_job(
+    body: JobCreate,
+    project: ProjectDep,
+    s: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Any:
+    """Start a sanitization job (202); honours Idempotency-Key."""
+    digest = _request_hash(body)
+    if idempotency_key:
+        existing = _replay(s, project, idempotency_key, digest)
+        if existing is not None:
+            return JSONResponse(
+                to_public(existing).model_dump(mode="json"),
+                202,
+                headers={"Idempotent-Replayed": "true"},
+            )
+    _check_inputs(body, s, project, settings, store)
+    spec = body.model_dump(mode="json")
+    job = Job(
+        id=new_id("job"),
+        project_id=project.id,
+        status=st.VALIDATING,
+        method=body.method,
+        task=body.task,
+        base_model=body.base_model,
+        base_revision=body.base_revision,
+        adapter_file_id=body.adapter_file,
+        clean_dataset_file_id=body.clean_dataset_file,
+        test_dataset_file_id=body.evaluation.test_dataset_file if body.evaluation else None,
+        spec=spec,
+        meta=body.metadata,
+        webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        attempt=1,
+    )
+    s.add(job)
+    st.transition(job, st.QUEUED)
+    add_event(s, job.id, "job accepted and queued", phase="queued")
+    if idempotency_key:
+        s.add(
+            IdempotencyRecord(
+                project_id=project.id, key=idempotency_key, request_sha256=digest, job_id=job.id
+            )
+        )
+    try:
+        s.commit()
+    except IntegrityError:  # the same key raced in from another request
+        s.rollback()
+        existing = _replay(s, project, idempotency_key or "", digest)
+        if existing is None:
+            raise
+        return JSONResponse(to_public(existing).model_dump(mode="json"), 202)
+    if not dispatch(session_factory(), job.id, job.attempt, queue.enqueue):
+        with session_factory()() as s2:
+            add_event(
+                s2,
+                job.id,
+                "the queue is unreachable; the job is kept and will be dispatched when it is back",
+                level="warning",
+            )
+            s2.commit()
+    s.refresh(job)
+    return to_public(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    request: Request,
+    project: ProjectDep,
+    s: SessionDep,
+    status: Annotated[str | None, Query(description="filter by status")] = None,
+    after: Annotated[str | None, Query(description="the last_id of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobsPublic:
+    """List your jobs, newest first; filter by status and metadata[key]=value."""
+    q = select(Job).where(Job.project_id == project.id)
+    if status:
+        if status not in st.STATUSES:
+            raise ApiError(
+                422,
+                "invalid_status",
+                f"unknown status '{status}'",
+                hint=f"use one of: {', '.join(st.STATUSES)}",
+            )
+        q = q.where(Job.status == status)
+    for k, v in request.query_params.multi_items():
+        if k.startswith("metadata[") and k.endswith("]"):
+            q = q.where(Job.meta[k[9:-1]].as_string() == v)
+    if after:
+        q = q.where(Job.id < after)
+    rows = list(s.scalars(q.order_by(Job.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    return JobsPublic(
+        data=[to_public(j) for j in page],
+        has_more=len(rows) > limit,
+        last_id=page[-1].id if page else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, project: ProjectDep, s: SessionDep) -> JobPublic:
+    """Get a job: status, progress (step/total/ETA), timestamps, error."""
+    return to_public(get_owned_job(s, project.id, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, project: ProjectDep, s: SessionDep, queue: QueueDep) -> JobPublic:
+    """Cancel a job: queued ones end at once, running ones at the defense's next check."""
+    job = get_owned_job(s, project.id, job_id)
+    if job.status in st.TERMINAL:
+        raise ApiError(
+            409,
+            "job_finished",
+            f"job '{job.id}' already {job.status}; there is nothing to cancel",
+            status_now=job.status,
+        )
+    if job.status == st.CANCELLING:
+        return to_public(job)
+    if st.compare_and_set(s, job.id, [st.VALIDATING, st.QUEUED], st.CANCELLED):
+        add_event(s, job.id, "cancelled before a worker started it", phase="cancelled")
+    elif st.compare_and_set(s, job.id, st.RUNNING, st.CANCELLING):
+        add_event(s, job.id, "cancellation requested; the worker stops at its next check")
+    s.commit()
+    s.refresh(job)
+    if job.status == st.CANCELLED:
+        delivery = create_delivery(s, job)
+        s.commit()
+        if delivery:
+            queue.send_webhook(delivery)
+    return to_public(job)
+
+
+@router.get("/{job_id}/events", response_model=EventsPublic)
+def list_events(
+    job_id: str,
+    project: ProjectDep,
+    s: SessionDep,
+    after: Annotated[str | None, Query(description="the last_id of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> EventsPublic:
+    """A job's events (level, message, metrics), oldest first."""
+    get_owned_job(s, project.id, job_id)
+    q = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after:
+        if not after.isdigit():
+            raise ApiError(422, "invalid_cursor", f"after must be an event id, got '{after}'")
+        q = q.where(JobEvent.id > int(after))
+    rows = list(s.scalars(q.order_by(JobEvent.id).limit(limit + 1)))
+    page = rows[:limit]
+    return EventsPublic(
+        data=[
+            EventPublic(
+                id=str(e.id),
+                created_at=e.created_at,
+                level=e.level,
+                message=e.message,
+                phase=e.phase,
+                metrics=e.metrics or {},
+            )
+            for e in page
+        ],
+        has_more=len(rows) > limit,
+        last_id=str(page[-1].id) if page else None,
+    )
+
+
+def _finished(job: Job, what: str) -> None:
+    if job.status != st.SUCCEEDED:
+        raise ApiError(
+            409,
+            f"{what}_not_ready",
+            f"job '{job.id}' is {job.status}; the {what} exists once it has succeeded",
+            hint=f"poll GET /v1/jobs/{job.id} until status is succeeded",
+            status_now=job.status,
+        )
+
+
+@router.get("/{job_id}/report")
+def get_report(job_id: str, project: ProjectDep, s: SessionDep, store: StoreDep) -> Any:
+    """The report: ASR/CA before and after, config, hashes, seeds, timings, versions."""
+    job = get_owned_job(s, project.id, job_id)
+    _finished(job, "report")
+    with store.open(f"jobs/{job.id}/report.json") as f:
+        return JSONResponse(json.load(f))
+
+
+@router.get("/{job_id}/report.html", response_class=HTMLResponse)
+def get_report_html(job_id: str, project: ProjectDep, s: SessionDep, store: StoreDep) -> Any:
+    """The report as a self-contained HTML page."""
+    job = get_owned_job(s, project.id, job_id)
+    _finished(job, "report")
+    try:
+        from sanitizer.report_html import render_report_html
+    except ImportError as exc:
+        raise ApiError(501, "not_implemented", f"HTML reports are not available: {exc}") from exc
+    with store.open(f"jobs/{job.id}/report.json") as f:
+        return HTMLResponse(render_report_html(json.load(f)))
+
+
+@router.get("/{job_id}/artifacts/adapter", response_class=FileResponse)
+def download_adapter(job_id: str, project: ProjectDep, s: SessionDep, store: StoreDep) -> Any:
+    """The sanitized adapter (.zip with manifest.json); sha256 in X-Content-SHA256."""
+    job = get_owned_job(s, project.id, job_id)
+    _finished(job, "artifact")
+    return FileResponse(
+        store.path(f"jobs/{job.id}/adapter.zip"),
+        media_type="application/zip",
+        filename=f"{job.id}-adapter.zip",
+        headers={"X-Content-SHA256": job.artifact_sha256 or ""},
+    )

@@ -1,0 +1,149 @@
+"""Request and response bodies. Families: ``XCreate`` (in), ``XPublic`` (out), ``XsPublic`` (a page)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from sanitizer.attacks import AttackSpec
+
+METHODS = ("w2sdefense", "crow", "finetune")
+
+
+class FilePublic(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    purpose: Literal["adapter", "dataset"]
+    filename: str
+    bytes: int
+    sha256: str
+    created_at: datetime
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="what validation found (rows, labels, base model ...)"
+    )
+
+
+class FilesPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FilePublic]
+    has_more: bool
+    last_id: str | None
+
+
+class Evaluation(BaseModel):
+    """How ASR/CA are measured before and after the defense."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    test_dataset_file: str | None = Field(
+        None, description="dataset file id; default: the clean set's held-out dev split"
+    )
+    attack: AttackSpec | None = Field(
+        None, description="trigger/target of the suspected backdoor, used to compute ASR"
+    )
+    max_test_rows: int | None = Field(None, ge=1, description="evaluate on at most this many rows")
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(description="w2sdefense | crow | finetune")
+    base_model: str = Field(min_length=1, max_length=300, description="Hugging Face model id")
+    base_revision: str | None = Field(None, max_length=200)
+    task: Literal["classification", "generation"] = "classification"
+    adapter_file: str | None = Field(None, description="file id (purpose=adapter)")
+    clean_dataset_file: str = Field(description="file id (purpose=dataset)")
+    text_column: str = "text"
+    label_column: str = "label"
+    evaluation: Evaluation | None = None
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the method's config (epochs, max_steps, learning_rate, "
+        "batch_size, lora_r, ...); defaults are the method's published recipe",
+    )
+    seed: int = 0
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="your labels (<= 16 keys); filter with metadata[k]=v"
+    )
+    webhook_url: AnyHttpUrl | None = Field(
+        None, description="POSTed job.succeeded|failed|cancelled, Standard Webhooks signed"
+    )
+
+
+class Progress(BaseModel):
+    phase: str | None = None
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    eta_seconds: float | None = None
+    losses: dict[str, float] = Field(default_factory=dict)
+    message: str | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class AdapterArtifact(BaseModel):
+    url: str
+    sha256: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: Literal[
+        "validating", "queued", "running", "succeeded", "failed", "cancelling", "cancelled"
+    ]
+    method: str
+    task: str
+    base_model: str
+    base_revision: str | None
+    adapter_file: str | None
+    clean_dataset_file: str
+    evaluation: dict[str, Any] | None
+    hyperparameters: dict[str, Any]
+    seed: int
+    metadata: dict[str, str]
+    webhook_url: str | None
+    progress: Progress | None
+    error: JobError | None
+    attempt: int
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    artifacts: dict[str, AdapterArtifact] | None = None
+    report_url: str | None = None
+
+
+class JobsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobPublic]
+    has_more: bool
+    last_id: str | None
+
+
+class EventPublic(BaseModel):
+    id: str
+    created_at: datetime
+    level: str
+    message: str
+    phase: str | None
+    metrics: dict[str, Any]
+
+
+class EventsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventPublic]
+    has_more: bool
+    last_id: str | None
+
+
+class ProjectPublic(BaseModel):
+    id: str
+    name: str
+    webhook_secret: str = Field(description="verifies the webhook-signature header")

@@ -1,0 +1,122 @@
+"""Where file blobs and job outputs live, behind one small interface.
+
+Keys are relative POSIX paths: ``files/<file_id>/<name>``, ``jobs/<job_id>/adapter.zip``,
+``jobs/<job_id>/report.json``. Outputs are keyed by job id, so a re-run overwrites and
+never mixes with another job. ``LocalArtifactStore`` writes to a temp file in the same
+directory, fsyncs it and renames it into place: a crash never leaves a half-written file
+under a real key. An object-store implementation needs the same five methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO, Protocol
+
+CHUNK = 1 << 20
+
+
+class ArtifactStore(Protocol):
+    def put_file(self, key: str, src: Path, *, move: bool = False) -> str | None:
+        """Store ``src`` under ``key`` atomically; return its sha256."""
+
+    def open(self, key: str) -> IO[bytes]:
+        """Open the blob for reading (raises FileNotFoundError)."""
+
+    def fetch(self, key: str, dest: Path) -> Path:
+        """Make the blob available as a local file at ``dest``."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every blob whose key starts with ``prefix/``."""
+
+
+def _check_key(key: str) -> PurePosixPath:
+    p = PurePosixPath(key)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise ValueError(f"invalid artifact key {key!r}")
+    return p
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalArtifactStore:
+    """Blobs as files under ``root`` (a shared volume when API and workers are on many hosts)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root.joinpath(*_check_key(key).parts)
+
+    def _write(self, key: str, chunks: Iterator[bytes]) -> str:
+        final = self.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+        h = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return h.hexdigest()
+
+    def put_file(self, key: str, src: Path, *, move: bool = False) -> str | None:
+        """Store ``src`` under ``key``. ``move``: rename it into place (same filesystem; the
+        caller already fsynced it and knows its sha256, so None is returned)."""
+        if move:
+            final = self.path(key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(src, final)
+                _fsync_dir(final.parent)
+                return None
+            except OSError:  # another filesystem: copy instead
+                pass
+        with open(src, "rb") as f:
+            return self._write(key, iter(lambda: f.read(CHUNK), b""))
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        return self._write(key, iter([data]))
+
+    def open(self, key: str) -> IO[bytes]:
+        return open(self.path(key), "rb")
+
+    def fetch(self, key: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path(key), dest)
+        return dest
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+
+def get_store() -> LocalArtifactStore:
+    from jobstore.settings import get_settings
+
+    return LocalArtifactStore(get_settings().artifacts_path)

@@ -1,0 +1,120 @@
+"""Job-store operations the API, the workers and the reaper share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobstore import status as st
+from jobstore.models import Job, JobEvent, utcnow
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, int], bool]  # (job_id, attempt) -> published?
+
+
+def add_event(
+    s: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    phase: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> JobEvent:
+    ev = JobEvent(job_id=job_id, message=message, level=level, phase=phase, metrics=metrics or {})
+    s.add(ev)
+    return ev
+
+
+def dispatch(factory: sessionmaker[Session], job_id: str, attempt: int, enqueue: Enqueue) -> bool:
+    """Publish the job's task; on success remember it was handed to the broker."""
+    if not enqueue(job_id, attempt):
+        return False
+    with factory() as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.status == st.QUEUED and job.attempt == attempt:
+            job.dispatched_at = utcnow()
+            s.commit()
+    return True
+
+
+def reap(
+    factory: sessionmaker[Session],
+    enqueue: Enqueue,
+    *,
+    heartbeat_timeout: float,
+    max_attempts: int,
+    dispatch_grace: float = 10.0,
+) -> dict[str, list[str]]:
+    """One pass of the reaper.
+
+    - ``running``/``cancelling`` jobs whose heartbeat is older than ``heartbeat_timeout``
+      lost their worker: re-queued (new attempt, re-run from a clean state) while
+      ``attempt < max_attempts``, else failed with ``worker_lost``; cancelling ones end
+      cancelled.
+    - ``queued`` jobs the broker never accepted (it was down at submit time) are published.
+    """
+    now = utcnow()
+    done: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": [], "dispatched": []}
+    stale_before = now - timedelta(seconds=heartbeat_timeout)
+    with factory() as s:
+        stale = s.execute(
+            select(Job.id, Job.status, Job.attempt).where(
+                Job.status.in_([st.RUNNING, st.CANCELLING]), Job.heartbeat_at < stale_before
+            )
+        ).all()
+    for job_id, status, attempt in stale:
+        alive = [Job.heartbeat_at < stale_before, Job.attempt == attempt]
+        with factory() as s:
+            if status == st.CANCELLING:
+                won = st.compare_and_set(s, job_id, st.CANCELLING, st.CANCELLED, where=alive)
+                key, msg = "cancelled", "worker lost while cancelling; job cancelled"
+            elif attempt < max_attempts:
+                won = st.compare_and_set(
+                    s,
+                    job_id,
+                    st.RUNNING,
+                    st.QUEUED,
+                    where=alive,
+                    attempt=attempt + 1,
+                    progress=None,
+                )
+                key = "requeued"
+                msg = f"worker lost (no heartbeat for {heartbeat_timeout:g}s); re-running from a clean state (attempt {attempt + 1} of {max_attempts})"
+            else:
+                won = st.compare_and_set(
+                    s,
+                    job_id,
+                    st.RUNNING,
+                    st.FAILED,
+                    where=alive,
+                    error_code="worker_lost",
+                    error_message=f"the worker running this job stopped responding {attempt} time(s); giving up after {max_attempts} attempt(s)",
+                )
+                key, msg = "failed", "worker lost; no attempts left"
+            if won:
+                add_event(s, job_id, msg, level="warning")
+            s.commit()
+        if won:
+            log.warning("reaper: job %s %s", job_id, key)
+            done[key].append(job_id)
+            if key == "requeued":
+                dispatch(factory, job_id, attempt + 1, enqueue)
+    with factory() as s:
+        pending = s.execute(
+            select(Job.id, Job.attempt).where(
+                Job.status == st.QUEUED,
+                Job.dispatched_at.is_(None),
+                Job.queued_at < now - timedelta(seconds=dispatch_grace),
+            )
+        ).all()
+    for job_id, attempt in pending:
+        if dispatch(factory, job_id, attempt, enqueue):
+            done["dispatched"].append(job_id)
+    return done

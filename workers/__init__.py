@@ -1,0 +1,1 @@
+"""Celery workers: the app config and thin tasks that call ``sanitizer.pipeline``."""
