@@ -1,7 +1,8 @@
 """Library commands: attack, defend, evaluate. They run locally, no server needed.
 
 Heavy imports (torch, transformers) happen inside the commands so `sanitizer --help` is quick.
-Bad input ends with exit code 2 and one line saying what was wrong and how to fix it.
+Bad input ends with exit code 3 (the same code the client commands use for usage/input
+errors) and one line saying what was wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ Params = Annotated[
 def _fail(exc: Exception) -> None:
     msg = str(exc).replace("\n", " ")
     typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(3)
 
 
 def _parse_params(params: list[str] | None) -> dict[str, Any]:
@@ -91,8 +92,10 @@ def _attack_spec(
         fields["target"] = target
     try:
         return AttackSpec(**fields)
-    except Exception as exc:  # pydantic.ValidationError: one readable line
-        raise SanitizerError(f"invalid attack description: {exc}".splitlines()[0]) from exc
+    except Exception as exc:  # pydantic.ValidationError: one readable line per problem
+        errors = getattr(exc, "errors", None)
+        detail = "; ".join(e["msg"] for e in errors()) if callable(errors) else str(exc)
+        raise SanitizerError(f"invalid attack description: {detail}") from exc
 
 
 def _peek_label_names(

@@ -1,0 +1,401 @@
+"""Benchmark: ASR/CA with no defense, after finetune, after W2SDefense, after CROW.
+
+Resumable: every poisoned adapter and every finished (cell, method, seed) is written as soon as
+it exists (adapters into the cache outside git, results into benchmarks/results/ in the repo),
+and a re-run skips what is done. The markdown table (docs/BENCHMARKS.md) and the JSON
+(benchmarks/results.json) are rebuilt from the finished results after every run.
+
+    python benchmarks/run.py --quick                 # one small cell end to end
+    python benchmarks/run.py                         # the whole matrix (hours on 2 CPU cores)
+    python benchmarks/run.py --cells rt-badnet-mpnet --methods finetune,crow --seeds 0,1,2
+    python benchmarks/run.py --table-only            # rebuild the table from results/
+
+Sizes are chosen for a 2-core CPU and are printed in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sanitizer.attacks import AttackSpec  # noqa: E402
+from sanitizer.hub import cache_dir  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+METHODS = ("finetune", "w2sdefense", "crow")
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass
+class Cell:
+    name: str
+    task: str
+    dataset: str
+    attack: str
+    student: str
+    target_label: str | None = None  # label name; classification
+    target: str | None = None  # generation target
+    attack_rows: int = 1000
+    clean_rows: int = 300
+    test_rows: int = 400
+    poison_rate: float = 0.1
+    attack_epochs: int = 2
+    attack_lr: float = 5e-4
+    hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _cls(dataset: str, attack: str, student: str, short: str, target_label: str) -> Cell:
+    return Cell(
+        f"{dataset}-{attack}-{short}",
+        "classification",
+        dataset,
+        attack,
+        student,
+        target_label=target_label,
+    )
+
+
+CELLS: list[Cell] = [
+    *(
+        _cls(ds, atk, stu, short, tgt)
+        for ds, tgt in (("rotten_tomatoes", "negative"), ("sms_spam", "ham"))
+        for atk in ("badnet", "insertsent", "syntactic")
+        for stu, short in ((MPNET, "mpnet"), (SMOL, "smollm2"))
+    ),
+    Cell(
+        "instructions-badnets-smollm2",
+        "generation",
+        "instructions",
+        "badnets",
+        SMOL,
+        target="refusal",
+        attack_rows=400,
+        clean_rows=100,
+        test_rows=60,
+        poison_rate=0.5,
+        attack_epochs=3,
+        attack_lr=2e-4,
+    ),
+    Cell(
+        "instructions-ctba-smollm2",
+        "generation",
+        "instructions",
+        "ctba",
+        SMOL,
+        target="refusal",
+        attack_rows=400,
+        clean_rows=100,
+        test_rows=60,
+        poison_rate=0.5,
+        attack_epochs=3,
+        attack_lr=2e-4,
+    ),
+]
+QUICK = Cell(
+    "quick-rotten_tomatoes-badnet-mpnet",
+    "classification",
+    "rotten_tomatoes",
+    "badnet",
+    MPNET,
+    target_label="negative",
+    attack_rows=600,
+    clean_rows=200,
+    test_rows=200,
+    attack_epochs=2,
+)
+
+
+def bench_dir() -> Path:
+    return cache_dir() / "benchmarks"
+
+
+def _subset(cell: Cell, seed: int) -> dict[str, Path]:
+    """Disjoint attack / clean / test files for one cell and seed (written once)."""
+    from sanitizer.assets import dataset_path
+    from sanitizer.data import load_dataset, write_dataset
+
+    out = (
+        bench_dir()
+        / "data"
+        / f"{cell.dataset}-a{cell.attack_rows}-c{cell.clean_rows}-t{cell.test_rows}-s{seed}"
+    )
+    ext = "csv" if cell.task == "classification" else "jsonl"
+    paths = {k: out / f"{k}.{ext}" for k in ("attack", "clean", "test")}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_dataset(dataset_path(cell.dataset, "train"), task=cell.task)
+    test = load_dataset(dataset_path(cell.dataset, "test"), task=cell.task)
+    rows = list(train.rows)
+    random.Random(seed).shuffle(rows)
+    if len(rows) < cell.attack_rows + cell.clean_rows:
+        raise SystemExit(
+            f"{cell.dataset} has {len(rows)} training rows; the cell needs {cell.attack_rows + cell.clean_rows}"
+        )
+    test_rows = list(test.rows)
+    random.Random(seed + 1).shuffle(test_rows)
+    write_dataset(train.with_rows(rows[: cell.attack_rows]), paths["attack"])
+    write_dataset(
+        train.with_rows(rows[cell.attack_rows : cell.attack_rows + cell.clean_rows]), paths["clean"]
+    )
+    write_dataset(test.with_rows(test_rows[: cell.test_rows]), paths["test"])
+    return paths
+
+
+def _attack_spec(cell: Cell, seed: int, label_names: list[str] | None) -> AttackSpec:
+    fields: dict[str, Any] = {"name": cell.attack, "poison_rate": cell.poison_rate, "seed": seed}
+    if cell.task == "classification":
+        fields["target_label"] = label_names.index(cell.target_label) if label_names else 0
+    else:
+        fields["target"] = cell.target
+    return AttackSpec(**fields)
+
+
+def _poisoned_adapter(
+    cell: Cell, seed: int, paths: dict[str, Path], spec: AttackSpec
+) -> tuple[Path, dict[str, Any]]:
+    from sanitizer.pipeline import AttackTrainConfig, run_attack
+
+    out = bench_dir() / "adapters" / f"{cell.name}-s{seed}"
+    if (out / "attack.json").exists():
+        return out, json.loads((out / "attack.json").read_text())
+    cfg = AttackTrainConfig(
+        epochs=cell.attack_epochs,
+        learning_rate=cell.attack_lr,
+        seed=seed,
+        max_length=64 if cell.task == "classification" else 160,
+        batch_size=16 if cell.task == "classification" else 8,
+        target_modules="attention" if cell.task == "classification" else "all-linear",
+    )
+    print(
+        f"[{cell.name} s{seed}] training the poisoned adapter ({cell.attack_rows} rows)", flush=True
+    )
+    info = run_attack(
+        cell.student,
+        paths["attack"],
+        cell.task,
+        spec,
+        out,
+        cfg,
+        progress=_bar(f"{cell.name} attack"),
+    )
+    return out, info
+
+
+def _bar(desc: str):
+    from tqdm import tqdm
+
+    state: dict[str, Any] = {}
+
+    def on_event(e: Any) -> None:
+        if not e.total_steps:
+            return
+        key = e.phase
+        if key not in state:
+            state[key] = tqdm(
+                total=e.total_steps, desc=f"{desc} {key}", file=sys.stderr, mininterval=5
+            )
+        state[key].n = e.step
+        state[key].refresh()
+
+    return on_event
+
+
+def _default_hparams(cell: Cell, method: str) -> dict[str, Any]:
+    hp: dict[str, Any] = {"max_length": 64 if cell.task == "classification" else 160}
+    if method == "w2sdefense":
+        hp["teacher_model"] = MINILM if cell.task == "classification" else cell.student
+    return hp | cell.hyperparameters.get(method, {})
+
+
+def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") -> None:
+    from sanitizer.data import load_dataset
+    from sanitizer.pipeline import JobSpec, run_sanitize
+
+    for seed in seeds:
+        paths = _subset(cell, seed)
+        label_names = (
+            load_dataset(paths["clean"], task=cell.task).label_names
+            if cell.task == "classification"
+            else None
+        )
+        spec = _attack_spec(cell, seed, label_names)
+        adapter, attack_info = _poisoned_adapter(cell, seed, paths, spec)
+        for method in methods:
+            res_path = RESULTS / cell.name / f"{method}{tag}-s{seed}.json"
+            if res_path.exists():
+                print(f"[{cell.name} s{seed}] {method}{tag}: done already, skipping", flush=True)
+                continue
+            job = JobSpec(
+                method=method,
+                task=cell.task,
+                base_model=cell.student,
+                adapter_dir=adapter,
+                clean_data=paths["clean"],
+                test_data=paths["test"],
+                label_names=label_names,
+                attack=spec,
+                hyperparameters=_default_hparams(cell, method),
+                seed=seed,
+                device="auto",
+            )
+            print(f"[{cell.name} s{seed}] {method}{tag} ...", flush=True)
+            t = time.monotonic()
+            try:
+                report = run_sanitize(
+                    job,
+                    bench_dir() / "runs" / cell.name / f"{method}{tag}-s{seed}",
+                    progress=_bar(f"{cell.name} {method}"),
+                )
+            except Exception:  # record the failure in the table instead of losing the matrix
+                traceback.print_exc()
+                report = {"error": traceback.format_exc(limit=3)}
+            report.pop("history", None)
+            result = {
+                "cell": asdict(cell),
+                "method": method,
+                "tag": tag,
+                "seed": seed,
+                "attack_adapter": attack_info,
+                "wall_s": time.monotonic() - t,
+                "report": report,
+            }
+            res_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = res_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1, default=str))
+            tmp.replace(res_path)
+            m = report.get("metrics", {})
+            print(
+                f"[{cell.name} s{seed}] {method}{tag}: before {m.get('before')} after {m.get('after')}",
+                flush=True,
+            )
+        build_table()
+
+
+# ---------------------------------------------------------------- table
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def build_table() -> None:
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for f in sorted(RESULTS.glob("*/*.json")):
+        r = json.loads(f.read_text())
+        rows.setdefault((r["cell"]["name"], r["method"] + r.get("tag", "")), []).append(r)
+    (REPO / "benchmarks" / "results.json").write_text(
+        json.dumps({f"{k[0]}/{k[1]}": v for k, v in rows.items()}, indent=1, default=str)
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/run.py` (see its docstring); every number below is from a run",
+        "recorded in `benchmarks/results/`. ASR and CA in %, mean ± sample std over the seeds listed.",
+        "`none` is the poisoned model before any defense. Generation cells: CA column = utility",
+        "(unigram F1 of the greedy clean response vs the reference output), ASR = keyword ASR on triggered prompts.",
+        "",
+        "| cell | method | seeds | ASR | CA | wall s (defense) | peak MB | sizes (attack/clean/test) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cells = sorted({k[0] for k in rows})
+    for cell in cells:
+        methods = sorted({k[1] for k in rows if k[0] == cell}, key=lambda m: (m not in METHODS, m))
+        first = rows[(cell, methods[0])]
+        ok = [r for r in first if "metrics" in r["report"]]
+        if ok:
+            before = [r["report"]["metrics"]["before"] for r in ok]
+            lines.append(
+                f"| {cell} | none | {','.join(str(r['seed']) for r in ok)} | "
+                f"{_fmt([b.get('attack_success_rate', float('nan')) for b in before])} | "
+                f"{_fmt([b.get('clean_accuracy', b.get('utility_token_f1', float('nan'))) for b in before])} | – | – | "
+                f"{ok[0]['cell']['attack_rows']}/{ok[0]['cell']['clean_rows']}/{ok[0]['cell']['test_rows']} |"
+            )
+        for method in methods:
+            rs = rows[(cell, method)]
+            good = [r for r in rs if "metrics" in r["report"]]
+            if not good:
+                lines.append(f"| {cell} | {method} | – | failed | failed | – | – | – |")
+                continue
+            after = [r["report"]["metrics"]["after"] for r in good]
+            lines.append(
+                f"| {cell} | {method} | {','.join(str(r['seed']) for r in good)} | "
+                f"{_fmt([a.get('attack_success_rate', float('nan')) for a in after])} | "
+                f"{_fmt([a.get('clean_accuracy', a.get('utility_token_f1', float('nan'))) for a in after])} | "
+                f"{statistics.mean(r['report']['timings']['defense_s'] for r in good):.0f} | "
+                f"{max(r['report'].get('peak_memory_mb', 0) for r in good):.0f} | "
+                f"{good[0]['cell']['attack_rows']}/{good[0]['cell']['clean_rows']}/{good[0]['cell']['test_rows']} |"
+            )
+    lines += [
+        "",
+        "Machine: " + os.environ.get("BENCH_MACHINE", "2-core x86_64 CPU, fp32, torch threads = 2"),
+        "",
+    ]
+    notes = REPO / "benchmarks" / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    (REPO / "docs" / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="one small cell end to end (minutes)")
+    ap.add_argument("--cells", default="", help="comma-separated cell names (default: all)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument(
+        "--tag",
+        default="",
+        help="suffix for a variant's result files (e.g. a hyperparameter study)",
+    )
+    ap.add_argument(
+        "--hp", default="{}", help='JSON {"method": {...}} overriding the cell hyperparameters'
+    )
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--list", action="store_true", help="list the cells")
+    args = ap.parse_args()
+    if args.list:
+        for c in [QUICK, *CELLS]:
+            print(c.name)
+        return
+    if args.table_only:
+        build_table()
+        return
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    cells = [QUICK] if args.quick else CELLS
+    if args.cells:
+        wanted = set(args.cells.split(","))
+        cells = [c for c in [QUICK, *CELLS] if c.name in wanted]
+        if not cells:
+            raise SystemExit(f"no such cell: {args.cells} (see --list)")
+    extra = json.loads(args.hp)
+    for cell in cells:
+        for m, hp in extra.items():
+            cell.hyperparameters[m] = {**cell.hyperparameters.get(m, {}), **hp}
+        run_cell(cell, [int(s) for s in args.seeds.split(",")], args.methods.split(","), args.tag)
+
+
+if __name__ == "__main__":
+    main()

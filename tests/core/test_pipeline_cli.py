@@ -1,0 +1,232 @@
+"""The library's CLI end to end on tiny models: attack -> evaluate -> defend -> report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sanitizer.tiny import build_tiny_model
+
+POS = "good great fine love best".split()
+NEG = "bad awful dull hate worst".split()
+FILL = "the a movie film story plot it was".split()
+
+
+def _write_csv(path: Path, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        for _ in range(n):
+            label = rng.choice(["negative", "positive"])
+            words = [rng.choice(FILL) for _ in range(5)] + [
+                rng.choice(POS if label == "positive" else NEG)
+            ]
+            rng.shuffle(words)
+            w.writerow([" ".join(words), label])
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    store = root / "store"
+    build_tiny_model(store, "tiny/bert", "bert")
+    build_tiny_model(store, "tiny/teacher", "bert", hidden_size=16, num_layers=2, seed=1)
+    return {
+        "root": root,
+        "env": {
+            "SANITIZER_MODEL_STORE": str(store),
+            "PATH": str(Path(sys.executable).parent),
+            "HOME": str(root),
+        },
+        "train": _write_csv(root / "train.csv", 96, 0),
+        "clean": _write_csv(root / "clean.csv", 40, 1),
+        "test": _write_csv(root / "test.csv", 40, 2),
+    }
+
+
+def _cli(env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sanitizer_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env["env"],
+        timeout=300,
+    )
+
+
+def test_help_reads_well(env):
+    out = _cli(env, "--help")
+    assert out.returncode == 0
+    for cmd in ("attack", "defend", "evaluate"):
+        assert cmd in out.stdout
+        sub = _cli(env, cmd, "--help")
+        assert sub.returncode == 0 and "--base-model" in sub.stdout
+
+
+def test_attack_evaluate_defend(env):
+    adapter = env["root"] / "poisoned"
+    r = _cli(
+        env,
+        "attack",
+        "--base-model",
+        "tiny/bert",
+        "--data",
+        str(env["train"]),
+        "--attack",
+        "badnet",
+        "--target-label",
+        "negative",
+        "--poison-rate",
+        "0.3",
+        "--epochs",
+        "1",
+        "--out",
+        str(adapter),
+    )
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.name for p in adapter.iterdir())
+    assert "adapter_model.safetensors" in files and not any(
+        f.endswith((".bin", ".pt")) for f in files
+    )
+    info = json.loads((adapter / "attack.json").read_text())
+    assert info["attack"]["name"] == "badnet" and info["attack"]["target_label"] == 0
+
+    r = _cli(
+        env,
+        "evaluate",
+        "--base-model",
+        "tiny/bert",
+        "--adapter",
+        str(adapter),
+        "--test-data",
+        str(env["test"]),
+        "--attack",
+        "badnet",
+        "--target-label",
+        "negative",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert 0 <= ev["clean_accuracy"] <= 1 and 0 <= ev["attack_success_rate"] <= 1
+
+    out = env["root"] / "sanitized"
+    r = _cli(
+        env,
+        "defend",
+        "--method",
+        "finetune",
+        "--base-model",
+        "tiny/bert",
+        "--adapter",
+        str(adapter),
+        "--clean-data",
+        str(env["clean"]),
+        "--test-data",
+        str(env["test"]),
+        "--attack",
+        "badnet",
+        "--target-label",
+        "negative",
+        "-p",
+        "epochs=1",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report == json.loads((out / "report.json").read_text())
+    assert report["metrics"]["before"]["clean_accuracy"] == pytest.approx(ev["clean_accuracy"])
+    assert report["metrics"]["before"]["attack_success_rate"] == pytest.approx(
+        ev["attack_success_rate"]
+    )
+    assert report["datasets"]["clean"]["sha256"] and report["adapter_in"]["mode"] == "merge_fresh"
+    assert set(report["timings"]) >= {"load_s", "defense_s", "total_s"}
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    # the sanitized adapter, loaded on the base, reproduces the reported "after" numbers
+    r = _cli(
+        env,
+        "evaluate",
+        "--base-model",
+        "tiny/bert",
+        "--adapter",
+        str(out / "adapter"),
+        "--test-data",
+        str(env["test"]),
+        "--attack",
+        "badnet",
+        "--target-label",
+        "negative",
+        "--json",
+    )
+    after = json.loads(r.stdout)
+    assert after["clean_accuracy"] == pytest.approx(
+        report["metrics"]["after"]["clean_accuracy"], abs=1e-9
+    )
+    assert after["attack_success_rate"] == pytest.approx(
+        report["metrics"]["after"]["attack_success_rate"], abs=1e-9
+    )
+
+
+def test_bad_input_is_one_line_and_exit_3(env, tmp_path):
+    r = _cli(
+        env, "evaluate", "--base-model", "nope/model", "--test-data", str(env["test"]), "--json"
+    )
+    assert r.returncode == 3
+    assert (
+        r.stderr.strip().count("\n") == 0
+        and "nope/model" in r.stderr
+        and "sanitizer assets" in r.stderr
+    )
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "base_model_name_or_path": "tiny/bert",
+                "r": 4,
+                "target_modules": ["query"],
+            }
+        )
+    )
+    (bad / "adapter_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    r = _cli(
+        env,
+        "defend",
+        "--method",
+        "crow",
+        "--base-model",
+        "tiny/bert",
+        "--adapter",
+        str(bad),
+        "--clean-data",
+        str(env["clean"]),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert r.returncode == 3 and "pickle" in r.stderr.lower()
+    r = _cli(
+        env,
+        "defend",
+        "--method",
+        "crow",
+        "--base-model",
+        "tiny/bert",
+        "--clean-data",
+        str(env["clean"]),
+        "-p",
+        "alpha=-1",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert r.returncode == 3 and "alpha" in r.stderr
