@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     def broker_transport_options(self) -> dict[str, object]:
         """Transport options shared by the API (publisher) and the workers (consumers)."""
         if self.embedded:
-            return {"polling_interval": 0.5}
+            # kombu's SQLAlchemy transport hands these to create_engine
+            return {"connect_args": {"timeout": 30}}
         opts: dict[str, object] = {
             "visibility_timeout": self.visibility_timeout,
             "socket_connect_timeout": 2,
