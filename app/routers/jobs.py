@@ -227,6 +227,7 @@ def create_job(
         attempt=1,
     )
     s.add(job)
+    s.flush()
     st.transition(job, st.QUEUED)
     add_event(s, job.id, "job accepted and queued", phase="queued")
     if idempotency_key:
@@ -309,7 +310,7 @@ def cancel_job(job_id: str, project: ProjectDep, s: SessionDep, queue: QueueDep)
         )
     if job.status == st.CANCELLING:
         return to_public(job)
-    if st.compare_and_set(s, job.id, [st.VALIDATING, st.QUEUED], st.CANCELLED):
+    if st.compare_and_set(s, job.id, st.QUEUED, st.CANCELLED):
         add_event(s, job.id, "cancelled before a worker started it", phase="cancelled")
     elif st.compare_and_set(s, job.id, st.RUNNING, st.CANCELLING):
         add_event(s, job.id, "cancellation requested; the worker stops at its next check")

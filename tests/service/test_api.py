@@ -1,0 +1,451 @@
+"""Every endpoint, status code and error body, against the app in-process (no worker)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service.helpers import REPO, adapter_config, tar_bytes, zip_bytes
+
+PROBLEM = "application/problem+json"
+
+
+def problem(r: Any, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body = r.json()
+    assert body["status"] == status and body["code"] == code
+    assert body["title"] and body["detail"] and body["type"].endswith(code)
+    assert body["request_id"] == r.headers["x-request-id"]
+    return body
+
+
+def up(api: Any, name: str, data: bytes, purpose: str, **fields: str) -> Any:
+    return api.post("/v1/files", data={"purpose": purpose, **fields}, files={"file": (name, data)})
+
+
+def store_is_clean(api: Any) -> None:
+    """Nothing kept after a rejected upload: no file rows, no blobs, no temp files."""
+    data: Path = api.data_dir
+    assert api.get("/v1/files").json()["data"] == []
+    assert (
+        not list((data / "artifacts" / "files").glob("*"))
+        if (data / "artifacts" / "files").exists()
+        else True
+    )
+    assert list((data / "tmp").glob("*")) == [] if (data / "tmp").exists() else True
+    assert not (data.parent / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
+
+
+def dataset_id(api: Any, assets: dict[str, Path], key: str = "clean") -> str:
+    r = up(api, assets[key].name, assets[key].read_bytes(), "dataset")
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def job_body(ds: str, **kw: Any) -> dict[str, Any]:
+    return {"method": "finetune", "base_model": "tiny/bert", "clean_dataset_file": ds, **kw}
+
+
+# ------------------------------------------------------------------ health, auth, plumbing
+
+
+def test_health_ready_metrics_openapi(api):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    r = api.get("/readyz")
+    assert r.status_code == 200 and r.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "ok"},
+    }
+    m = api.get("/metrics").text
+    assert 'sanitizer_jobs{status="queued"}' in m and "sanitizer_queue_depth" in m
+    paths = api.get("/openapi.json").json()["paths"]
+    for p in (
+        "/v1/files",
+        "/v1/files/{file_id}",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/report",
+        "/v1/jobs/{job_id}/report.html",
+        "/v1/jobs/{job_id}/artifacts/adapter",
+        "/readyz",
+    ):
+        assert p in paths
+
+
+def test_request_id_is_echoed_or_generated(api):
+    assert (
+        api.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    assert api.get("/healthz").headers["x-request-id"].startswith("req_")
+    body = problem(api.get("/v1/nope", headers={"X-Request-ID": "trace-9"}), 404, "not_found")
+    assert body["request_id"] == "trace-9" and body["detail"] == "no route GET /v1/nope"
+
+
+def test_missing_invalid_and_revoked_keys(api):
+    body = problem(api.get("/v1/jobs", headers={"Authorization": ""}), 401, "missing_api_key")
+    assert "Authorization: Bearer" in body["hint"]
+    problem(
+        api.get("/v1/jobs", headers={"Authorization": "Bearer sk_nope_nope"}),
+        401,
+        "invalid_api_key",
+    )
+    other = {"Authorization": f"Bearer {api.key_b}"}
+    assert api.get("/v1/jobs", headers=other).status_code == 200
+    from jobstore.db import session_scope
+    from jobstore.keys import revoke_key
+
+    with session_scope() as s:
+        revoke_key(s, api.key_b_id)
+    r = api.get("/v1/jobs", headers=other)
+    problem(r, 401, "invalid_api_key")
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_project_endpoint_gives_webhook_secret(api):
+    body = api.get("/v1/project").json()
+    assert body["name"] == "project-a" and body["webhook_secret"].startswith("whsec_")
+
+
+def test_api_never_imports_torch():
+    code = "import sys, app.main, app.routers.jobs, app.uploads; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ files
+
+
+def test_file_lifecycle_and_pagination(api, assets):
+    ids = [dataset_id(api, assets) for _ in range(3)]
+    r = up(api, "a.zip", assets["adapter"].read_bytes(), "adapter")
+    assert r.status_code == 201, r.text
+    adapter = r.json()
+    assert (
+        adapter["details"]["base_model"] == "tiny/bert"
+        and adapter["details"]["peft_type"] == "LORA"
+    )
+    import hashlib
+
+    assert adapter["sha256"] == hashlib.sha256(assets["adapter"].read_bytes()).hexdigest()
+    assert adapter["bytes"] == assets["adapter"].stat().st_size
+    f = api.get(f"/v1/files/{ids[0]}").json()
+    assert f["purpose"] == "dataset" and f["details"]["rows"] == 40
+    assert f["details"]["label_names"] == ["negative", "positive"]
+
+    page = api.get("/v1/files", params={"limit": 2, "purpose": "dataset"}).json()
+    assert [x["id"] for x in page["data"]] == ids[::-1][:2] and page["has_more"] is True
+    page2 = api.get(
+        "/v1/files", params={"limit": 2, "purpose": "dataset", "after": page["last_id"]}
+    ).json()
+    assert [x["id"] for x in page2["data"]] == [ids[0]] and page2["has_more"] is False
+
+    other = {"Authorization": f"Bearer {api.key_b}"}
+    problem(api.get(f"/v1/files/{ids[0]}", headers=other), 404, "file_not_found")
+    assert api.get("/v1/files", headers=other).json()["data"] == []
+    problem(api.delete(f"/v1/files/{ids[0]}", headers=other), 404, "file_not_found")
+
+    assert api.delete(f"/v1/files/{ids[0]}").status_code == 204
+    problem(api.get(f"/v1/files/{ids[0]}"), 404, "file_not_found")
+    assert not (api.data_dir / "artifacts" / "files" / ids[0]).exists()
+
+
+@pytest.mark.parametrize(
+    "name,data,purpose,status,code",
+    [
+        (
+            "a.zip",
+            zip_bytes(
+                {
+                    "adapter_config.json": adapter_config(),
+                    "adapter_model.bin": b"\x80\x04\x95" + b"\x00" * 64,
+                }
+            ),
+            "adapter",
+            422,
+            "unsafe_file",
+        ),
+        (
+            "a.zip",
+            zip_bytes({"../evil.txt": b"x", "adapter_config.json": adapter_config()}),
+            "adapter",
+            422,
+            "unsafe_file",
+        ),
+        ("a.tar.gz", tar_bytes({"../../evil.txt": b"x"}), "adapter", 422, "unsafe_file"),
+        (
+            "bomb.zip",
+            zip_bytes(
+                {
+                    "adapter_config.json": adapter_config(),
+                    "adapter_model.safetensors": b"\x00" * (64 << 20),
+                }
+            ),
+            "adapter",
+            422,
+            "unsafe_file",
+        ),
+        ("a.zip", b"this is not an archive", "adapter", 422, "invalid_archive"),
+        ("weights.bin", b"\x80\x04", "adapter", 422, "invalid_archive"),
+        (
+            "a.zip",
+            zip_bytes({"adapter_model.safetensors": b"\x00" * 16}),
+            "adapter",
+            422,
+            "invalid_adapter",
+        ),
+        ("bad.csv", b'text,label\n"unterminated,1\nfine,0\n', "dataset", 422, "invalid_dataset"),
+        (
+            "bad.jsonl",
+            b'{"text": "a", "label": 1}\n{not json}\n',
+            "dataset",
+            422,
+            "invalid_dataset",
+        ),
+        ("empty.csv", b"text,label\n", "dataset", 422, "invalid_dataset"),
+        ("data.txt", b"hello", "dataset", 422, "invalid_dataset"),
+        ("zero.csv", b"", "dataset", 422, "empty_file"),
+        ("x.csv", b"text,label\n", "weights", 422, "invalid_purpose"),
+    ],
+    ids=[
+        "pickle",
+        "zip-dotdot",
+        "tar-dotdot",
+        "zip-bomb",
+        "not-archive",
+        "bare-bin",
+        "no-config",
+        "bad-csv",
+        "bad-jsonl",
+        "empty",
+        "txt",
+        "zero-bytes",
+        "purpose",
+    ],
+)
+def test_bad_uploads_are_refused_and_leave_nothing(
+    api, monkeypatch, name, data, purpose, status, code
+):
+    if name == "bomb.zip":  # 64 MiB of zeros compresses to ~64 KiB
+        monkeypatch.setenv("SANITIZER_MAX_EXTRACTED_BYTES", str(8 << 20))
+        from jobstore.settings import get_settings
+
+        get_settings.cache_clear()
+    body = problem(up(api, name, data, purpose), status, code)
+    assert body["detail"]
+    store_is_clean(api)
+
+
+def test_dataset_errors_point_at_rows(api):
+    body = problem(
+        up(api, "bad.csv", b"text,label\nok text,positive\n,negative\n" + b"x,y\n" * 8, "dataset"),
+        422,
+        "invalid_dataset",
+    )
+    assert body["errors"] and all(
+        {"file", "line", "column", "message"} <= set(e) for e in body["errors"]
+    )
+    assert body["errors"][0]["file"] == "bad.csv" and isinstance(body["errors"][0]["line"], int)
+
+
+def test_oversized_upload_is_refused_while_streaming(api, monkeypatch):
+    monkeypatch.setenv("SANITIZER_MAX_DATASET_BYTES", "1000")
+    from jobstore.settings import get_settings
+
+    get_settings.cache_clear()
+    body = problem(
+        up(api, "big.csv", b"text,label\n" + b"word word,1\n" * 500, "dataset"),
+        413,
+        "file_too_large",
+    )
+    assert body["limit"] == 1000
+    store_is_clean(api)
+
+
+def test_upload_needs_multipart_and_a_file(api):
+    problem(api.post("/v1/files", json={"purpose": "dataset"}), 415, "unsupported_media_type")
+    problem(
+        api.post("/v1/files", data={"purpose": "dataset"}, files={"other": ("", b"")}),
+        422,
+        "missing_file",
+    )
+
+
+# ------------------------------------------------------------------ jobs
+
+
+def test_job_submit_get_list_filter_paginate(api, assets):
+    ds = dataset_id(api, assets)
+    r = api.post(
+        "/v1/jobs", json=job_body(ds, metadata={"team": "red"}, hyperparameters={"epochs": 1})
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["attempt"] == 1 and job["error"] is None
+    assert job["metadata"] == {"team": "red"} and job["hyperparameters"] == {"epochs": 1}
+    j2 = api.post("/v1/jobs", json=job_body(ds, metadata={"team": "blue"})).json()
+    assert api.get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
+
+    page = api.get("/v1/jobs", params={"limit": 1}).json()
+    assert (
+        [j["id"] for j in page["data"]] == [j2["id"]]
+        and page["has_more"]
+        and page["last_id"] == j2["id"]
+    )
+    page = api.get("/v1/jobs", params={"limit": 1, "after": page["last_id"]}).json()
+    assert [j["id"] for j in page["data"]] == [job["id"]] and not page["has_more"]
+    red = api.get("/v1/jobs", params={"metadata[team]": "red"}).json()["data"]
+    assert [j["id"] for j in red] == [job["id"]]
+    assert len(api.get("/v1/jobs", params={"status": "queued"}).json()["data"]) == 2
+    assert api.get("/v1/jobs", params={"status": "running"}).json()["data"] == []
+    problem(api.get("/v1/jobs", params={"status": "bogus"}), 422, "invalid_status")
+
+    events = api.get(f"/v1/jobs/{job['id']}/events").json()
+    assert events["data"][0]["message"] == "job accepted and queued"
+    assert 'sanitizer_jobs{status="queued"} 2.0' in api.get("/metrics").text
+
+
+def test_idempotency_key(api, assets):
+    ds = dataset_id(api, assets)
+    h = {"Idempotency-Key": "k-1"}
+    a = api.post("/v1/jobs", json=job_body(ds), headers=h)
+    b = api.post("/v1/jobs", json=job_body(ds), headers=h)
+    assert a.status_code == b.status_code == 202 and a.json()["id"] == b.json()["id"]
+    assert b.headers["idempotent-replayed"] == "true"
+    problem(
+        api.post("/v1/jobs", json=job_body(ds, seed=1), headers=h), 422, "idempotency_key_reused"
+    )
+    assert len(api.get("/v1/jobs").json()["data"]) == 1
+    # another project may use the same key for its own job
+    other = {"Authorization": f"Bearer {api.key_b}"}
+    ds_b = api.post(
+        "/v1/files",
+        data={"purpose": "dataset"},
+        files={"file": ("c.csv", Path(assets["clean"]).read_bytes())},
+        headers=other,
+    ).json()["id"]
+    c = api.post("/v1/jobs", json=job_body(ds_b), headers={**h, **other})
+    assert c.status_code == 202 and c.json()["id"] != a.json()["id"]
+
+
+def test_job_input_errors(api, assets):
+    ds = dataset_id(api, assets)
+    body = problem(api.post("/v1/jobs", json=job_body(ds, method="magic")), 422, "unknown_method")
+    assert "w2sdefense" in body["hint"]
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, base_model="nobody/nothing")), 422, "unknown_model"
+    )
+    assert body["field"] == "base_model" and "tiny/bert" in body["detail"]
+    problem(api.post("/v1/jobs", json=job_body("file_missing")), 404, "file_not_found")
+    other_ad = up(api, "o.zip", assets["other_adapter"].read_bytes(), "adapter").json()["id"]
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, adapter_file=other_ad)), 422, "adapter_mismatch"
+    )
+    assert "tiny/other" in body["detail"]
+    body = problem(api.post("/v1/jobs", json=job_body(other_ad)), 422, "wrong_file_purpose")
+    assert body["field"] == "clean_dataset_file"
+    body = problem(api.post("/v1/jobs", json={"method": "crow"}), 422, "validation_error")
+    locs = {tuple(e["loc"]) for e in body["errors"]}
+    assert ("body", "base_model") in locs and ("body", "clean_dataset_file") in locs
+    body = problem(api.post("/v1/jobs", json=job_body(ds, epochs=3)), 422, "validation_error")
+    assert body["errors"][0]["loc"] == ["body", "epochs"]
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, evaluation={"attack": {"name": "nope"}})),
+        422,
+        "validation_error",
+    )
+    problem(
+        api.post("/v1/jobs", json=job_body(ds, webhook_url="not a url")), 422, "validation_error"
+    )
+    problem(
+        api.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+        "validation_error",
+    )
+    # a classification dataset used for generation is re-validated for that task
+    problem(api.post("/v1/jobs", json=job_body(ds, task="generation")), 422, "invalid_dataset")
+    assert api.get("/v1/jobs").json()["data"] == []
+
+
+def test_cancel_events_report_artifact_and_tenancy(api, assets):
+    ds = dataset_id(api, assets)
+    job = api.post("/v1/jobs", json=job_body(ds)).json()
+    jid = job["id"]
+    for path in (
+        f"/v1/jobs/{jid}/report",
+        f"/v1/jobs/{jid}/report.html",
+        f"/v1/jobs/{jid}/artifacts/adapter",
+    ):
+        body = problem(
+            api.get(path),
+            409,
+            path.rsplit("/", 1)[-1].replace("report.html", "report").replace("adapter", "artifact")
+            + "_not_ready",
+        )
+        assert body["status_now"] == "queued"
+    other = {"Authorization": f"Bearer {api.key_b}"}
+    for method, path in (
+        ("GET", ""),
+        ("POST", "/cancel"),
+        ("GET", "/events"),
+        ("GET", "/report"),
+        ("GET", "/report.html"),
+        ("GET", "/artifacts/adapter"),
+    ):
+        problem(api.request(method, f"/v1/jobs/{jid}{path}", headers=other), 404, "job_not_found")
+    r = api.post(f"/v1/jobs/{jid}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["finished_at"]
+    body = problem(api.post(f"/v1/jobs/{jid}/cancel"), 409, "job_finished")
+    assert body["status_now"] == "cancelled"
+    msgs = [e["message"] for e in api.get(f"/v1/jobs/{jid}/events").json()["data"]]
+    assert msgs[-1] == "cancelled before a worker started it"
+    page = api.get(f"/v1/jobs/{jid}/events", params={"limit": 1}).json()
+    assert page["has_more"] and len(page["data"]) == 1
+    rest = api.get(f"/v1/jobs/{jid}/events", params={"after": page["last_id"]}).json()["data"]
+    assert [e["message"] for e in rest] == msgs[1:]
+    problem(api.get(f"/v1/jobs/{jid}/events", params={"after": "x"}), 422, "invalid_cursor")
+    problem(api.get("/v1/jobs/job_nope"), 404, "job_not_found")
+    assert api.delete(f"/v1/files/{ds}").status_code == 204  # the job is finished
+
+
+def test_file_in_use_cannot_be_deleted(api, assets):
+    ds = dataset_id(api, assets)
+    api.post("/v1/jobs", json=job_body(ds))
+    problem(api.delete(f"/v1/files/{ds}"), 409, "file_in_use")
+
+
+def test_finished_job_serves_report_html_and_artifact(api, assets):
+    """A succeeded job written directly to the store (the worker path is tested end to end)."""
+    from jobstore import status as st
+    from jobstore.artifacts import get_store
+    from jobstore.db import session_scope
+    from jobstore.models import Job
+
+    ds = dataset_id(api, assets)
+    jid = api.post("/v1/jobs", json=job_body(ds)).json()["id"]
+    report = json.loads((REPO / "tests/client/data/report_classification.json").read_text())
+    store = get_store()
+    store.put_bytes(f"jobs/{jid}/report.json", json.dumps(report).encode())
+    sha = store.put_bytes(f"jobs/{jid}/adapter.zip", zip_bytes({"manifest.json": b'{"files": {}}'}))
+    with session_scope() as s:
+        job = s.get(Job, jid)
+        st.transition(job, st.RUNNING)
+        st.transition(job, st.SUCCEEDED)
+        job.artifact_sha256 = sha
+    j = api.get(f"/v1/jobs/{jid}").json()
+    assert j["artifacts"]["adapter"] == {"url": f"/v1/jobs/{jid}/artifacts/adapter", "sha256": sha}
+    assert api.get(f"/v1/jobs/{jid}/report").json() == report
+    r = api.get(f"/v1/jobs/{jid}/artifacts/adapter")
+    assert r.status_code == 200 and r.headers["x-content-sha256"] == sha
+    r = api.get(f"/v1/jobs/{jid}/report.html")
+    assert r.status_code == 200 and r.text.lstrip().lower().startswith("<!doctype html")
