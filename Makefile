@@ -1,7 +1,7 @@
 PY ?= .venv/bin/python
 export PYTHONDONTWRITEBYTECODE=1
 
-.PHONY: install assets demo test test-slow lint bench bench-quick measure
+.PHONY: install assets demo test test-slow test-browser lint bench bench-quick measure
 
 install:  ## create .venv and install the project (CPU torch here; CUDA torch where available)
 	test -d .venv || python3 -m venv .venv
@@ -20,3 +20,19 @@ test-slow: install  ## tests on the real pretrained assets
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+demo: assets  ## plant a backdoor, remove it through the embedded service, print ASR/CA before/after
+	$(PY) scripts/demo.py
+
+test-browser: install  ## the HTML report rendered in headless chromium (installs Debian chromium if missing)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(PY) -m pytest -q -m browser
+
+bench-quick: assets  ## one small benchmark cell end to end
+	$(PY) benchmarks/run.py --quick
+
+bench: assets  ## the full benchmark matrix (resumable; hours on a 2-core CPU)
+	$(PY) benchmarks/run.py
+
+measure: install  ## service latency/throughput measurements
+	$(PY) benchmarks/service_measure.py
