@@ -1,0 +1,196 @@
+"""The job store: status machine, migrations equal the models, atomic artifacts, the reaper."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from jobstore import status as st
+
+
+def test_transitions_are_exactly_the_documented_ones():
+    allowed = {(a, b) for a, bs in st.ALLOWED.items() for b in bs}
+    assert allowed == {
+        ("validating", "queued"),
+        ("validating", "failed"),
+        ("queued", "running"),
+        ("queued", "failed"),
+        ("queued", "cancelled"),
+        ("running", "succeeded"),
+        ("running", "failed"),
+        ("running", "cancelling"),
+        ("running", "queued"),
+        ("cancelling", "cancelled"),
+        ("cancelling", "succeeded"),
+        ("cancelling", "failed"),
+    }
+    from jobstore.models import Job
+
+    for old, new in itertools.product(st.STATUSES, repeat=2):
+        job = Job(id="job_x", status=old)
+        if (old, new) in allowed:
+            st.transition(job, new)
+            assert job.status == new
+        else:
+            with pytest.raises(st.IllegalTransition):
+                st.transition(job, new)
+            assert job.status == old
+
+
+def test_migrations_match_models(service_env):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from jobstore.db import get_engine, upgrade
+    from jobstore.models import Base
+
+    upgrade()
+    with get_engine().connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_artifact_store_never_leaves_half_files(tmp_path, monkeypatch):
+    from jobstore.artifacts import LocalArtifactStore
+
+    store = LocalArtifactStore(tmp_path)
+    sha = store.put_bytes("jobs/j1/report.json", b"{}")
+    assert store.exists("jobs/j1/report.json") and len(sha) == 64
+
+    def crash(*a, **k):
+        raise OSError("disk died")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        store.put_bytes("jobs/j1/adapter.zip", b"x" * 1000)
+    assert sorted(p.name for p in (tmp_path / "jobs" / "j1").iterdir()) == ["report.json"]
+    with pytest.raises(ValueError):
+        store.path("../outside")
+
+
+def test_reaper_requeues_then_fails_stale_jobs(service_env):
+    from jobstore.db import session_factory, session_scope, upgrade
+    from jobstore.jobs import reap
+    from jobstore.keys import get_or_create_project
+    from jobstore.models import Job, utcnow
+
+    upgrade()
+    with session_scope() as s:
+        p = get_or_create_project(s, "p")
+        job = Job(
+            id="job_r",
+            project_id=p.id,
+            status="queued",
+            method="finetune",
+            task="classification",
+            base_model="m",
+            clean_dataset_file_id="f",
+            attempt=1,
+        )
+        s.add(job)
+        s.flush()
+        st.transition(job, st.RUNNING)
+        job.heartbeat_at = utcnow() - timedelta(seconds=100)
+    sent: list[tuple[str, int]] = []
+    enqueue = lambda jid, attempt: sent.append((jid, attempt)) or True  # noqa: E731
+    done = reap(session_factory(), enqueue, heartbeat_timeout=10, max_attempts=2)
+    assert done["requeued"] == ["job_r"] and sent == [("job_r", 2)]
+    with session_scope() as s:
+        job = s.get(Job, "job_r")
+        assert job.status == "queued" and job.attempt == 2 and job.dispatched_at is not None
+        st.transition(job, st.RUNNING)
+        job.heartbeat_at = utcnow() - timedelta(seconds=100)
+    done = reap(session_factory(), enqueue, heartbeat_timeout=10, max_attempts=2)
+    assert done["failed"] == ["job_r"]
+    with session_scope() as s:
+        job = s.get(Job, "job_r")
+        assert job.status == "failed" and job.error_code == "worker_lost"
+    # a fresh heartbeat is left alone
+    assert reap(session_factory(), enqueue, heartbeat_timeout=10, max_attempts=2)["failed"] == []
+
+
+def test_compare_and_set_has_one_winner(service_env):
+    from jobstore.db import session_scope, upgrade
+    from jobstore.keys import get_or_create_project
+    from jobstore.models import Job
+
+    upgrade()
+    with session_scope() as s:
+        p = get_or_create_project(s, "p")
+        s.add(
+            Job(
+                id="job_c",
+                project_id=p.id,
+                status="queued",
+                method="crow",
+                task="classification",
+                base_model="m",
+                clean_dataset_file_id="f",
+                attempt=1,
+            )
+        )
+    with session_scope() as s:
+        assert st.compare_and_set(s, "job_c", st.QUEUED, st.RUNNING)
+    with session_scope() as s:
+        assert not st.compare_and_set(s, "job_c", st.QUEUED, st.RUNNING)
+        with pytest.raises(st.IllegalTransition):
+            st.compare_and_set(s, "job_c", st.SUCCEEDED, st.RUNNING)
+
+
+def test_keys_are_stored_hashed(service_env):
+    from jobstore.db import session_scope, upgrade
+    from jobstore.keys import authenticate, create_key, revoke_key
+
+    upgrade()
+    with session_scope() as s:
+        rec, key = create_key(s, "p")
+        assert key not in (rec.key_hash, rec.id) and key.startswith(f"sk_{rec.id}_")
+        assert authenticate(s, key).id == rec.id
+        assert authenticate(s, key + "x") is None
+        revoke_key(s, rec.id)
+        assert authenticate(s, key) is None
+
+
+def test_settings_accept_plain_env_names(monkeypatch, tmp_path):
+    from jobstore.settings import Settings
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("REDIS_URL", "redis://h:6379/2")
+    monkeypatch.setenv("SANITIZER_DATA_DIR", str(tmp_path))
+    s = Settings()
+    assert (
+        s.db_url == "postgresql://u@h/db" and s.broker_url == "redis://h:6379/2" and not s.embedded
+    )
+    assert s.visibility_timeout > s.job_time_limit
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.delenv("DATABASE_URL")
+    s = Settings()
+    assert (
+        s.embedded
+        and s.broker_url.startswith("sqla+sqlite:///")
+        and s.db_url.startswith("sqlite:///")
+    )
+    assert Path(s.db_url.split("///")[1]).parent == tmp_path
+
+
+def test_celery_config_for_long_gpu_jobs():
+    from workers.celery_app import celery_app
+
+    c = celery_app.conf
+    assert c.task_acks_late and c.task_reject_on_worker_lost
+    assert c.worker_prefetch_multiplier == 1 and c.worker_max_tasks_per_child == 1
+    assert c.task_soft_time_limit < c.task_time_limit
+    assert (
+        c.task_routes["sanitizer.sanitize"]["queue"]
+        and c.task_routes["sanitizer.deliver_webhook"]["queue"]
+    )
+    import subprocess
+    import sys
+
+    code = "import sys, workers.celery_app, workers.tasks; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # the worker parent never imports torch before fork
