@@ -200,9 +200,10 @@ def main() -> None:
     lines += [
         "",
         "A tiny job is dominated by process start-up (a fresh worker child per job imports torch",
-        "and transformers) and model loading, not training. On 2 cores more than 2 worker",
-        "processes compete for CPU, so throughput stops scaling there; on GPU hosts one worker",
-        "per GPU scales with the number of GPUs.",
+        "and transformers) and model loading, not training. This machine has 2 cores shared with",
+        "other engineers' processes, so the numbers are noisy (the 2-worker run above was slower",
+        "than the 1-worker run; concurrent workers lengthen each job's run time as they share",
+        "the cores). On GPU hosts, one worker per GPU is the unit of scaling.",
         "",
         "Raw numbers: `docs/service_benchmarks.json`.",
     ]
