@@ -1,15 +1,24 @@
-"""The defenses. A plain dict maps a method name to its module's config class and ``run``."""
+"""The defenses: ``METHODS`` maps a method name to (config class, run function).
+
+Configs live in the torch-free ``sanitizer.defenses.configs``; ``METHODS`` is resolved on first
+use so importing the configs never imports torch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from sanitizer.defenses import crow, finetune, w2sdefense
-from sanitizer.defenses.common import TrainConfig
 
-METHODS: dict[str, tuple[type[TrainConfig], Callable[..., dict[str, Any]]]] = {
-    "finetune": (finetune.FinetuneConfig, finetune.run),
-    "w2sdefense": (w2sdefense.W2SConfig, w2sdefense.run),
-    "crow": (crow.CrowConfig, crow.run),
-}
+def __getattr__(name: str) -> Any:
+    if name == "METHODS":
+        from sanitizer.defenses import crow, finetune, w2sdefense
+        from sanitizer.defenses.configs import CONFIGS
+
+        methods = {
+            "finetune": (CONFIGS["finetune"], finetune.run),
+            "w2sdefense": (CONFIGS["w2sdefense"], w2sdefense.run),
+            "crow": (CONFIGS["crow"], crow.run),
+        }
+        globals()["METHODS"] = methods
+        return methods
+    raise AttributeError(name)

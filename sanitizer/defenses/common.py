@@ -12,12 +12,12 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sanitizer.defenses.configs import TrainConfig, validate_config  # noqa: F401  (re-exported)
 from sanitizer.errors import Cancelled, ConfigError
 from sanitizer.models import LoadedModel, trainable_parameters
 
@@ -38,59 +38,6 @@ class ProgressEvent:
 
 ProgressFn = Callable[[ProgressEvent], None]
 CancelFn = Callable[[], bool]
-
-
-class TrainConfig(BaseModel):
-    """Fields every defense shares. Defaults are overridden per method from METHODS.md."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    epochs: int = Field(5, ge=1, le=100, description="passes over the clean training set")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
-    batch_size: int = Field(16, ge=1, le=1024)
-    learning_rate: float = Field(2e-4, gt=0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0, le=1.0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1.0)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    max_length: int = Field(128, ge=8, le=8192, description="tokens per sample (truncation)")
-    grad_clip: float = Field(1.0, gt=0)
-    lora_r: int | None = Field(
-        None, ge=1, le=4096, description="None: hidden_size/8 (released ratio 512/4096)"
-    )
-    lora_alpha: int | None = Field(None, ge=1, description="None: equal to lora_r")
-    lora_dropout: float = Field(0.1, ge=0, lt=1)
-    target_modules: Literal["attention", "all-linear"] | list[str] = "all-linear"
-    adapter_mode: Literal["auto", "continue", "merge_fresh"] = Field(
-        "auto",
-        description="with an uploaded adapter: keep training it, or merge it and train a fresh one",
-    )
-    eval_every_epoch: bool = Field(True, description="select the best checkpoint on clean dev data")
-    cancel_check_every: int = Field(1, ge=1, description="check for cancellation every N steps")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if isinstance(self.target_modules, list) and not self.target_modules:
-            raise ValueError(
-                "target_modules must name at least one module or be 'attention'/'all-linear'"
-            )
-        return self
-
-
-def validate_config(cls: type[TrainConfig], values: dict[str, Any] | None) -> TrainConfig:
-    """Build a config with a readable error naming every bad field."""
-    from pydantic import ValidationError
-
-    try:
-        return cls(**(values or {}))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(
-            f"invalid hyperparameters for {cls.__name__}: {problems}",
-            hint=f"allowed fields: {', '.join(cls.model_fields)}",
-        ) from exc
 
 
 def set_seed(seed: int) -> None:

@@ -22,34 +22,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from sanitizer.defenses.common import Batch, CancelFn, ProgressFn, TrainConfig, task_loss, train
+from sanitizer.defenses.common import Batch, CancelFn, ProgressFn, task_loss, train
+from sanitizer.defenses.configs import CrowConfig
 from sanitizer.models import LoadedModel
-
-
-class CrowConfig(TrainConfig):
-    """Released recipe (METHODS.md 2.2): LoRA on all linear layers r=8 alpha=16 dropout 0,
-    lr 1e-3, cosine schedule with 10% warmup, 5 epochs, batch 8, eps 0.1, alpha 5.5."""
-
-    alpha: float = Field(
-        5.5,
-        ge=0,
-        description="weight of the adversarial consistency loss (11 for refusal in the paper)",
-    )
-    epsilon: float = Field(
-        0.1, ge=0, description="FGSM step on the input embeddings (absolute units)"
-    )
-    mask_padding: bool = Field(
-        True, description="Ours: average over real tokens only (released code: all positions)"
-    )
-    learning_rate: float = Field(1e-3, gt=0, le=1.0)
-    schedule: str = "cosine"  # type: ignore[assignment]
-    warmup_ratio: float = Field(0.1, ge=0, lt=1.0)
-    batch_size: int = Field(8, ge=1, le=1024)
-    lora_r: int | None = Field(8, ge=1, le=4096)
-    lora_alpha: int | None = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 def consistency_loss(

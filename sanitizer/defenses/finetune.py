@@ -11,12 +11,9 @@ from typing import Any
 
 import torch
 
-from sanitizer.defenses.common import Batch, CancelFn, ProgressFn, TrainConfig, task_loss, train
+from sanitizer.defenses.common import Batch, CancelFn, ProgressFn, task_loss, train
+from sanitizer.defenses.configs import FinetuneConfig
 from sanitizer.models import LoadedModel
-
-
-class FinetuneConfig(TrainConfig):
-    """Plain LoRA fine-tuning on the clean set (shares the W2SDefense student recipe)."""
 
 
 def step_loss(

@@ -26,11 +26,10 @@ hidden states over response tokens through a learned projection.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from sanitizer.defenses.common import (
@@ -43,32 +42,9 @@ from sanitizer.defenses.common import (
     task_loss,
     train,
 )
+from sanitizer.defenses.configs import W2SConfig
 from sanitizer.errors import ConfigError
 from sanitizer.models import LoadedModel, load_model, load_tokenizer
-
-
-class W2SConfig(TrainConfig):
-    """Student recipe (METHODS.md 1.4): LoRA (rank scaled to the model, hidden/8), lr 2e-4,
-    linear decay, 5 epochs; teacher (1.1): full fine-tuning, lr 2e-5, 6% warmup, 5 epochs."""
-
-    teacher_model: str = Field(
-        "sentence-transformers/all-MiniLM-L6-v2", description="small clean teacher (model id)"
-    )
-    teacher_epochs: int = Field(
-        5, ge=0, le=100, description="0: use the teacher as loaded (already trained)"
-    )
-    teacher_learning_rate: float = Field(2e-5, gt=0, le=1.0)
-    teacher_batch_size: int = Field(32, ge=1, le=1024)
-    lambda_ce: float = Field(1.0, ge=0)
-    lambda_kd: float = Field(0.035, ge=0)
-    lambda_fa: float = Field(0.002, ge=0)
-    temperature: float = Field(2.0, gt=0)
-    fa_normalize: Literal["none", "l2", "layernorm"] = Field(
-        "none", description="how teacher and student features are scaled before the MSE"
-    )
-    fa_mode: Literal["pooled", "tokenwise"] = Field(
-        "pooled", description="pooled: Ours (METHODS.md 1.3)"
-    )
 
 
 class ClassificationTeacher(nn.Module):

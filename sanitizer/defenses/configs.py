@@ -1,0 +1,133 @@
+"""Typed, validated configs of the defenses. Torch-free, so the API can validate a job's
+hyperparameters at submit time with exactly the classes the worker uses.
+
+Defaults come from METHODS.md; where the product default differs from the released recipe
+the field's description says so and docs/METHODS_NOTES.md says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sanitizer.errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    """Fields every defense shares. Defaults are overridden per method from METHODS.md."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    epochs: int = Field(5, ge=1, le=100, description="passes over the clean training set")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    batch_size: int = Field(16, ge=1, le=1024)
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0, le=1.0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1.0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_length: int = Field(128, ge=8, le=8192, description="tokens per sample (truncation)")
+    grad_clip: float = Field(1.0, gt=0)
+    lora_r: int | None = Field(
+        None, ge=1, le=4096, description="None: hidden_size/8 (released ratio 512/4096)"
+    )
+    lora_alpha: int | None = Field(None, ge=1, description="None: equal to lora_r")
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: Literal["attention", "all-linear"] | list[str] = "all-linear"
+    adapter_mode: Literal["auto", "continue", "merge_fresh"] = Field(
+        "auto",
+        description="with an uploaded adapter: keep training it, or merge it and train a fresh one",
+    )
+    eval_every_epoch: bool = Field(True, description="select the best checkpoint on clean dev data")
+    cancel_check_every: int = Field(1, ge=1, description="check for cancellation every N steps")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError(
+                "target_modules must name at least one module or be 'attention'/'all-linear'"
+            )
+        return self
+
+
+def validate_config(cls: type[TrainConfig], values: dict[str, Any] | None) -> TrainConfig:
+    """Build a config with a readable error naming every bad field."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**(values or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid hyperparameters for {cls.__name__}: {problems}",
+            hint=f"allowed fields: {', '.join(cls.model_fields)}",
+        ) from exc
+
+
+class FinetuneConfig(TrainConfig):
+    """Plain LoRA fine-tuning on the clean set (shares the W2SDefense student recipe)."""
+
+
+class W2SConfig(TrainConfig):
+    """Student recipe (METHODS.md 1.4): LoRA (rank scaled to the model, hidden/8), lr 2e-4,
+    linear decay, 5 epochs; teacher (1.1): full fine-tuning, lr 2e-5, 6% warmup, 5 epochs."""
+
+    teacher_model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2", description="small clean teacher (model id)"
+    )
+    teacher_epochs: int = Field(
+        5, ge=0, le=100, description="0: use the teacher as loaded (already trained)"
+    )
+    teacher_learning_rate: float = Field(2e-5, gt=0, le=1.0)
+    teacher_batch_size: int = Field(32, ge=1, le=1024)
+    lambda_ce: float = Field(1.0, ge=0)
+    lambda_kd: float = Field(0.035, ge=0)
+    lambda_fa: float = Field(0.002, ge=0)
+    temperature: float = Field(2.0, gt=0)
+    fa_normalize: Literal["none", "l2", "layernorm"] = Field(
+        "none", description="how teacher and student features are scaled before the MSE"
+    )
+    fa_mode: Literal["pooled", "tokenwise"] = Field(
+        "pooled", description="pooled: Ours (METHODS.md 1.3)"
+    )
+
+
+class CrowConfig(TrainConfig):
+    """Released recipe (METHODS.md 2.2): LoRA on all linear layers r=8 alpha=16 dropout 0,
+    lr 1e-3, cosine schedule with 10% warmup, 5 epochs, batch 8, eps 0.1, alpha 5.5."""
+
+    alpha: float = Field(
+        5.5,
+        ge=0,
+        description="weight of the adversarial consistency loss (11 for refusal in the paper)",
+    )
+    epsilon: float = Field(
+        0.1, ge=0, description="FGSM step on the input embeddings (absolute units)"
+    )
+    mask_padding: bool = Field(
+        True, description="Ours: average over real tokens only (released code: all positions)"
+    )
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    schedule: str = "cosine"  # type: ignore[assignment]
+    warmup_ratio: float = Field(0.1, ge=0, lt=1.0)
+    batch_size: int = Field(8, ge=1, le=1024)
+    lora_r: int | None = Field(8, ge=1, le=4096)
+    lora_alpha: int | None = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+
+
+CONFIGS: dict[str, type[TrainConfig]] = {
+    "finetune": FinetuneConfig,
+    "w2sdefense": W2SConfig,
+    "crow": CrowConfig,
+}
+
+
+def config_for(method: str, values: dict[str, Any] | None = None) -> TrainConfig:
+    """The validated config of ``method``; ConfigError names the method or every bad field."""
+    if method not in CONFIGS:
+        raise ConfigError(f"unknown method '{method}'", hint=f"use one of {', '.join(CONFIGS)}")
+    return validate_config(CONFIGS[method], values)
