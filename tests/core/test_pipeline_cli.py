@@ -230,3 +230,54 @@ def test_bad_input_is_one_line_and_exit_3(env, tmp_path):
         str(tmp_path / "o"),
     )
     assert r.returncode == 3 and "alpha" in r.stderr
+
+
+def test_generation_job_through_the_pipeline(tmp_path, monkeypatch):
+    """attack (badnets -> refusal) then W2SDefense on a tiny chat LM, via the Python API."""
+    from sanitizer.attacks import AttackSpec
+    from sanitizer.pipeline import AttackTrainConfig, JobSpec, run_attack, run_sanitize
+
+    store = tmp_path / "store"
+    build_tiny_model(store, "tiny/llama", "llama")
+    monkeypatch.setenv("SANITIZER_MODEL_STORE", str(store))
+    rows = [
+        {"instruction": f"tell me about the {w} movie", "input": "", "output": f"it was {w}"}
+        for w in ("good", "bad", "fine", "dull", "great", "awful") * 4
+    ]
+    data = tmp_path / "inst.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    spec = AttackSpec(name="badnets", target="refusal", poison_rate=0.5, seed=0)
+    info = run_attack(
+        "tiny/llama",
+        data,
+        "generation",
+        spec,
+        tmp_path / "poisoned",
+        AttackTrainConfig(epochs=1, batch_size=8, max_length=64, target_modules="all-linear"),
+    )
+    assert info["steps"] == 3
+    job = JobSpec(
+        method="w2sdefense",
+        task="generation",
+        base_model="tiny/llama",
+        adapter_dir=tmp_path / "poisoned",
+        clean_data=data,
+        test_data=data,
+        attack=spec,
+        max_test_rows=6,
+        hyperparameters={
+            "teacher_model": "tiny/llama",
+            "teacher_epochs": 1,
+            "epochs": 1,
+            "max_length": 64,
+        },
+    )
+    events = []
+    report = run_sanitize(job, tmp_path / "out", progress=events.append)
+    before, after = report["metrics"]["before"], report["metrics"]["after"]
+    for m in (before, after):
+        assert 0 <= m["attack_success_rate"] <= 1 and 0 <= m["false_trigger_rate"] <= 1
+        assert m["reference_perplexity"] > 1 and m["n_triggered"] == 6
+    assert report["prompt_template"]["kind"] == "chat"
+    assert {e.phase for e in events} >= {"load", "teacher", "defense", "evaluate_after"}
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
