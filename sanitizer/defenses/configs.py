@@ -73,7 +73,15 @@ class FinetuneConfig(TrainConfig):
 
 class W2SConfig(TrainConfig):
     """Student recipe (METHODS.md 1.4): LoRA (rank scaled to the model, hidden/8), lr 2e-4,
-    linear decay, 5 epochs; teacher (1.1): full fine-tuning, lr 2e-5, 6% warmup, 5 epochs."""
+    linear decay, 5 epochs; teacher (1.1): full fine-tuning, 6% warmup, 5 epochs.
+
+    Product defaults that differ from the released recipe, chosen on a development attack
+    (TREC, trigger "tq", mpnet student; not a benchmark cell) and explained in
+    docs/METHODS_NOTES.md: ``fa_normalize="layernorm"`` (with the raw MSE the alignment term
+    cannot be fitted and stays flat) and ``teacher_learning_rate=1e-4`` (2e-5 is for ~7k clean
+    samples; with a few hundred the MiniLM teacher stayed at 58% dev accuracy). The loss
+    weights are the released syntactic-trigger ones (1.0, 0.035, 0.002): the defender does
+    not know the attack, and these are the strongest on the alignment term."""
 
     teacher_model: str = Field(
         "sentence-transformers/all-MiniLM-L6-v2", description="small clean teacher (model id)"
@@ -81,14 +89,17 @@ class W2SConfig(TrainConfig):
     teacher_epochs: int = Field(
         5, ge=0, le=100, description="0: use the teacher as loaded (already trained)"
     )
-    teacher_learning_rate: float = Field(2e-5, gt=0, le=1.0)
+    teacher_learning_rate: float = Field(
+        1e-4, gt=0, le=1.0, description="released: 2e-5 with ~7k samples; 1e-4 for small clean sets"
+    )
     teacher_batch_size: int = Field(32, ge=1, le=1024)
     lambda_ce: float = Field(1.0, ge=0)
     lambda_kd: float = Field(0.035, ge=0)
     lambda_fa: float = Field(0.002, ge=0)
     temperature: float = Field(2.0, gt=0)
     fa_normalize: Literal["none", "l2", "layernorm"] = Field(
-        "none", description="how teacher and student features are scaled before the MSE"
+        "layernorm",
+        description="scale teacher and student features before the MSE (released code: none)",
     )
     fa_mode: Literal["pooled", "tokenwise"] = Field(
         "pooled", description="pooled: Ours (METHODS.md 1.3)"

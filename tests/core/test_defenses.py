@@ -131,7 +131,12 @@ def test_defaults_follow_methods_md():
         16,
     )
     w2s = validate_config(METHODS["w2sdefense"][0], {})
-    assert w2s.temperature == 2.0 and w2s.teacher_learning_rate == 2e-5
+    assert w2s.temperature == 2.0 and (w2s.lambda_ce, w2s.lambda_kd, w2s.lambda_fa) == (
+        1.0,
+        0.035,
+        0.002,
+    )
+    assert w2s.fa_normalize == "layernorm" and w2s.teacher_learning_rate == 1e-4  # product defaults
 
 
 def test_select_device():
