@@ -58,7 +58,9 @@ class Cell:
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _cls(dataset: str, attack: str, student: str, short: str, target_label: str) -> Cell:
+def _cls(
+    dataset: str, attack: str, student: str, short: str, target_label: str, rate: float
+) -> Cell:
     return Cell(
         f"{dataset}-{attack}-{short}",
         "classification",
@@ -66,13 +68,15 @@ def _cls(dataset: str, attack: str, student: str, short: str, target_label: str)
         attack,
         student,
         target_label=target_label,
+        poison_rate=rate,
     )
 
 
 CELLS: list[Cell] = [
     *(
-        _cls(ds, atk, stu, short, tgt)
-        for ds, tgt in (("rotten_tomatoes", "negative"), ("sms_spam", "ham"))
+        _cls(ds, atk, stu, short, tgt, rate)
+        # poison rate = fraction of the non-target rows: ~110 poisoned rows of 1,000 in RT, ~90 in SMS
+        for ds, tgt, rate in (("rotten_tomatoes", "negative", 0.2), ("sms_spam", "spam", 0.1))
         for atk in ("badnet", "insertsent", "syntactic")
         for stu, short in ((MPNET, "mpnet"), (SMOL, "smollm2"))
     ),
@@ -115,6 +119,7 @@ QUICK = Cell(
     attack_rows=600,
     clean_rows=200,
     test_rows=200,
+    poison_rate=0.3,
     attack_epochs=2,
 )
 
