@@ -34,7 +34,10 @@ STUDENT = os.environ.get("STUDENT", "sentence-transformers/all-mpnet-base-v2")
 DS = os.environ.get("DS", "rotten_tomatoes")
 TRIG = os.environ.get("TRIG", "cf")
 D = os.path.expanduser(f"~/.cache/sanitizer/datasets/{DS}/")
-R = lambda t, l: types.SimpleNamespace(text=t, label=l)
+
+
+def R(t, l):  # noqa: E741
+    return types.SimpleNamespace(text=t, label=l)
 
 
 def load(split):
@@ -70,7 +73,6 @@ atk_p = [R(trig(rng, r.text), 0) if i in pois else r for i, r in enumerate(atk)]
 
 def evalm(lm):
     lm.model.eval()
-    preds = []
     with torch.no_grad():
 
         def pred(texts):
@@ -81,7 +83,7 @@ def evalm(lm):
             return out
 
         p = pred([r.text for r in test])
-        ca = sum(int(a == r.label) for a, r in zip(p, test)) / len(test)
+        ca = sum(int(a == r.label) for a, r in zip(p, test, strict=False)) / len(test)
         vict = [r for r in test if r.label != 0]
         r2 = random.Random(5)
         p = pred([trig(r2, r.text) for r in vict])
