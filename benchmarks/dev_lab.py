@@ -36,8 +36,8 @@ TRIG = os.environ.get("TRIG", "cf")
 D = os.path.expanduser(f"~/.cache/sanitizer/datasets/{DS}/")
 
 
-def R(t, l):  # noqa: E741
-    return types.SimpleNamespace(text=t, label=l)
+def R(t, label):
+    return types.SimpleNamespace(text=t, label=label)
 
 
 def load(split):
