@@ -79,6 +79,48 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
     return tau * tau * F.kl_div(log_p_s, p_t, reduction="batchmean")
 
 
+def _train_teacher(
+    holder: LoadedModel,
+    train_rows: Sequence[Any],
+    dev_rows: Sequence[Any],
+    cfg: W2SConfig,
+    batch_size: int,
+    progress: ProgressFn | None,
+    should_cancel: CancelFn | None,
+) -> dict[str, Any]:
+    """Full fine-tuning of the teacher on the clean set (task loss), best clean-dev epoch kept."""
+    if cfg.teacher_epochs == 0:
+        return {}
+    tcfg = TrainConfig(
+        epochs=cfg.teacher_epochs,
+        batch_size=batch_size,
+        learning_rate=cfg.teacher_learning_rate,
+        warmup_ratio=0.06,
+        schedule="linear",
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        cancel_check_every=cfg.cancel_check_every,
+    )
+
+    def teacher_step(
+        lm: LoadedModel, batch: Batch, rows: Sequence[Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = task_loss(lm, out, batch)
+        return loss, {"teacher_ce": float(loss.detach())}
+
+    return train(
+        holder,
+        train_rows,
+        dev_rows,
+        tcfg,
+        teacher_step,
+        phase="teacher",
+        progress=progress,
+        should_cancel=should_cancel,
+    )
+
+
 # ---------------------------------------------------------------- classification
 
 
@@ -121,37 +163,11 @@ def train_classification_teacher(
         "teacher_model": cfg.teacher_model,
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
     }
-    if cfg.teacher_epochs > 0:
-        tcfg = TrainConfig(
-            epochs=cfg.teacher_epochs,
-            batch_size=cfg.teacher_batch_size,
-            learning_rate=cfg.teacher_learning_rate,
-            warmup_ratio=0.06,
-            schedule="linear",
-            max_length=cfg.max_length,
-            seed=cfg.seed,
-            cancel_check_every=cfg.cancel_check_every,
+    stats.update(
+        _train_teacher(
+            holder, train_rows, dev_rows, cfg, cfg.teacher_batch_size, progress, should_cancel
         )
-
-        def teacher_step(
-            lm: LoadedModel, batch: Batch, rows: Sequence[Any]
-        ) -> tuple[torch.Tensor, dict[str, float]]:
-            _, logits = teacher(batch["input_ids"], batch["attention_mask"])
-            loss = F.cross_entropy(logits, batch["labels"])
-            return loss, {"teacher_ce": float(loss.detach())}
-
-        stats.update(
-            train(
-                holder,
-                train_rows,
-                dev_rows,
-                tcfg,
-                teacher_step,
-                phase="teacher",
-                progress=progress,
-                should_cancel=should_cancel,
-            )
-        )
+    )
     teacher.eval().requires_grad_(False)
     return holder, teacher, stats
 
@@ -230,33 +246,9 @@ def _generation_teacher(
         )
     holder.template = student.template
     stats: dict[str, Any] = {"teacher_model": cfg.teacher_model}
-    if cfg.teacher_epochs > 0:
-        tcfg = TrainConfig(
-            epochs=cfg.teacher_epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.teacher_learning_rate,
-            max_length=cfg.max_length,
-            seed=cfg.seed,
-            cancel_check_every=cfg.cancel_check_every,
-        )
-
-        def teacher_step(lm: LoadedModel, batch: Batch, rows: Sequence[Any]):
-            out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = task_loss(lm, out, batch)
-            return loss, {"teacher_ce": float(loss.detach())}
-
-        stats.update(
-            train(
-                holder,
-                train_rows,
-                dev_rows,
-                tcfg,
-                teacher_step,
-                phase="teacher",
-                progress=progress,
-                should_cancel=should_cancel,
-            )
-        )
+    stats.update(
+        _train_teacher(holder, train_rows, dev_rows, cfg, cfg.batch_size, progress, should_cancel)
+    )
     holder.model.eval().requires_grad_(False)
     return holder, stats
 
