@@ -8,8 +8,9 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from sanitizer.attacks import AttackSpec
+from sanitizer.defenses.configs import CONFIGS
 
-METHODS = ("w2sdefense", "crow", "finetune")
+METHODS = tuple(CONFIGS)  # w2sdefense, crow, finetune: the library's torch-free configs
 
 
 class FilePublic(BaseModel):

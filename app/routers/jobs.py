@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -33,11 +34,14 @@ from jobstore.jobs import add_event, dispatch
 from jobstore.models import File, IdempotencyRecord, Job, JobEvent, Project, new_id
 from jobstore.settings import Settings
 from jobstore.webhooks import create_delivery
-from sanitizer.errors import SanitizerError
+from sanitizer.attacks import CLASSIFICATION_ATTACKS, GENERATION_ATTACKS
+from sanitizer.defenses.configs import config_for
+from sanitizer.errors import ConfigError, SanitizerError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 MAX_METADATA_KEYS = 16
+TASK_ATTACKS = {"classification": CLASSIFICATION_ATTACKS, "generation": GENERATION_ATTACKS}
 
 
 def to_public(job: Job) -> JobPublic:
@@ -123,10 +127,26 @@ def _check_inputs(
         )
     if len(body.metadata) > MAX_METADATA_KEYS:
         raise ApiError(422, "invalid_metadata", f"at most {MAX_METADATA_KEYS} metadata keys")
+    config = _check_config(body)
     try:
         resolve_model(body.base_model, body.base_revision)
     except SanitizerError as exc:
         raise from_library(exc, field="base_model") from exc
+    teacher = getattr(config, "teacher_model", None)
+    if teacher:
+        try:
+            resolve_model(teacher)
+        except SanitizerError as exc:
+            raise from_library(exc, field="hyperparameters.teacher_model") from exc
+    attack = body.evaluation.attack if body.evaluation else None
+    if attack is not None and attack.task != body.task:
+        raise ApiError(
+            422,
+            "invalid_attack",
+            f"attack '{attack.name}' is a {attack.task} attack but the job's task is {body.task}",
+            hint=f"for {body.task} use one of: {', '.join(TASK_ATTACKS[body.task])}",
+            field="evaluation.attack.name",
+        )
     datasets = [("clean_dataset_file", body.clean_dataset_file)]
     if body.evaluation and body.evaluation.test_dataset_file:
         datasets.append(("evaluation.test_dataset_file", body.evaluation.test_dataset_file))
@@ -157,6 +177,29 @@ def _check_inputs(
             raise from_library(exc, field="adapter_file") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_config(body: JobCreate) -> Any:
+    """The method's validated config, exactly as the worker will build it (torch-free)."""
+    try:
+        return config_for(body.method, {"seed": body.seed, **body.hyperparameters})
+    except ConfigError as exc:
+        cause = exc.__cause__
+        errors = (
+            [
+                {
+                    "loc": ["body", "hyperparameters", *e["loc"]],
+                    "message": e["msg"],
+                    "type": e["type"],
+                }
+                for e in cause.errors()
+            ]
+            if isinstance(cause, ValidationError)
+            else None
+        )
+        raise ApiError(
+            422, exc.code, exc.message, hint=exc.hint, errors=errors, field="hyperparameters"
+        ) from exc
 
 
 def _tmp_root(settings: Settings) -> Path:

@@ -116,11 +116,16 @@ def test_project_endpoint_gives_webhook_secret(api):
 
 
 def test_api_never_imports_torch():
-    code = "import sys, app.main, app.routers.jobs, app.uploads; print('torch' in sys.modules)"
+    code = (
+        "import sys, app.main, app.routers.jobs, app.uploads\n"
+        "from sanitizer.defenses.configs import CONFIGS, config_for\n"
+        "for m in CONFIGS: config_for(m, {'epochs': 1})\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
 # ------------------------------------------------------------------ files
@@ -375,6 +380,65 @@ def test_job_input_errors(api, assets):
     # a classification dataset used for generation is re-validated for that task
     problem(api.post("/v1/jobs", json=job_body(ds, task="generation")), 422, "invalid_dataset")
     assert api.get("/v1/jobs").json()["data"] == []
+
+
+def test_bad_hyperparameters_are_refused_at_submit(api, assets):
+    """The method's config is validated by the API (torch-free), not left to fail the job."""
+    ds = dataset_id(api, assets)
+    body = problem(
+        api.post(
+            "/v1/jobs",
+            json=job_body(
+                ds,
+                method="w2sdefense",
+                hyperparameters={"epochs": 0, "learning_rate": -1, "lr": 2e-4},
+            ),
+        ),
+        422,
+        "invalid_config",
+    )
+    assert body["field"] == "hyperparameters"
+    for name in ("epochs", "learning_rate", "lr"):
+        assert name in body["detail"]
+    assert {tuple(e["loc"]) for e in body["errors"]} == {
+        ("body", "hyperparameters", "epochs"),
+        ("body", "hyperparameters", "learning_rate"),
+        ("body", "hyperparameters", "lr"),
+    }
+    assert "teacher_model" in body["hint"] and "learning_rate" in body["hint"]  # allowed fields
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, method="crow", hyperparameters={"alpha": "big"})),
+        422,
+        "invalid_config",
+    )
+    assert "alpha" in body["detail"]
+    body = problem(
+        api.post(
+            "/v1/jobs",
+            json=job_body(
+                ds, method="w2sdefense", hyperparameters={"teacher_model": "nobody/teacher"}
+            ),
+        ),
+        422,
+        "unknown_model",
+    )
+    assert body["field"] == "hyperparameters.teacher_model"
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, evaluation={"attack": {"name": "ctba"}})),
+        422,
+        "invalid_attack",
+    )
+    assert "badnet" in body["hint"]
+    assert api.get("/v1/jobs").json()["data"] == []  # nothing was queued
+    ok = api.post(
+        "/v1/jobs",
+        json=job_body(
+            ds,
+            method="w2sdefense",
+            hyperparameters={"epochs": 1, "teacher_model": "tiny/teacher", "lambda_fa": 0.01},
+        ),
+    )
+    assert ok.status_code == 202, ok.text
 
 
 def test_cancel_events_report_artifact_and_tenancy(api, assets):
