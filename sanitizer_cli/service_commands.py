@@ -5,6 +5,7 @@ Heavy imports (uvicorn, celery, sqlalchemy) happen inside the commands.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -140,6 +141,9 @@ def keys_create(
         DEFAULT_PROJECT, help="project the key belongs to (created if new)"
     ),
     name: str | None = typer.Option(None, help="a label for the key"),
+    json_out: bool = typer.Option(
+        False, "--json", help='print {"id", "project", "name", "key"} as JSON (for scripts)'
+    ),
 ) -> None:
     """Create an API key; it is printed once and stored only hashed."""
     from jobstore.db import session_scope, upgrade
@@ -149,6 +153,9 @@ def keys_create(
     with session_scope() as s:
         record, key = create_key(s, project, name)
         key_id = record.id
+    if json_out:
+        typer.echo(json.dumps({"id": key_id, "project": project, "name": name, "key": key}))
+        return
     typer.echo(
         f"key id:  {key_id}\nproject: {project}\nAPI key: {key}\n(store it now: it is not shown again)"
     )
@@ -169,15 +176,30 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key id (keyXXXXXXXXX
 
 
 @keys_app.command("list")
-def keys_list() -> None:
+def keys_list(
+    json_out: bool = typer.Option(False, "--json", help="print a JSON list (for scripts)"),
+) -> None:
     """List keys (ids, projects, state; never the keys themselves)."""
     from jobstore.db import session_scope
     from jobstore.keys import list_keys
 
     with session_scope() as s:
-        for k, p in list_keys(s):
-            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
-            typer.echo(f"{k.id}\t{p.name}\t{state}\t{k.name or ''}")
+        rows = [
+            {
+                "id": k.id,
+                "project": p.name,
+                "name": k.name,
+                "created_at": k.created_at.isoformat() if k.created_at else None,
+                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            }
+            for k, p in list_keys(s)
+        ]
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        state = f"revoked {r['revoked_at'][:10]}" if r["revoked_at"] else "active"
+        typer.echo(f"{r['id']}\t{r['project']}\t{state}\t{r['name'] or ''}")
 
 
 @db_app.command("upgrade")

@@ -133,12 +133,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 pass
             assert time.monotonic() < deadline, "service did not start"
             time.sleep(0.5)
-        key = None
         k = _cli(base_env, "keys", "create", "--project", "client-tests", "--json", timeout=60)
-        if k.returncode == 0:
-            data = json.loads(k.stdout)
-            key = data.get("key") or data.get("api_key") or data.get("token")
-        env = {**base_env, "SANITIZER_URL": url, **({"SANITIZER_API_KEY": key} if key else {})}
+        assert k.returncode == 0, k.stderr
+        key = json.loads(k.stdout)["key"]
+        env = {**base_env, "SANITIZER_URL": url, "SANITIZER_API_KEY": key}
         yield {
             "url": url,
             "key": key,

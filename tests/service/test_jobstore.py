@@ -155,6 +155,33 @@ def test_keys_are_stored_hashed(service_env):
         assert authenticate(s, key) is None
 
 
+def test_keys_commands_json(service_env):
+    """`sanitizer keys create --json` gives scripts the key; list never shows it; revoke works."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from jobstore.db import session_scope
+    from jobstore.keys import authenticate
+    from sanitizer_cli.main import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["keys", "create", "--project", "ci", "--name", "bot", "--json"])
+    assert r.exit_code == 0, r.output
+    created = json.loads(r.stdout)
+    assert created["project"] == "ci" and created["name"] == "bot"
+    assert created["key"].startswith(f"sk_{created['id']}_")
+    with session_scope() as s:
+        assert authenticate(s, created["key"]).id == created["id"]
+    r = runner.invoke(app, ["keys", "list", "--json"])
+    listed = json.loads(r.stdout)
+    assert [k["id"] for k in listed if k["project"] == "ci"] == [created["id"]]
+    assert created["key"] not in r.stdout and listed[-1]["revoked_at"] is None
+    assert runner.invoke(app, ["keys", "revoke", created["id"]]).exit_code == 0
+    with session_scope() as s:
+        assert authenticate(s, created["key"]) is None
+
+
 def test_settings_accept_plain_env_names(monkeypatch, tmp_path):
     from jobstore.settings import Settings
 
