@@ -282,7 +282,9 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
         )
         sha = store.put_file(f"jobs/{job.id}/adapter.zip", zip_path)
     except Cancelled:
-        _finish(job.id, running, st.CANCELLED, "cancelled by request")
+        # only a cancel request (cancelling) makes the defense stop; running -> cancelled is
+        # not a legal transition, and asking for it raised and left the job to the reaper
+        _finish(job.id, [st.CANCELLING], st.CANCELLED, "cancelled by request")
         return "cancelled"
     except InputError as exc:
         msg = exc.message + (f" ({exc.hint})" if exc.hint else "")

@@ -231,6 +231,9 @@ def test_embedded_serve_cancel_and_success(service_env, assets, tmp_path):
             assert r.json()["status"] in ("cancelling", "cancelled")
             long = wait_job(c, long["id"], 60)
             assert long["status"] == "cancelled", long
+            # the worker honoured the request itself (not the reaper after its heartbeat stopped)
+            msgs = [e["message"] for e in c.get(f"/v1/jobs/{long['id']}/events").json()["data"]]
+            assert msgs[-1] == "cancelled by request", msgs
             job = wait_job(c, submit(c, ids)["id"], 120)
             assert job["status"] == "succeeded", (job, (tmp_path / "serve.log").read_text()[-3000:])
             assert c.get(f"/v1/jobs/{job['id']}/report").status_code == 200
