@@ -115,21 +115,16 @@ def _opener(archive: Path, kind: str) -> Iterator[Callable[[str], IO[bytes]]]:
             yield open_tar
 
 
-def _manifest_hashes(manifest: dict[str, Any]) -> dict[str, Any]:
-    """{file name: sha256} from the manifest's ``files`` (a mapping, or a list of records)."""
+def _manifest_hashes(manifest: dict[str, Any]) -> dict[str, str]:
+    """{file name: sha256} from the service's manifest: ``{"files": {name: sha256}, ...}``."""
     files = manifest.get("files")
-    if isinstance(files, dict):
-        out = {}
-        for k, v in files.items():
-            out[k] = v.get("sha256") if isinstance(v, dict) else v
-        return out
-    if isinstance(files, list):
-        return {
-            str(f.get("path") or f.get("name")): f.get("sha256")
-            for f in files
-            if isinstance(f, dict)
-        }
-    raise ChecksumMismatchError("manifest.json has no 'files' listing")
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise ChecksumMismatchError(
+            f"{MANIFEST} has no 'files' mapping of file name to sha256; cannot verify"
+        )
+    return {k: v.lower() for k, v in files.items()}
 
 
 def verify_archive(archive: Path) -> tuple[dict[str, Any], list[str]]:

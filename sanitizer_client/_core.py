@@ -204,7 +204,7 @@ def page_from_body(body: Any, parse: Callable[[dict[str, Any]], T]) -> Page:
     raw = body.get("data") or []
     data = [parse(x) for x in raw]
     has_more = bool(body.get("has_more"))
-    nxt = body.get("next_after") or body.get("last_id")
+    nxt = body.get("last_id")  # the service's cursor: pass it as ``after``
     if nxt is None and raw and isinstance(raw[-1], dict):
         nxt = raw[-1].get("id")
     return Page(data, has_more, None if nxt is None else str(nxt))

@@ -56,11 +56,15 @@ class APIError(SanitizerClientError):
         instance: str | None = None,
         retry_after: float | None = None,
         body: Any = None,
+        hint: str | None = None,
+        field: str | None = None,
     ) -> None:
         self.status = status
         self.code = code
         self.title = title
         self.detail = detail
+        self.hint = hint  # the service's "what to do about it"
+        self.field = field  # the request field at fault, when the service names one
         self.request_id = request_id
         self.errors = errors or []
         self.type = type
@@ -75,17 +79,34 @@ class APIError(SanitizerClientError):
             msg += f" [{self.code}]"
         if self.detail:
             msg += f": {self.detail}"
+        if self.hint:
+            msg += f" (hint: {self.hint})"
         for e in self.errors[:5]:
-            if isinstance(e, dict):
-                loc = e.get("loc") or e.get("field") or e.get("pointer") or ""
-                if isinstance(loc, list):
-                    loc = ".".join(str(p) for p in loc)
-                msg += f"\n  - {loc + ': ' if loc else ''}{e.get('msg') or e.get('message') or e}"
-            else:
-                msg += f"\n  - {e}"
+            msg += f"\n  - {_describe(e)}"
+        if len(self.errors) > 5:
+            msg += f"\n  - ... and {len(self.errors) - 5} more"
         if self.request_id:
             msg += f" (request id {self.request_id})"
         return msg
+
+
+def _describe(e: Any) -> str:
+    """One field error: ``loc: message`` (request fields) or ``file:line column 'c': message``
+    (dataset rows, as the service reports invalid_dataset)."""
+    if not isinstance(e, dict):
+        return str(e)
+    text = e.get("msg") or e.get("message") or str(e)
+    if "file" in e or "line" in e:
+        where = str(e.get("file") or "")
+        if e.get("line") is not None:
+            where += f":{e['line']}"
+        if e.get("column"):
+            where += f" column '{e['column']}'"
+        return f"{where}: {text}" if where else text
+    loc = e.get("loc") or e.get("field") or e.get("pointer") or ""
+    if isinstance(loc, list):
+        loc = ".".join(str(p) for p in loc)
+    return f"{loc}: {text}" if loc else text
 
 
 class AuthenticationError(APIError):
@@ -168,4 +189,6 @@ def error_from_response(status: int, headers: Any, body: Any, text: str = "") ->
         instance=problem.get("instance"),
         retry_after=parse_retry_after(headers.get("retry-after")),
         body=body if body is not None else text,
+        hint=problem.get("hint") if isinstance(problem.get("hint"), str) else None,
+        field=problem.get("field") if isinstance(problem.get("field"), str) else None,
     )

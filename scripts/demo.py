@@ -162,22 +162,18 @@ class EmbeddedService:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def api_key(self) -> str | None:
-        """$SANITIZER_API_KEY, else a fresh key from `sanitizer keys create` (if it exists)."""
+    def api_key(self) -> str:
+        """$SANITIZER_API_KEY, else a fresh key for project "demo" (`sanitizer keys create`)."""
         if os.environ.get("SANITIZER_API_KEY"):
             return os.environ["SANITIZER_API_KEY"]
+        import json
+
         env = {**os.environ, "SANITIZER_DATA_DIR": str(self.work / "service")}
         out = subprocess.run(
             [*sanitizer_cmd(), "keys", "create", "--project", "demo", "--json"],
-            capture_output=True, text=True, env=env,
+            capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
-        if out.returncode != 0:
-            log("no `sanitizer keys create`; calling the service without a key")
-            return None
-        import json
-
-        data = json.loads(out.stdout)
-        return data.get("key") or data.get("api_key") or data.get("token")
+        return str(json.loads(out.stdout)["key"])
 
 
 # ---------------------------------------------------------------- main

@@ -1,4 +1,6 @@
-"""A small stand-in of the service API (issue 3 contract) for client tests that need
+"""A small stand-in of the service API (the shapes of app/ as built: problem+json with
+``code``/``hint``, pages with ``has_more``/``last_id``, jobs newest first, 409
+``report_not_ready``) for client tests that need
 behaviour the real service must not have: scripted faults (429/503 with Retry-After, 502),
 tampered archives, wrong upload checksums, and job outcomes chosen by the test.
 
@@ -153,13 +155,21 @@ def create_app(state: StubState) -> Starlette:
         return JSONResponse(state.files[fid])
 
     async def jobs(request: Request) -> Response:
-        if request.method == "GET":
-            items = sorted(state.jobs.values(), key=lambda j: j["id"])
+        if request.method == "GET":  # newest first, like the service
+            items = sorted(state.jobs.values(), key=lambda j: j["id"], reverse=True)
             after = request.query_params.get("after")
             if after:
-                items = [j for j in items if j["id"] > after]
+                items = [j for j in items if j["id"] < after]
             limit = int(request.query_params.get("limit") or 20)
-            return JSONResponse({"data": items[:limit], "has_more": len(items) > limit})
+            page = items[:limit]
+            return JSONResponse(
+                {
+                    "object": "list",
+                    "data": page,
+                    "has_more": len(items) > limit,
+                    "last_id": page[-1]["id"] if page else None,
+                }
+            )
         body = await request.json()
         key = request.headers.get("idempotency-key")
         if key and key in state.idempotency:
@@ -249,25 +259,40 @@ def create_app(state: StubState) -> Starlette:
         after = request.query_params.get("after")
         if after:
             events = [e for e in events if int(e["id"]) > int(after)]
-        return JSONResponse({"data": events[:2], "has_more": len(events) > 2})
+        page = events[:2]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": page,
+                "has_more": len(events) > 2,
+                "last_id": page[-1]["id"] if page else None,
+            }
+        )
 
-    def finished(jid: str) -> tuple[dict[str, Any] | None, Response | None]:
+    def finished(jid: str, what: str) -> tuple[dict[str, Any] | None, Response | None]:
         job = state.jobs.get(jid)
         if job is None:
             return None, problem(404, "Not Found", "job_not_found", "no such job")
         if job["status"] != "succeeded":
-            return None, problem(409, "Conflict", "job_not_succeeded", f"job is {job['status']}")
+            return None, problem(
+                409,
+                "Conflict",
+                f"{what}_not_ready",
+                f"job is {job['status']}",
+                hint="poll the job until status is succeeded",
+                status_now=job["status"],
+            )
         return job, None
 
     async def job_report(request: Request) -> Response:
-        job, err = finished(request.path_params["jid"])
+        job, err = finished(request.path_params["jid"], "report")
         if err:
             return err
         assert job is not None
         return JSONResponse(report_for(job["metadata"].get("scenario", "pass")))
 
     async def job_adapter(request: Request) -> Response:
-        job, err = finished(request.path_params["jid"])
+        job, err = finished(request.path_params["jid"], "artifact")
         if err:
             return err
         files = dict(state.adapter_files)

@@ -180,7 +180,7 @@ def test_jobs_commands(stub: tuple[str, Any], dataset: Path, tmp_path: Path) -> 
     other = submit(url, dataset).stdout.strip()
 
     listed = run("jobs", "list", "--json", url=url)
-    assert [j["id"] for j in json.loads(listed.stdout)] == sorted([jid, other])
+    assert [j["id"] for j in json.loads(listed.stdout)] == [other, jid]  # newest first
     table = run("jobs", "list", url=url)
     assert jid in table.stdout and "succeeded" in table.stdout
 

@@ -1,13 +1,12 @@
 """SDK and CLI against the REAL service: `sanitizer serve` (embedded mode: API + worker,
 SQLite) as a subprocess, tiny models built in code. Faults are injected by small proxies in
 front of it (503/429 with Retry-After, a tampered adapter archive), never by mocking it.
-
-Skipped (with the reason) while `sanitizer serve` is not available.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
@@ -69,9 +68,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         for k, v in base_env.items()
         if k not in ("SANITIZER_URL", "SANITIZER_API_KEY", "DATABASE_URL", "REDIS_URL")
     }
-    if _cli(base_env, "serve", "--help", timeout=60).returncode != 0:
-        pytest.skip("`sanitizer serve` is not available yet (service issue)")
-
     from sanitizer.tiny import build_tiny_model
 
     build_tiny_model(root / "store", "tiny/bert", "bert")
@@ -204,6 +200,11 @@ def test_happy_path_exit_0_download_verified_report_matches(
     result = json.loads(out.stdout)
     assert result["download"]["verified"] is True
     assert (tmp_path / "clean" / "adapter_model.safetensors").exists()
+    # the manifest check of docs/CLIENT.md, on the extracted folder
+    manifest = json.loads((tmp_path / "clean" / "manifest.json").read_text())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(manifest["files"])
+    for name, sha in manifest["files"].items():
+        assert hashlib.sha256((tmp_path / "clean" / name).read_bytes()).hexdigest() == sha
     with Client(live["url"], live["key"]) as c:
         report = c.jobs.report(result["job"]["id"])
     assert result["metrics"] == report["metrics"]
@@ -240,9 +241,12 @@ def test_cancelled_job_exit_2(live: dict[str, Any]) -> None:
             time.sleep(0.2)
         assert job is not None, "the submitted job never appeared"
         c.jobs.cancel(job.id)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2, err
-    assert "cancelled" in err
+        # the worker stops at its next step (not the reaper, minutes later)
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 2, err
+        assert "cancelled" in err
+        msgs = [e.message for e in c.jobs.events(job.id)]
+    assert msgs[-1] in ("cancelled by request", "cancelled before a worker started it"), msgs
 
 
 def test_input_errors_exit_3(live: dict[str, Any], tmp_path: Path) -> None:
@@ -257,20 +261,28 @@ def test_input_errors_exit_3(live: dict[str, Any], tmp_path: Path) -> None:
         str(live["clean"]),
     )
     assert bad.returncode == 3, bad.stderr
+    assert "unknown_method" in bad.stderr  # the service's answer, not a usage error
     pickle_adapter = tmp_path / "pickled"
     pickle_adapter.mkdir()
     (pickle_adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     (pickle_adapter / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")
     unsafe = _cli(
         live["env"],
-        *_submit_args(live)[:4],
+        *_submit_args(live)[:5],  # submit --method finetune --base-model tiny/bert
         "--adapter",
         str(pickle_adapter),
         "--clean-data",
         str(live["clean"]),
     )
     assert unsafe.returncode == 3, unsafe.stderr
-    assert _cli(live["env"], "jobs", "get", "job_does_not_exist").returncode == 3
+    assert "unsafe_file" in unsafe.stderr
+    bad_param = _cli(live["env"], *_submit_args(live, "--param", "epochs=0", "--param", "lr=1"))
+    assert bad_param.returncode == 3, bad_param.stderr
+    assert "invalid_config" in bad_param.stderr
+    assert "epochs" in bad_param.stderr and "lr" in bad_param.stderr  # every bad field named
+    assert "allowed fields" in bad_param.stderr  # the service's hint reaches the user
+    missing = _cli(live["env"], "jobs", "get", "job_does_not_exist")
+    assert missing.returncode == 3 and "job_not_found" in missing.stderr
 
 
 def test_unreachable_exit_4(live: dict[str, Any]) -> None:
@@ -348,8 +360,18 @@ def test_retry_429_503_through_proxy_creates_one_job_and_progress_is_reported(
         seen: list[Any] = []
         done = c.jobs.wait(job.id, timeout=300, poll_interval=0.2, on_progress=seen.append)
         assert done.succeeded, done.error
-        steps = [j.progress.step for j in seen if j.progress.step is not None]
-        assert steps and steps == sorted(steps)
+        assert seen and seen[-1].id == job.id and seen[-1].succeeded  # called on every poll
+        # the worker reported the defense's steps (a tiny job may finish between two polls,
+        # so they are checked in the event log, which keeps each one)
+        defense = [e.metrics for e in c.jobs.events(job.id) if e.raw.get("phase") == "defense"]
+        assert any(m.get("total_steps") and "loss" in m for m in defense), defense
+        # progress is per phase (evaluate_before, defense, evaluate_after ...): the step
+        # restarts with each phase and only moves forward within one
+        by_phase: dict[str, list[int]] = {}
+        for j in seen:
+            if j.progress.phase and j.progress.step is not None:
+                by_phase.setdefault(j.progress.phase, []).append(j.progress.step)
+        assert by_phase and all(steps == sorted(steps) for steps in by_phase.values()), by_phase
 
 
 def test_tampered_download_detected_exit_5(live: dict[str, Any], tmp_path: Path) -> None:

@@ -229,15 +229,17 @@ def test_list_pages_events_cancel_report(stub: tuple[str, Any], dataset: Path) -
         ids = [
             c.jobs.create(method="crow", base_model="m", clean_dataset_file=f).id for _ in range(5)
         ]
-        assert [j.id for j in c.jobs.list(limit=2)] == sorted(ids)  # 3 pages
+        assert [j.id for j in c.jobs.list(limit=2)] == ids[::-1]  # newest first, 3 pages
         page = c.jobs.list_page(limit=2)
-        assert page.has_more and len(page.data) == 2
+        assert page.has_more and page.next_after == page.data[-1].id == ids[3]
         assert [e.message for e in c.jobs.events(ids[0])] == [f"step {i}" for i in range(1, 6)]
         assert c.jobs.cancel(ids[0]).status == "cancelled"
         with pytest.raises(ConflictError):
             c.jobs.cancel(ids[0])
-        with pytest.raises(ConflictError):
+        with pytest.raises(ConflictError) as ce:
             c.jobs.report(ids[1])
+        assert ce.value.code == "report_not_ready" and "poll" in (ce.value.hint or "")
+        assert "hint: poll" in str(ce.value)
         jid = _finished_job(c, dataset)
         assert c.jobs.report(jid)["metrics"]["after"]["attack_success_rate"] == 0.02
 

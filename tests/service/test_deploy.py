@@ -18,11 +18,18 @@ def test_compose_services_commands_env_and_gpu():
     for name in ("api", "worker"):
         env = svc[name]["environment"]
         assert env["REDIS_URL"].startswith("redis://redis:6379")
-        assert env["DATABASE_URL"].startswith("postgresql://") and "@postgres:5432/" in env["DATABASE_URL"]
-        assert any(v.startswith("artifacts:/data") for v in svc[name]["volumes"])  # shared artifacts
+        assert (
+            env["DATABASE_URL"].startswith("postgresql://")
+            and "@postgres:5432/" in env["DATABASE_URL"]
+        )
+        assert any(
+            v.startswith("artifacts:/data") for v in svc[name]["volumes"]
+        )  # shared artifacts
         assert svc[name]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert svc["api"]["build"]["target"] == "api" and svc["worker"]["build"]["target"] == "worker"
-    assert "sanitizer db upgrade" in " ".join(svc["api"]["command"]) and "app.main:app" in " ".join(svc["api"]["command"])
+    assert "sanitizer db upgrade" in " ".join(svc["api"]["command"]) and "app.main:app" in " ".join(
+        svc["api"]["command"]
+    )
     assert svc["worker"]["command"][:2] == ["sanitizer", "worker"]
     dev = svc["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"]
