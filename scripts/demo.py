@@ -36,7 +36,10 @@ ATTACK_ROWS = 800  # poisoned training rows for the backdoored adapter
 ATTACK_EPOCHS = 2
 CLEAN_ROWS = 300  # clean data the defender has
 TEST_ROWS = 300  # held-out rows to measure CA and ASR
-DEFENSE_PARAMS: dict[str, object] = {"epochs": 2}
+# The library's W2SDefense defaults except the epochs: 5 teacher + 5 student epochs took
+# 5 min + ~12 min on the 2 shared cores (7.5 s per teacher step, 9 s per student step,
+# measured 2026-11-22 while a benchmark shared the cores), over the 15-minute budget.
+DEFENSE_PARAMS: dict[str, object] = {"epochs": 2, "teacher_epochs": 2}
 SEED = 0
 SERVER_START_TIMEOUT = 120.0
 JOB_TIMEOUT = 12 * 60.0
@@ -190,7 +193,7 @@ def main() -> int:
 
     from sanitizer.report_html import Policy, render_report_html
     from sanitizer_cli.client_commands import ProgressView
-    from sanitizer_client import Client
+    from sanitizer_client import Client, WaitTimeoutError
 
     t0 = time.monotonic()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sanitizer-demo-"))
@@ -217,10 +220,18 @@ def main() -> int:
                 metadata={"source": "make demo"},
             )
             log(f"submitted W2SDefense job {job.id} over REST; following its progress")
-            with ProgressView(enabled=True) as view:
-                job = client.jobs.wait(
-                    job.id, timeout=JOB_TIMEOUT, poll_interval=1.0, on_progress=view
+            try:
+                with ProgressView(enabled=True) as view:
+                    job = client.jobs.wait(
+                        job.id, timeout=JOB_TIMEOUT, poll_interval=1.0, on_progress=view
+                    )
+            except WaitTimeoutError as exc:
+                client.jobs.cancel(job.id)
+                print(
+                    f"{exc}; cancelled it. Lower the sizes at the top of {__file__}",
+                    file=sys.stderr,
                 )
+                return 2
             if not job.succeeded:
                 print(f"job {job.id} {job.status}: {job.error}", file=sys.stderr)
                 return 2
