@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 # ---------------------------------------------------------------- sizes (tune here)
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -169,8 +172,6 @@ class EmbeddedService:
         """$SANITIZER_API_KEY, else a fresh key for project "demo" (`sanitizer keys create`)."""
         if os.environ.get("SANITIZER_API_KEY"):
             return os.environ["SANITIZER_API_KEY"]
-        import json
-
         env = {**os.environ, "SANITIZER_DATA_DIR": str(self.work / "service")}
         out = subprocess.run(
             [*sanitizer_cmd(), "keys", "create", "--project", "demo", "--json"],
@@ -182,6 +183,32 @@ class EmbeddedService:
 # ---------------------------------------------------------------- main
 
 
+def summary_table(report: dict[str, Any]) -> Any:
+    """ASR and CA before/after, with the number of rows each was measured on."""
+    from rich.table import Table
+
+    m = report.get("metrics") or {}
+    before, after = m.get("before") or {}, m.get("after") or {}
+    table = Table()
+    for col in ("", "before", "after", "measured on"):
+        table.add_column(col, justify="left" if col in ("", "measured on") else "right")
+    for key, label, n in (
+        ("attack_success_rate", "ASR", "n_triggered"),
+        ("clean_accuracy", "CA", "n_clean"),
+    ):
+        b, a = before.get(key), after.get(key)
+        rows = after.get(n, before.get(n))
+        table.add_row(
+            label,
+            f"{b:.1%}" if b is not None else "–",
+            f"{a:.1%}" if a is not None else "–",
+            f"{rows} {'triggered' if n == 'n_triggered' else 'clean'} test rows" if rows else "",
+        )
+    if isinstance(m.get("der"), (int, float)):
+        table.add_row("DER", "", f"{m['der']:.2f}", "")
+    return table
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here (default: tmp)")
@@ -189,7 +216,6 @@ def main() -> int:
     args = ap.parse_args()
 
     from rich.console import Console
-    from rich.table import Table
 
     from sanitizer.report_html import Policy, render_report_html
     from sanitizer_cli.client_commands import ProgressView
@@ -242,18 +268,9 @@ def main() -> int:
     policy = Policy(max_asr=0.05, max_ca_drop=0.02)
     html_path = work / "report.html"
     html_path.write_text(render_report_html(report, policy=policy, job=job.raw))
-    m = report.get("metrics") or {}
-    before, after = m.get("before") or {}, m.get("after") or {}
-    table = Table(title=f"W2SDefense on {BASE_MODEL} ({DATASET}, {ATTACK['name']})")
-    table.add_column("")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    for key, label in (("attack_success_rate", "ASR"), ("clean_accuracy", "CA")):
-        b, a_ = before.get(key), after.get(key)
-        table.add_row(
-            label, f"{b:.1%}" if b is not None else "–", f"{a_:.1%}" if a_ is not None else "–"
-        )
-    Console().print(table)
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+    log(f"W2SDefense on {BASE_MODEL} ({DATASET}, {ATTACK['name']} trigger '{ATTACK['trigger']}')")
+    Console(width=max(80, shutil.get_terminal_size().columns)).print(summary_table(report))
     log(f"HTML report: {html_path}   total time {time.monotonic() - t0:.0f} s")
     return 0
 
