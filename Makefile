@@ -1,7 +1,7 @@
 PY ?= .venv/bin/python
 export PYTHONDONTWRITEBYTECODE=1
 
-.PHONY: install assets demo test test-slow test-browser lint bench bench-quick measure
+.PHONY: install assets demo test test-slow test-browser lint typecheck bench bench-quick measure
 
 install:  ## create .venv and install the project (CPU torch here; CUDA torch where available)
 	test -d .venv || python3 -m venv .venv
@@ -18,8 +18,11 @@ test: install  ## the default test suite (tiny models, real Redis/Postgres/Celer
 test-slow: install  ## tests on the real pretrained assets
 	$(PY) -m pytest -q -m slow
 
-lint:
+lint: typecheck  ## ruff (check + format) on everything, mypy on the service and client
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+typecheck:  ## mypy on app, jobstore, workers, sanitizer_client (settings in pyproject.toml)
+	$(PY) -m mypy
 
 demo: assets  ## plant a backdoor, remove it through the embedded service, print ASR/CA before/after
 	$(PY) scripts/demo.py

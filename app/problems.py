@@ -54,8 +54,10 @@ def from_library(exc: SanitizerError, *, status: int = 422, field: str | None = 
             {"file": p.file, "line": p.line, "column": p.column, "message": p.message}
             for p in exc.problems
         ]
-    extra = {"field": field} if field else {}
-    return ApiError(status, exc.code, exc.message, hint=exc.hint, errors=errors, **extra)
+    err = ApiError(status, exc.code, exc.message, hint=exc.hint, errors=errors)
+    if field:
+        err.extra["field"] = field
+    return err
 
 
 def problem_response(

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -204,13 +204,16 @@ def validate_adapter(path: Path, work: Path, settings: Settings) -> dict[str, An
     }
 
 
+Task = Literal["classification", "generation"]
+
+
 def validate_dataset(
-    path: Path, task: str | None, text_column: str, label_column: str
+    path: Path, task: Task | None, text_column: str, label_column: str
 ) -> dict[str, Any]:
     """Run the library's loader; with no ``task`` given, classification then generation."""
     from sanitizer.data import load_dataset
 
-    tasks = [task] if task else ["classification", "generation"]
+    tasks: list[Task] = [task] if task else ["classification", "generation"]
     first: SanitizerError | None = None
     for t in tasks:
         try:

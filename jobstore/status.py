@@ -9,8 +9,9 @@ cancelled`` is a cancel before any worker picked the job up.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, CursorResult, update
 from sqlalchemy.orm import Session
 
 from jobstore.models import Job, utcnow
@@ -98,4 +99,5 @@ def compare_and_set(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return s.execute(stmt).rowcount == 1
+    result = cast(CursorResult[Any], s.execute(stmt))  # an UPDATE: rowcount is defined
+    return result.rowcount == 1

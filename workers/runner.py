@@ -75,7 +75,7 @@ class Reporter:
             return
         self._last_write, self._last_phase = now, d.get("phase")
         losses = {k: float(v) for k, v in (d.get("losses") or {}).items()}
-        progress = {
+        progress: dict[str, Any] = {
             "phase": d.get("phase"),
             "step": int(d.get("step") or 0),
             "total_steps": int(d.get("total_steps") or 0),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -96,6 +96,7 @@ async def upload_file(
                 raise ApiError(
                     422, "invalid_task", f"task must be classification or generation, got {task!r}"
                 )
+            task = cast(uploads.Task | None, task)
             info = await run_in_threadpool(
                 uploads.validate_dataset,
                 up.path,

@@ -85,7 +85,7 @@ class StoreCollector:
                 ).all()
             per: dict[str, list[float]] = {}
             for status, started, finished in rows:
-                if finished is not None:
+                if finished is not None and started is not None:
                     per.setdefault(status, []).append((finished - started).total_seconds())
             for status, values in per.items():
                 buckets = [(str(b), sum(v <= b for v in values)) for b in DURATION_BUCKETS]
