@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -142,7 +143,11 @@ def _subset(cell: Cell, seed: int) -> dict[str, Path]:
     paths = {k: out / f"{k}.{ext}" for k in ("attack", "clean", "test")}
     if all(p.exists() for p in paths.values()):
         return paths
-    out.mkdir(parents=True, exist_ok=True)
+    # built in a private folder and renamed into place, so two runs (or a killed one) never
+    # leave a half-written subset that another run would read
+    tmp_out = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    tmp_out.mkdir(parents=True, exist_ok=True)
+    tmp_paths = {k: tmp_out / p.name for k, p in paths.items()}
     train = load_dataset(dataset_path(cell.dataset, "train"), task=cell.task)
     test = load_dataset(dataset_path(cell.dataset, "test"), task=cell.task)
     rows = list(train.rows)
@@ -153,11 +158,16 @@ def _subset(cell: Cell, seed: int) -> dict[str, Path]:
         )
     test_rows = list(test.rows)
     random.Random(seed + 1).shuffle(test_rows)
-    write_dataset(train.with_rows(rows[: cell.attack_rows]), paths["attack"])
+    write_dataset(train.with_rows(rows[: cell.attack_rows]), tmp_paths["attack"])
     write_dataset(
-        train.with_rows(rows[cell.attack_rows : cell.attack_rows + cell.clean_rows]), paths["clean"]
+        train.with_rows(rows[cell.attack_rows : cell.attack_rows + cell.clean_rows]),
+        tmp_paths["clean"],
     )
-    write_dataset(test.with_rows(test_rows[: cell.test_rows]), paths["test"])
+    write_dataset(test.with_rows(test_rows[: cell.test_rows]), tmp_paths["test"])
+    try:
+        tmp_out.rename(out)
+    except OSError:  # another run finished the same (deterministic) subset first
+        shutil.rmtree(tmp_out, ignore_errors=True)
     return paths
 
 
@@ -243,8 +253,14 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
         for method in methods:
             res_path = RESULTS / cell.name / f"{method}{tag}-s{seed}.json"
             if res_path.exists():
-                print(f"[{cell.name} s{seed}] {method}{tag}: done already, skipping", flush=True)
-                continue
+                if "error" not in json.loads(res_path.read_text())["report"]:
+                    print(
+                        f"[{cell.name} s{seed}] {method}{tag}: done already, skipping", flush=True
+                    )
+                    continue
+                print(
+                    f"[{cell.name} s{seed}] {method}{tag}: failed before, running again", flush=True
+                )
             job = JobSpec(
                 method=method,
                 task=cell.task,
