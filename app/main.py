@@ -43,6 +43,8 @@ def reaper_loop(stop: threading.Event) -> None:
                 heartbeat_timeout=settings.heartbeat_timeout,
                 max_attempts=settings.max_attempts,
                 dispatch_grace=max(2.0, settings.reaper_interval),
+                redispatch_after=settings.redispatch_after,
+                time_limit=settings.job_time_limit,
             )
             for job_id in done["failed"] + done["cancelled"]:
                 _on_terminal(job_id)

@@ -54,7 +54,8 @@ def from_library(exc: SanitizerError, *, status: int = 422, field: str | None = 
             {"file": p.file, "line": p.line, "column": p.column, "message": p.message}
             for p in exc.problems
         ]
-    err = ApiError(status, exc.code, exc.message, hint=exc.hint, errors=errors)
+    hint = exc.hint or "fix the input named in detail (and errors[] when present), then retry"
+    err = ApiError(status, exc.code, exc.message, hint=hint, errors=errors)
     if field:
         err.extra["field"] = field
     return err
@@ -125,10 +126,16 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         detail = str(exc.detail)
+        hint = "see the API reference at /docs"
         if exc.status_code == 404:
             detail = f"no route {request.method} {request.url.path}"
+            hint = "check the path (every endpoint is under /v1); the routes are listed at /docs"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+            allowed = (getattr(exc, "headers", None) or {}).get("Allow")
+            hint = f"use {allowed}" if allowed else hint
         return problem_response(
-            request, exc.status_code, code, detail, headers=getattr(exc, "headers", None)
+            request, exc.status_code, code, detail, hint=hint, headers=getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)

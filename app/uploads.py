@@ -112,7 +112,12 @@ async def receive(request: Request, settings: Settings) -> Upload:
         filename = disp.get(b"filename")
         if filename is not None:
             if up.path is not None:
-                raise ApiError(422, "too_many_files", "send exactly one file part, named 'file'")
+                raise ApiError(
+                    422,
+                    "too_many_files",
+                    "the upload has more than one file part",
+                    hint="send exactly one file part, named 'file'; upload each file separately",
+                )
             up.filename = filename.decode("utf-8", "replace")
             up.path = up.tmp_dir / safe_filename(up.filename)
             state["fh"] = open(up.path, "wb")  # noqa: SIM115 - closed in on_part_end/finally
@@ -128,7 +133,13 @@ async def receive(request: Request, settings: Settings) -> Upload:
         else:
             state["buf"] += chunk
             if len(state["buf"]) > MAX_FIELD:
-                raise ApiError(422, "field_too_large", f"form field '{state['name']}' is too long")
+                raise ApiError(
+                    422,
+                    "field_too_large",
+                    f"form field '{state['name']}' is longer than {MAX_FIELD} bytes",
+                    hint="form fields carry short values (purpose, task, column names); "
+                    "send the data itself as the 'file' part",
+                )
 
     def on_part_end() -> None:
         if state["fh"] is not None:
@@ -166,7 +177,11 @@ async def receive(request: Request, settings: Settings) -> Upload:
     except Exception as exc:
         up.cleanup()
         raise ApiError(
-            400, "malformed_multipart", f"the multipart body is malformed: {exc}"
+            400,
+            "malformed_multipart",
+            f"the multipart body is malformed: {exc}",
+            hint="send a multipart/form-data body with the boundary named in Content-Type, "
+            "e.g. curl -F purpose=dataset -F file=@clean.csv",
         ) from exc
     finally:
         if state["fh"] is not None:

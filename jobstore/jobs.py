@@ -51,30 +51,54 @@ def reap(
     heartbeat_timeout: float,
     max_attempts: int,
     dispatch_grace: float = 10.0,
+    redispatch_after: float | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, list[str]]:
     """One pass of the reaper.
 
     - ``running``/``cancelling`` jobs whose heartbeat is older than ``heartbeat_timeout``
       lost their worker: re-queued (new attempt, re-run from a clean state) while
       ``attempt < max_attempts``, else failed with ``worker_lost``; cancelling ones end
-      cancelled.
+      cancelled. A lost job that started more than ``time_limit`` seconds ago is not re-run:
+      the hard time limit killed it, and it fails with ``time_limit``.
     - ``queued`` jobs the broker never accepted (it was down at submit time) are published.
+    - ``queued`` jobs published more than ``redispatch_after`` seconds ago are published
+      again, at most once per that period: a broker that keeps nothing on disk loses its
+      messages when it restarts, and the job would otherwise wait forever. A duplicate is
+      harmless: the worker's atomic queued -> running claim lets exactly one copy run.
     """
     now = utcnow()
     done: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": [], "dispatched": []}
     stale_before = now - timedelta(seconds=heartbeat_timeout)
     with factory() as s:
         stale = s.execute(
-            select(Job.id, Job.status, Job.attempt).where(
+            select(Job.id, Job.status, Job.attempt, Job.started_at).where(
                 Job.status.in_([st.RUNNING, st.CANCELLING]), Job.heartbeat_at < stale_before
             )
         ).all()
-    for job_id, status, attempt in stale:
+    for job_id, status, attempt, started_at in stale:
+        over_time = (
+            time_limit is not None
+            and started_at is not None
+            and started_at < now - timedelta(seconds=time_limit)
+        )
         alive = [Job.heartbeat_at < stale_before, Job.attempt == attempt]
         with factory() as s:
             if status == st.CANCELLING:
                 won = st.compare_and_set(s, job_id, st.CANCELLING, st.CANCELLED, where=alive)
                 key, msg = "cancelled", "worker lost while cancelling; job cancelled"
+            elif over_time:
+                won = st.compare_and_set(
+                    s,
+                    job_id,
+                    st.RUNNING,
+                    st.FAILED,
+                    where=alive,
+                    error_code="time_limit",
+                    error_message=f"the job ran past the {time_limit:g}s time limit and its "
+                    "worker was stopped; raise SANITIZER_JOB_TIME_LIMIT or reduce epochs/data",
+                )
+                key, msg = "failed", "time limit exceeded; not re-run"
             elif attempt < max_attempts:
                 won = st.compare_and_set(
                     s,
@@ -106,13 +130,14 @@ def reap(
             done[key].append(job_id)
             if key == "requeued":
                 dispatch(factory, job_id, attempt + 1, enqueue)
+    never_sent = Job.dispatched_at.is_(None) & (
+        Job.queued_at < now - timedelta(seconds=dispatch_grace)
+    )
+    if redispatch_after is not None:
+        never_sent = never_sent | (Job.dispatched_at < now - timedelta(seconds=redispatch_after))
     with factory() as s:
         pending = s.execute(
-            select(Job.id, Job.attempt).where(
-                Job.status == st.QUEUED,
-                Job.dispatched_at.is_(None),
-                Job.queued_at < now - timedelta(seconds=dispatch_grace),
-            )
+            select(Job.id, Job.attempt).where(Job.status == st.QUEUED, never_sent)
         ).all()
     for job_id, attempt in pending:
         if dispatch(factory, job_id, attempt, enqueue):

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     heartbeat_timeout: float = Field(120.0, description="a running job silent this long is lost")
     reaper_interval: float = Field(15.0, description="how often the API looks for lost jobs (s)")
     max_attempts: int = Field(2, ge=1, description="runs of a job before it fails worker_lost")
+    redispatch_after: float = Field(
+        900.0,
+        gt=0,
+        description="a job still queued this long after its task was published is published "
+        "again (a broker restart without persistence loses messages); duplicates are dropped",
+    )
     progress_interval: float = Field(1.0, description="min seconds between progress writes")
 
     webhook_max_retries: int = Field(6, description="webhook retries after the first attempt")

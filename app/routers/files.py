@@ -82,6 +82,9 @@ async def upload_file(
                 errors=[{"loc": ["body", "file"], "message": "field required"}],
                 hint="send the file as the multipart field 'file'",
             )
+        # the streaming check saw the purpose only if its field came before the file part
+        if up.size > uploads.limit_for(purpose, settings):
+            raise uploads.too_large(uploads.limit_for(purpose, settings), purpose)
         if up.size == 0:
             raise ApiError(
                 422, "empty_file", f"'{up.filename}' is empty", hint="upload a non-empty file"
@@ -94,7 +97,11 @@ async def upload_file(
             task = up.fields.get("task") or None
             if task not in (None, "classification", "generation"):
                 raise ApiError(
-                    422, "invalid_task", f"task must be classification or generation, got {task!r}"
+                    422,
+                    "invalid_task",
+                    f"task must be classification or generation, got {task!r}",
+                    errors=[{"loc": ["body", "task"], "message": "classification | generation"}],
+                    hint="send task=classification or task=generation, or leave it out to detect it",
                 )
             task = cast(uploads.Task | None, task)
             info = await run_in_threadpool(

@@ -126,7 +126,13 @@ def _check_inputs(
             errors=[{"loc": ["body", "method"], "message": f"one of {', '.join(METHODS)}"}],
         )
     if len(body.metadata) > MAX_METADATA_KEYS:
-        raise ApiError(422, "invalid_metadata", f"at most {MAX_METADATA_KEYS} metadata keys")
+        raise ApiError(
+            422,
+            "invalid_metadata",
+            f"metadata has {len(body.metadata)} keys; at most {MAX_METADATA_KEYS} are allowed",
+            errors=[{"loc": ["body", "metadata"], "message": f"at most {MAX_METADATA_KEYS} keys"}],
+            hint="keep the keys you filter on; put the rest in one JSON-encoded value",
+        )
     config = _check_config(body)
     try:
         resolve_model(body.base_model, body.base_revision)
@@ -349,6 +355,7 @@ def cancel_job(job_id: str, project: ProjectDep, s: SessionDep, queue: QueueDep)
             409,
             "job_finished",
             f"job '{job.id}' already {job.status}; there is nothing to cancel",
+            hint=f"read the outcome with GET /v1/jobs/{job.id}",
             status_now=job.status,
         )
     if job.status == st.CANCELLING:
@@ -380,7 +387,12 @@ def list_events(
     q = select(JobEvent).where(JobEvent.job_id == job_id)
     if after:
         if not after.isdigit():
-            raise ApiError(422, "invalid_cursor", f"after must be an event id, got '{after}'")
+            raise ApiError(
+                422,
+                "invalid_cursor",
+                f"after must be an event id, got '{after}'",
+                hint="pass the id of the last event you received (a number), or leave after out",
+            )
         q = q.where(JobEvent.id > int(after))
     rows = list(s.scalars(q.order_by(JobEvent.id).limit(limit + 1)))
     page = rows[:limit]
@@ -429,9 +441,16 @@ def get_report_html(job_id: str, project: ProjectDep, s: SessionDep, store: Stor
     try:
         from sanitizer.report_html import render_report_html
     except ImportError as exc:
-        raise ApiError(501, "not_implemented", f"HTML reports are not available: {exc}") from exc
+        raise ApiError(
+            501,
+            "not_implemented",
+            f"HTML reports are not available on this server: {exc}",
+            hint=f"use the JSON report at GET /v1/jobs/{job.id}/report, or install matplotlib "
+            "on the API server",
+        ) from exc
     with store.open(f"jobs/{job.id}/report.json") as f:
-        return HTMLResponse(render_report_html(json.load(f)))
+        report = json.load(f)
+    return HTMLResponse(render_report_html(report, job=to_public(job).model_dump(mode="json")))
 
 
 @router.get("/{job_id}/artifacts/adapter", response_class=FileResponse)

@@ -14,6 +14,14 @@ import pytest
 from tests.service.helpers import build_adapter_zip, write_csv
 
 
+def require_or_skip(reason: str) -> None:
+    """Skip a test whose real service is absent; fail instead where the services are a given
+    (CI, or SANITIZER_REQUIRE_SERVICES=1), so a green run never hides a skipped end-to-end test."""
+    if os.environ.get("CI") or os.environ.get("SANITIZER_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}; CI requires it (unset CI / SANITIZER_REQUIRE_SERVICES to skip)")
+    pytest.skip(reason)
+
+
 def reset_caches() -> None:
     from app.queue import get_queue
     from jobstore.db import reset_engines
@@ -100,7 +108,7 @@ def api(service_env: dict[str, str]) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def redis_base() -> str:
     if not _tcp_open("127.0.0.1", 6379):
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379 (start redis-server)")
+        require_or_skip("Redis is not reachable on 127.0.0.1:6379 (start redis-server)")
     return "redis://127.0.0.1:6379"
 
 
@@ -115,7 +123,7 @@ def redis_url(redis_base: str) -> str:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     if not _tcp_open("127.0.0.1", 5432):
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+        require_or_skip("PostgreSQL is not reachable on 127.0.0.1:5432")
     import psycopg
 
     name = f"sanitizer_test_{uuid.uuid4().hex[:10]}"

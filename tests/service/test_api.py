@@ -22,6 +22,8 @@ def problem(r: Any, status: int, code: str) -> dict[str, Any]:
     assert body["status"] == status and body["code"] == code
     assert body["title"] and body["detail"] and body["type"].endswith(code)
     assert body["request_id"] == r.headers["x-request-id"]
+    if status < 500:
+        assert body.get("hint"), f"a {status} must say how to fix it: {body}"
     return body
 
 
@@ -274,6 +276,45 @@ def test_oversized_upload_is_refused_while_streaming(api, monkeypatch):
         "file_too_large",
     )
     assert body["limit"] == 1000
+    store_is_clean(api)
+
+
+def test_size_limit_holds_when_the_file_part_comes_before_purpose(api, monkeypatch):
+    """The streaming check cannot know the purpose yet; the limit must still apply."""
+    monkeypatch.setenv("SANITIZER_MAX_DATASET_BYTES", "1000")
+    from jobstore.settings import get_settings
+
+    get_settings.cache_clear()
+    data = b"text,label\n" + b"word word,1\n" * 500
+    raw = (
+        b'--BB\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n\r\n'
+        + data
+        + b'\r\n--BB\r\nContent-Disposition: form-data; name="purpose"\r\n\r\ndataset'
+        + b"\r\n--BB--\r\n"
+    )
+    r = api.post(
+        "/v1/files", content=raw, headers={"content-type": "multipart/form-data; boundary=BB"}
+    )
+    assert problem(r, 413, "file_too_large")["limit"] == 1000
+    store_is_clean(api)
+
+
+def test_routing_and_form_errors_say_what_to_fix(api):
+    assert "/docs" in problem(api.get("/v2/jobs"), 404, "not_found")["hint"]
+    body = problem(api.put("/v1/files"), 405, "method_not_allowed")
+    assert "PUT" in body["detail"] and "POST" in body["hint"]
+    problem(
+        up(api, "a.csv", b"text,label\nhello there,1\n", "dataset", task="regression"),
+        422,
+        "invalid_task",
+    )
+    problem(up(api, "a.csv", b"x", "dataset", task="t" * 70_000), 422, "field_too_large")
+    two = api.post(
+        "/v1/files",
+        data={"purpose": "dataset"},
+        files=[("file", ("a.csv", b"text,label\nhi,1\n")), ("file", ("b.csv", b"x"))],
+    )
+    problem(two, 422, "too_many_files")
     store_is_clean(api)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.service.conftest import require_or_skip
 from tests.service.helpers import REPO, Stack, free_port, upload, wait_for, wait_job
 
 pytestmark = pytest.mark.integration
@@ -292,7 +293,7 @@ def test_api_restart_loses_nothing(stack, assets, redis_url):
 
 def test_redis_briefly_unavailable(stack, assets, redis_base, tmp_path):
     if not shutil.which("redis-server"):
-        pytest.skip("redis-server binary not installed")
+        require_or_skip("redis-server binary not installed")
     port = free_port()
 
     def start_redis() -> subprocess.Popen[bytes]:

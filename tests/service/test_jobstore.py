@@ -113,6 +113,81 @@ def test_reaper_requeues_then_fails_stale_jobs(service_env):
     assert reap(session_factory(), enqueue, heartbeat_timeout=10, max_attempts=2)["failed"] == []
 
 
+def test_reaper_republishes_a_queued_job_whose_message_was_lost(service_env):
+    """Redis without persistence forgets its queue on restart: the job must not wait forever,
+    and a job still waiting its turn is re-published at most once per period."""
+    from jobstore.db import session_factory, session_scope, upgrade
+    from jobstore.jobs import reap
+    from jobstore.keys import get_or_create_project
+    from jobstore.models import Job, utcnow
+
+    upgrade()
+    with session_scope() as s:
+        p = get_or_create_project(s, "p")
+        for jid, age in (("job_lost", 1000), ("job_fresh", 5)):
+            s.add(
+                Job(
+                    id=jid,
+                    project_id=p.id,
+                    status="queued",
+                    method="finetune",
+                    task="classification",
+                    base_model="m",
+                    clean_dataset_file_id="f",
+                    attempt=1,
+                    queued_at=utcnow() - timedelta(seconds=age),
+                    dispatched_at=utcnow() - timedelta(seconds=age),
+                )
+            )
+    sent: list[tuple[str, int]] = []
+    enqueue = lambda jid, attempt: sent.append((jid, attempt)) or True  # noqa: E731
+    kw = {"heartbeat_timeout": 10, "max_attempts": 2, "redispatch_after": 600}
+    assert reap(session_factory(), enqueue, **kw)["dispatched"] == ["job_lost"]
+    assert sent == [("job_lost", 1)]
+    # published again just now: the next pass leaves it alone
+    assert reap(session_factory(), enqueue, **kw)["dispatched"] == []
+    # without the setting, a published job is never re-published (the old behaviour)
+    assert (
+        reap(session_factory(), enqueue, heartbeat_timeout=10, max_attempts=2)["dispatched"] == []
+    )
+
+
+def test_reaper_fails_a_job_killed_by_the_hard_time_limit(service_env):
+    """A worker child killed at the hard limit looks like a lost worker; re-running the job
+    would hit the limit again, so it fails with time_limit instead."""
+    from jobstore.db import session_factory, session_scope, upgrade
+    from jobstore.jobs import reap
+    from jobstore.keys import get_or_create_project
+    from jobstore.models import Job, utcnow
+
+    upgrade()
+    with session_scope() as s:
+        p = get_or_create_project(s, "p")
+        job = Job(
+            id="job_t",
+            project_id=p.id,
+            status="queued",
+            method="finetune",
+            task="classification",
+            base_model="m",
+            clean_dataset_file_id="f",
+            attempt=1,
+        )
+        s.add(job)
+        s.flush()
+        st.transition(job, st.RUNNING)
+        job.started_at = utcnow() - timedelta(seconds=5000)
+        job.heartbeat_at = utcnow() - timedelta(seconds=100)
+    sent: list[tuple[str, int]] = []
+    enqueue = lambda jid, attempt: sent.append((jid, attempt)) or True  # noqa: E731
+    done = reap(session_factory(), enqueue, heartbeat_timeout=10, max_attempts=2, time_limit=3600)
+    assert done["failed"] == ["job_t"] and done["requeued"] == [] and sent == []
+    with session_scope() as s:
+        job = s.get(Job, "job_t")
+        assert job.status == "failed" and job.error_code == "time_limit"
+        assert "SANITIZER_JOB_TIME_LIMIT" in job.error_message
+
+
 def test_compare_and_set_has_one_winner(service_env):
     from jobstore.db import session_scope, upgrade
     from jobstore.keys import get_or_create_project
