@@ -45,6 +45,17 @@ class Evaluation(BaseModel):
         None, description="trigger/target of the suspected backdoor, used to compute ASR"
     )
     max_test_rows: int | None = Field(None, ge=1, description="evaluate on at most this many rows")
+    extra_attacks: list[AttackSpec] = Field(
+        default_factory=list,
+        max_length=8,
+        description="more triggers/attacks to measure ASR on before and after "
+        "(the report's per-attack breakdown)",
+    )
+    baseline: bool = Field(
+        False,
+        description="also run plain fine-tuning from the same start and report it beside the "
+        "defense (the honest control); roughly doubles the job's time",
+    )
 
 
 class JobCreate(BaseModel):

@@ -47,6 +47,16 @@ class JobSpec(BaseModel):
     label_column: str = "label"
     label_names: list[str] | None = None
     attack: AttackSpec | None = None
+    extra_attacks: list[AttackSpec] = Field(
+        default_factory=list,
+        max_length=8,
+        description="more triggers to measure ASR on before and after (per-attack breakdown)",
+    )
+    baseline: bool = Field(
+        False,
+        description="also run plain fine-tuning (same LoRA, data, epochs) from the same start "
+        "and report it beside the defense; roughly doubles the job's time",
+    )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     dev_fraction: float = Field(0.15, ge=0.0, lt=0.9)
     max_test_rows: int | None = Field(None, ge=1)
@@ -120,6 +130,65 @@ def prepare_model(
     return lm, (mode if spec.adapter_dir is not None else "fresh")
 
 
+def attack_label(attack: AttackSpec) -> str:
+    trigger = attack.trigger if attack.trigger is not None else "default trigger"
+    return f"{attack.name} '{trigger}'"
+
+
+def _measure(
+    lm: Any, rows: list[Any], spec: JobSpec, eval_kw: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Metrics on the job's attack, and ASR (etc.) on every extra attack, keyed by label."""
+    from sanitizer.evaluate import evaluate
+
+    main = evaluate(lm, rows, spec.attack, **eval_kw)
+    per_attack = {attack_label(spec.attack): main} if spec.attack else {}
+    for extra in spec.extra_attacks:
+        per_attack[attack_label(extra)] = evaluate(lm, rows, extra, **eval_kw)
+    return main, per_attack
+
+
+def _run_baseline(
+    spec: JobSpec,
+    cfg: Any,
+    num_labels: int | None,
+    train_rows: list[Any],
+    dev_rows: list[Any],
+    test_rows: list[Any],
+    eval_kw: dict[str, Any],
+    emit: Callable[[Any], None],
+    should_cancel: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """Plain fine-tuning from the same starting point (base + uploaded adapter, same adapter
+    mode, the shared training fields of the job's config): the honest control."""
+    from dataclasses import replace
+
+    from sanitizer.defenses import METHODS
+    from sanitizer.defenses.common import set_seed, validate_config
+    from sanitizer.defenses.configs import TrainConfig
+
+    ft_cls, finetune = METHODS["finetune"]
+    shared = {k: v for k, v in cfg.model_dump().items() if k in TrainConfig.model_fields}
+    ft_cfg = validate_config(ft_cls, shared)
+    set_seed(spec.seed)
+    t = time.monotonic()
+    lm, mode = prepare_model(spec.model_copy(update={"method": "finetune"}), ft_cfg, num_labels)
+
+    def relabel(event: Any) -> None:
+        emit(replace(event, phase=f"baseline_{event.phase}"))
+
+    finetune(lm, train_rows, dev_rows, ft_cfg, progress=relabel, should_cancel=should_cancel)
+    train_s = time.monotonic() - t
+    after, per_attack = _measure(lm, test_rows, spec, eval_kw)
+    return {
+        "method": "finetune",
+        "adapter_mode": mode,
+        "config": ft_cfg.model_dump(),
+        "metrics": {"after": after, "per_attack": per_attack},
+        "timings": {"defense_s": train_s},
+    }
+
+
 def run_sanitize(
     spec: JobSpec,
     out_dir: Path,
@@ -131,7 +200,6 @@ def run_sanitize(
 
     from sanitizer.defenses import METHODS
     from sanitizer.defenses.common import ProgressEvent, set_seed, validate_config
-    from sanitizer.evaluate import evaluate
     from sanitizer.models import combine_lora_into_one, save_adapter
 
     t0 = time.monotonic()
@@ -183,7 +251,7 @@ def run_sanitize(
     eval_kw = {"max_length": cfg.max_length} if spec.task == "classification" else {}
     t = time.monotonic()
     emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
-    before = evaluate(lm, test_rows, spec.attack, **eval_kw)
+    before, per_attack_before = _measure(lm, test_rows, spec, eval_kw)
     timings["evaluate_before_s"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -194,7 +262,7 @@ def run_sanitize(
 
     t = time.monotonic()
     emit(ProgressEvent("evaluate_after", message=f"evaluating on {len(test_rows)} rows"))
-    after = evaluate(lm, test_rows, spec.attack, **eval_kw)
+    after, per_attack_after = _measure(lm, test_rows, spec, eval_kw)
     timings["evaluate_after_s"] = time.monotonic() - t
 
     emit(ProgressEvent("save", message="writing the sanitized adapter"))
@@ -213,6 +281,32 @@ def run_sanitize(
     files = {
         f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(adapter_out.iterdir())
     }
+    from sanitizer.models import sha256_of_dir
+
+    model_facts = {
+        "base_sha256": sha256_of_dir(lm.model_dir),
+        "adapter_in": {"mode": adapter_mode, **lm.adapter_info} if spec.adapter_dir else None,
+        "prompt_template": lm.template.to_dict(),
+        "device": str(lm.device),
+        "peak_memory_mb": round(_peak_memory_mb(lm.device), 1),
+    }
+    baseline = None
+    if spec.baseline:
+        del lm  # free the defended model before the baseline's is loaded
+        emit(ProgressEvent("baseline", message="plain fine-tuning baseline from the same start"))
+        t = time.monotonic()
+        baseline = _run_baseline(
+            spec,
+            cfg,
+            num_labels,
+            list(train_ds.rows),
+            list(dev_ds.rows),
+            test_rows,
+            eval_kw,
+            emit,
+            should_cancel,
+        )
+        timings["baseline_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t0
 
     metrics_block: dict[str, Any] = {
@@ -220,6 +314,11 @@ def run_sanitize(
         "after": after,
         "definitions": METRIC_DEFINITIONS,
     }
+    if per_attack_before:
+        metrics_block["per_attack"] = {
+            k: {"before": per_attack_before[k], "after": per_attack_after[k]}
+            for k in per_attack_before
+        }
     if spec.task == "classification" and "attack_success_rate" in before:
         metrics_block["der"] = der(
             before["attack_success_rate"],
@@ -227,8 +326,6 @@ def run_sanitize(
             before["clean_accuracy"],
             after["clean_accuracy"],
         )
-    from sanitizer.models import sha256_of_dir
-
     report: dict[str, Any] = {
         "schema_version": 1,
         "method": spec.method,
@@ -236,9 +333,9 @@ def run_sanitize(
         "base_model": {
             "id": spec.base_model,
             "revision": spec.base_revision,
-            "sha256": sha256_of_dir(lm.model_dir),
+            "sha256": model_facts["base_sha256"],
         },
-        "adapter_in": ({"mode": adapter_mode, **lm.adapter_info} if spec.adapter_dir else None),
+        "adapter_in": model_facts["adapter_in"],
         "datasets": {
             "clean": {
                 "sha256": clean.sha256,
@@ -250,18 +347,20 @@ def run_sanitize(
         },
         "label_names": label_names,
         "attack": spec.attack.model_dump() if spec.attack else None,
-        "prompt_template": lm.template.to_dict(),
+        "prompt_template": model_facts["prompt_template"],
         "metrics": metrics_block,
         "config": cfg.model_dump(),
         "seed": spec.seed,
-        "device": str(lm.device),
+        "device": model_facts["device"],
         "training": {k: v for k, v in stats.items() if k != "history"},
         "history": stats.get("history", []),
         "timings": timings,
-        "peak_memory_mb": round(_peak_memory_mb(lm.device), 1),
+        "peak_memory_mb": model_facts["peak_memory_mb"],
         "versions": _versions(),
         "adapter_out": {"files": files},
     }
+    if baseline is not None:
+        report["baseline"] = baseline
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_report = out_dir / "report.json.tmp"
     tmp_report.write_text(json.dumps(report, indent=2, default=str))

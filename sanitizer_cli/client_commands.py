@@ -312,11 +312,20 @@ def submit(
         "classification"
     ),
     test_data: Annotated[
-        Path | None, typer.Option("--test-data", help="test dataset used to measure ASR/CA")
+        Path | None,
+        typer.Option("--test-data", "--eval", help="test dataset used to measure ASR/CA"),
     ] = None,
     attack: Annotated[
         str | None, typer.Option("--attack", help="attack to measure ASR with (e.g. badnet)")
     ] = None,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline",
+            help="also run plain fine-tuning from the same start; the report shows it beside "
+            "the defense (about twice the job time)",
+        ),
+    ] = False,
     trigger: Annotated[str | None, typer.Option("--trigger", help="trigger word/sentence")] = None,
     target_label: Annotated[
         str | None, typer.Option("--target-label", help="label the backdoor forces")
@@ -396,6 +405,7 @@ def submit(
             base_revision=base_revision,
             task=task,
             attack=attack_spec,
+            evaluation={"baseline": True} if baseline else None,
             hyperparameters=hyperparameters or None,
             metadata=meta or None,
             **files,

@@ -237,6 +237,20 @@ def defend(
     max_test_rows: Annotated[int | None, typer.Option("--max-test-rows")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Device = "auto",
+    also_trigger: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--also-trigger",
+            help="another trigger of the same attack to measure ASR on (per-trigger breakdown; "
+            "repeatable)",
+        ),
+    ] = None,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline", help="also run plain fine-tuning from the same start and report it"
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print report.json to stdout")] = False,
 ) -> None:
     """Remove a backdoor: write a sanitized adapter and report.json."""
@@ -260,6 +274,11 @@ def defend(
             attack=_attack_spec(
                 attack_name, trigger, _label_id(target_label, names), target, seed=seed
             ),
+            extra_attacks=[
+                _attack_spec(attack_name, t, _label_id(target_label, names), target, seed=seed)
+                for t in also_trigger or []
+            ],
+            baseline=baseline,
             hyperparameters=hp,
             max_test_rows=max_test_rows,
             seed=seed,
@@ -278,6 +297,12 @@ def defend(
         row = m[when]
         typer.echo(
             f"{when:>6}: CA {row.get('clean_accuracy', row.get('utility_token_f1', float('nan'))):.4f}"
+            + (f"  ASR {row['attack_success_rate']:.4f}" if "attack_success_rate" in row else "")
+        )
+    if "baseline" in report:
+        row = report["baseline"]["metrics"]["after"]
+        typer.echo(
+            f"finetune baseline: CA {row.get('clean_accuracy', row.get('utility_token_f1', float('nan'))):.4f}"
             + (f"  ASR {row['attack_success_rate']:.4f}" if "attack_success_rate" in row else "")
         )
     typer.echo(f"sanitized adapter: {out / 'adapter'}  report: {out / 'report.json'}")

@@ -79,7 +79,7 @@ Gen = Generator[Op, Any, T]
 # ------------------------------------------------------------------ HTTP translation
 
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})  # 500/502/504: safe requests only
 
 
 def request_kwargs(call: Call, upload_file: Any = None) -> dict[str, Any]:
@@ -248,11 +248,20 @@ class Files:
         self._driver = driver
 
     def _upload(
-        self, path: str | os.PathLike[str], purpose: str, *, filename: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        purpose: str | None = None,
+        *,
+        filename: str | None = None,
     ) -> Gen[FileObject]:
+        """Upload a file; ``purpose`` defaults to ``adapter`` for a folder or an archive
+        (.zip/.tar/.tar.gz/.tgz) and ``dataset`` otherwise."""
         src = Path(path)
         if not src.exists():
             raise SanitizerClientError(f"{src} does not exist")
+        if purpose is None:
+            archive = src.name.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz"))
+            purpose = "adapter" if src.is_dir() or archive else "dataset"
         tmp: Path | None = None
         try:
             if src.is_dir():  # a PEFT folder: zipped on the fly (deterministic bytes)

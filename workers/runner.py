@@ -266,6 +266,8 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
             label_column=spec_in.get("label_column", "label"),
             attack=AttackSpec(**evaluation["attack"]) if evaluation.get("attack") else None,
             max_test_rows=evaluation.get("max_test_rows"),
+            extra_attacks=[AttackSpec(**a) for a in evaluation.get("extra_attacks") or []],
+            baseline=bool(evaluation.get("baseline")),
             hyperparameters=spec_in.get("hyperparameters") or {},
             seed=spec_in.get("seed", 0),
             **_inputs(job, files, work),

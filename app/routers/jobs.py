@@ -144,15 +144,20 @@ def _check_inputs(
             resolve_model(teacher)
         except SanitizerError as exc:
             raise from_library(exc, field="hyperparameters.teacher_model") from exc
-    attack = body.evaluation.attack if body.evaluation else None
-    if attack is not None and attack.task != body.task:
-        raise ApiError(
-            422,
-            "invalid_attack",
-            f"attack '{attack.name}' is a {attack.task} attack but the job's task is {body.task}",
-            hint=f"for {body.task} use one of: {', '.join(TASK_ATTACKS[body.task])}",
-            field="evaluation.attack.name",
-        )
+    ev = body.evaluation
+    attacks = [("evaluation.attack", ev.attack)] if ev and ev.attack else []
+    if ev:
+        attacks += [(f"evaluation.extra_attacks.{i}", a) for i, a in enumerate(ev.extra_attacks)]
+    for where, attack in attacks:
+        if attack.task != body.task:
+            raise ApiError(
+                422,
+                "invalid_attack",
+                f"{where}: attack '{attack.name}' is a {attack.task} attack but the job's task "
+                f"is {body.task}",
+                hint=f"for {body.task} use one of: {', '.join(TASK_ATTACKS[body.task])}",
+                field=f"{where}.name",
+            )
     datasets = [("clean_dataset_file", body.clean_dataset_file)]
     if body.evaluation and body.evaluation.test_dataset_file:
         datasets.append(("evaluation.test_dataset_file", body.evaluation.test_dataset_file))

@@ -106,6 +106,29 @@ def test_post_without_idempotency_key_not_retried_on_502(
         assert len(_posts(state, "/v1/files")) == 3
 
 
+def test_get_is_retried_on_500_but_post_without_key_is_not(
+    stub: tuple[str, Any], dataset: Path
+) -> None:
+    url, state = stub
+    state.faults[("GET", "/v1/jobs")] = [(500, None), (500, None)]
+    with client(url) as c:
+        assert list(c.jobs.list()) == []  # two 500s, then the answer
+        assert len([r for r in state.requests if r[:2] == ("GET", "/v1/jobs")]) == 3
+        state.faults[("POST", "/v1/files")] = [(500, None)]
+        with pytest.raises(ServerError):
+            c.files.upload(dataset, purpose="dataset")
+        assert len(_posts(state, "/v1/files")) == 1
+
+
+def test_upload_purpose_defaults_from_the_path(
+    stub: tuple[str, Any], dataset: Path, adapter_dir: Path
+) -> None:
+    url, _ = stub
+    with client(url) as c:
+        assert c.files.upload(dataset).purpose == "dataset"
+        assert c.files.upload(adapter_dir).purpose == "adapter"
+
+
 def test_unreachable_service_raises_connection_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()

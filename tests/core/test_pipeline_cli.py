@@ -177,6 +177,41 @@ def test_attack_evaluate_defend(env):
     )
 
 
+def test_defend_reports_per_trigger_breakdown_and_finetune_baseline(env, tmp_path):
+    """--also-trigger and --baseline: the report carries metrics.per_attack and a baseline
+    block, both numbers measured (the baseline's 'after' differs from the defense's run only
+    by its loss), and the HTML report shows them."""
+    from sanitizer.report_html import render_report_html
+
+    adapter = tmp_path / "poisoned"
+    common = ["--attack", "badnet", "--target-label", "negative"]
+    r = _cli(env, "attack", "--base-model", "tiny/bert", "--data", str(env["train"]), *common,
+             "--poison-rate", "0.3", "--epochs", "1", "--out", str(adapter))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "sanitized"
+    r = _cli(env, "defend", "--method", "crow", "--base-model", "tiny/bert",
+             "--adapter", str(adapter), "--clean-data", str(env["clean"]),
+             "--test-data", str(env["test"]), *common, "--also-trigger", "mn",
+             "--baseline", "-p", "epochs=1", "--out", str(out), "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    per = report["metrics"]["per_attack"]
+    assert set(per) == {"badnet 'cf'", "badnet 'mn'"}
+    # the job's own trigger row is exactly the headline numbers
+    assert per["badnet 'cf'"]["after"] == report["metrics"]["after"]
+    for row in per.values():
+        assert 0 <= row["before"]["attack_success_rate"] <= 1
+    base = report["baseline"]
+    assert base["method"] == "finetune" and base["config"]["epochs"] == 1
+    assert base["adapter_mode"] == "merge_fresh"  # finetune's own default start
+    assert 0 <= base["metrics"]["after"]["clean_accuracy"] <= 1
+    assert set(base["metrics"]["per_attack"]) == set(per)
+    assert report["timings"]["baseline_s"] > 0
+    html = render_report_html(report)
+    assert "fine-tune baseline" in html
+    assert "badnet &#x27;mn&#x27;" in html or "badnet 'mn'" in html
+
+
 def test_bad_input_is_one_line_and_exit_3(env, tmp_path):
     r = _cli(
         env, "evaluate", "--base-model", "nope/model", "--test-data", str(env["test"]), "--json"

@@ -470,6 +470,18 @@ def test_bad_hyperparameters_are_refused_at_submit(api, assets):
         "invalid_attack",
     )
     assert "badnet" in body["hint"]
+    body = problem(
+        api.post(
+            "/v1/jobs",
+            json=job_body(
+                ds,
+                evaluation={"attack": {"name": "badnet"}, "extra_attacks": [{"name": "vpi"}]},
+            ),
+        ),
+        422,
+        "invalid_attack",
+    )
+    assert body["field"] == "evaluation.extra_attacks.0.name"
     assert api.get("/v1/jobs").json()["data"] == []  # nothing was queued
     ok = api.post(
         "/v1/jobs",

@@ -175,6 +175,34 @@ def test_e2e_redis_sqlite(stack, assets, redis_url, tmp_path):
     run_happy_path(stack, assets, tmp_path)
 
 
+def test_e2e_breakdown_and_baseline(stack, assets, redis_url, tmp_path):
+    """evaluation.extra_attacks and evaluation.baseline reach the worker; the report and its
+    HTML page carry the per-attack breakdown and the fine-tuning baseline."""
+    stack.env["REDIS_URL"] = redis_url
+    stack.start_api()
+    stack.start_worker()
+    with stack.client() as c:
+        ids = inputs(c, assets)
+        attack = {"name": "badnet", "trigger": "cf", "target_label": 0}
+        evaluation = {
+            "test_dataset_file": ids["test"],
+            "attack": attack,
+            "extra_attacks": [{**attack, "trigger": "mn"}],
+            "baseline": True,
+        }
+        job = submit(c, ids, method="crow", evaluation=evaluation)
+        job = wait_job(c, job["id"], 240)
+        assert job["status"] == "succeeded", (job["error"], stack.log_tail())
+        report = c.get(f"/v1/jobs/{job['id']}/report").json()
+        assert set(report["metrics"]["per_attack"]) == {"badnet 'cf'", "badnet 'mn'"}
+        assert report["baseline"]["method"] == "finetune"
+        assert 0 <= report["baseline"]["metrics"]["after"]["attack_success_rate"] <= 1
+        events = c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 500}).json()["data"]
+        assert any((e["phase"] or "").startswith("baseline") for e in events)
+        html = c.get(f"/v1/jobs/{job['id']}/report.html").text
+        assert job["id"] in html and "fine-tune baseline" in html
+
+
 def test_e2e_redis_postgres_w2sdefense(stack, assets, redis_url, pg_url, tmp_path):
     stack.env.update(REDIS_URL=redis_url, DATABASE_URL=pg_url)
     run_happy_path(
