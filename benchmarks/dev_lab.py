@@ -25,7 +25,7 @@ import types
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
 from sanitizer.defenses import METHODS, finetune  # noqa: E402
 from sanitizer.defenses.common import TrainConfig, classification_batch, train, validate_config  # noqa: E402
 from sanitizer.models import add_lora, load_model  # noqa: E402

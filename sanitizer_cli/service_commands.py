@@ -47,8 +47,9 @@ def worker_argv(queues: str | None, concurrency: int, name: str = "worker") -> l
     ]
 
 
-def _embedded_key() -> str:
-    """SANITIZER_API_KEY if set, else the key this data dir was given on first start."""
+def _embedded_key() -> tuple[str, str]:
+    """(key, where it came from): SANITIZER_API_KEY if set, else the key this data dir was
+    given on first start (kept in <data_dir>/api_key, mode 600)."""
     from jobstore.db import session_scope
     from jobstore.keys import authenticate, create_key, install_key
     from jobstore.settings import get_settings
@@ -57,16 +58,26 @@ def _embedded_key() -> str:
     with session_scope() as session:
         if s.api_key:
             install_key(session, DEFAULT_PROJECT, s.api_key)
-            return s.api_key
+            return s.api_key, "SANITIZER_API_KEY"
         saved = s.data_dir / "api_key"
         if saved.is_file():
             key = saved.read_text().strip()
             if authenticate(session, key) is not None:
-                return key
+                return key, str(saved)
         _, key = create_key(session, DEFAULT_PROJECT, name="serve")
     saved.write_text(key + "\n")
     saved.chmod(0o600)
-    return key
+    return key, str(saved)
+
+
+def _key_line(key: str, source: str, to_terminal: bool) -> str:
+    """The banner's key line. The key itself is shown only to a person at a terminal: output
+    redirected to a file or a log collector never carries it."""
+    if source == "SANITIZER_API_KEY":
+        return "API key: the one in SANITIZER_API_KEY"
+    if to_terminal:
+        return f"API key: {key}  (also in {source})"
+    return f"API key: in {source} (not printed: output is not a terminal)"
 
 
 def serve(
@@ -85,7 +96,7 @@ def serve(
 
     s = get_settings()
     upgrade()
-    key = _embedded_key()
+    key, key_source = _embedded_key()
     mode = (
         "embedded (SQLite broker, no Redis)"
         if s.embedded
@@ -93,7 +104,7 @@ def serve(
     )
     typer.echo(f"sanitizer service: {mode}; data in {s.data_dir}")
     typer.echo(f"API:     http://{host}:{port}  (OpenAPI at /docs)")
-    typer.echo(f"API key: {key}")
+    typer.echo(_key_line(key, key_source, sys.stdout.isatty()))
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(workers):
         procs.append(

@@ -245,7 +245,8 @@ def test_embedded_serve_cancel_and_success(service_env, assets, tmp_path):
 
         wait_for(up, 60, 0.5, "sanitizer serve")
         out = (tmp_path / "serve.log").read_text()
-        assert "embedded" in out and service_env["SANITIZER_API_KEY"] in out
+        assert "embedded" in out and "API key: the one in SANITIZER_API_KEY" in out
+        assert service_env["SANITIZER_API_KEY"] not in out  # no secret in the log
         with httpx.Client(
             base_url=url,
             headers={"Authorization": f"Bearer {service_env['SANITIZER_API_KEY']}"},
@@ -266,6 +267,8 @@ def test_embedded_serve_cancel_and_success(service_env, assets, tmp_path):
             job = wait_job(c, submit(c, ids)["id"], 120)
             assert job["status"] == "succeeded", (job, (tmp_path / "serve.log").read_text()[-3000:])
             assert c.get(f"/v1/jobs/{job['id']}/report").status_code == 200
+        # API, worker and task logs of two jobs: the key is in none of them
+        assert service_env["SANITIZER_API_KEY"] not in (tmp_path / "serve.log").read_text()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -296,3 +296,13 @@ def test_celery_config_for_long_gpu_jobs():
     code = "import sys, workers.celery_app, workers.tasks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # the worker parent never imports torch before fork
+
+
+def test_serve_banner_shows_the_key_only_at_a_terminal():
+    from sanitizer_cli.service_commands import _key_line
+
+    key = "sk-secret-123"
+    assert key in _key_line(key, "/data/api_key", to_terminal=True)
+    piped = _key_line(key, "/data/api_key", to_terminal=False)
+    assert key not in piped and "/data/api_key" in piped
+    assert key not in _key_line(key, "SANITIZER_API_KEY", to_terminal=True)
