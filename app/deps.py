@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.problems import ApiError
 from app.queue import Queue, get_queue
-from jobstore.artifacts import LocalArtifactStore, get_store
+from jobstore.artifacts import ArtifactStore, get_store
 from jobstore.db import session_factory
 from jobstore.keys import authenticate
 from jobstore.models import ApiKey, Project, utcnow
@@ -24,7 +24,7 @@ def get_db() -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[LocalArtifactStore, Depends(get_store)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[Queue, Depends(get_queue)]
 
 

@@ -4,7 +4,8 @@ Keys are relative POSIX paths: ``files/<file_id>/<name>``, ``jobs/<job_id>/adapt
 ``jobs/<job_id>/report.json``. Outputs are keyed by job id, so a re-run overwrites and
 never mixes with another job. ``LocalArtifactStore`` writes to a temp file in the same
 directory, fsyncs it and renames it into place: a crash never leaves a half-written file
-under a real key. An object-store implementation needs the same five methods.
+under a real key. An object-store implementation needs the methods of ``ArtifactStore``;
+the API and the workers use nothing else.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
 
@@ -30,7 +32,15 @@ class ArtifactStore(Protocol):
     def fetch(self, key: str, dest: Path) -> Path:
         """Make the blob available as a local file at ``dest``."""
 
+    def put_bytes(self, key: str, data: bytes) -> str:
+        """Store ``data`` under ``key`` atomically; return its sha256."""
+
+    def local_copy(self, key: str) -> AbstractContextManager[Path]:
+        """A local file with the blob's bytes and name, for the duration of the block."""
+
     def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every blob whose key starts with ``prefix/``."""
@@ -106,6 +116,14 @@ class LocalArtifactStore:
         shutil.copyfile(self.path(key), dest)
         return dest
 
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """The blob's own file (no copy is needed on a local disk)."""
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        yield path
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
@@ -116,7 +134,7 @@ class LocalArtifactStore:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
 
 
-def get_store() -> LocalArtifactStore:
+def get_store() -> ArtifactStore:
     from jobstore.settings import get_settings
 
     return LocalArtifactStore(get_settings().artifacts_path)

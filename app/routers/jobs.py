@@ -6,11 +6,12 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -170,19 +171,19 @@ def _check_inputs(
             body.label_column,
         )
         if not same:  # validated at upload for another task/columns: check again for this job
-            validate_dataset(
-                store.path(f.storage_key), body.task, body.text_column, body.label_column
-            )
+            with store.local_copy(f.storage_key) as local:
+                validate_dataset(local, body.task, body.text_column, body.label_column)
     if body.adapter_file:
         f = _file(s, project, body.adapter_file, "adapter", "adapter_file")
         tmp = Path(tempfile.mkdtemp(prefix="check-", dir=_tmp_root(settings)))
         try:
-            folder = extract_archive(
-                store.path(f.storage_key),
-                tmp,
-                max_bytes=settings.max_extracted_bytes,
-                max_files=settings.max_archive_files,
-            )
+            with store.local_copy(f.storage_key) as local:
+                folder = extract_archive(
+                    local,
+                    tmp,
+                    max_bytes=settings.max_extracted_bytes,
+                    max_files=settings.max_archive_files,
+                )
             check_adapter_dir(folder, expected_base_model=body.base_model)
         except SanitizerError as exc:
             raise from_library(exc, field="adapter_file") from exc
@@ -458,14 +459,28 @@ def get_report_html(job_id: str, project: ProjectDep, s: SessionDep, store: Stor
     return HTMLResponse(render_report_html(report, job=to_public(job).model_dump(mode="json")))
 
 
-@router.get("/{job_id}/artifacts/adapter", response_class=FileResponse)
+@router.get(
+    "/{job_id}/artifacts/adapter",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}},
+)
 def download_adapter(job_id: str, project: ProjectDep, s: SessionDep, store: StoreDep) -> Any:
     """The sanitized adapter (.zip with manifest.json); sha256 in X-Content-SHA256."""
     job = get_owned_job(s, project.id, job_id)
     _finished(job, "artifact")
-    return FileResponse(
-        store.path(f"jobs/{job.id}/adapter.zip"),
+    key = f"jobs/{job.id}/adapter.zip"
+    blob = store.open(key)
+
+    def chunks() -> Iterator[bytes]:
+        with blob:
+            yield from iter(lambda: blob.read(1 << 20), b"")
+
+    return StreamingResponse(
+        chunks(),
         media_type="application/zip",
-        filename=f"{job.id}-adapter.zip",
-        headers={"X-Content-SHA256": job.artifact_sha256 or ""},
+        headers={
+            "X-Content-SHA256": job.artifact_sha256 or "",
+            "Content-Length": str(store.size(key)),
+            "Content-Disposition": f'attachment; filename="{job.id}-adapter.zip"',
+        },
     )
