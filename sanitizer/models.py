@@ -243,7 +243,18 @@ def add_lora(
     """Wrap ``lm.model`` in a fresh LoRA adapter (in place)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets = linear_module_names(lm.model, target) if isinstance(target, str) else list(target)
+    if isinstance(target, str):
+        targets = linear_module_names(lm.model, target)
+    else:
+        targets = list(target)
+        available = linear_module_names(lm.model, "all-linear")
+        unknown = [t for t in targets if t not in available]
+        if unknown:
+            raise ConfigError(
+                f"target_modules {unknown} name no Linear layer of {lm.model_id}",
+                hint=f"its layers are: {', '.join(available)} "
+                "(or use target_modules='attention' / 'all-linear')",
+            )
     cfg = LoraConfig(
         r=r,
         lora_alpha=alpha,

@@ -374,11 +374,131 @@ def test_retry_429_503_through_proxy_creates_one_job_and_progress_is_reported(
         assert by_phase and all(steps == sorted(steps) for steps in by_phase.values()), by_phase
 
 
-def test_tampered_download_detected_exit_5(live: dict[str, Any], tmp_path: Path) -> None:
+def _finished_job(live: dict[str, Any], **evaluation: Any) -> str:
+    """A job of its own that ran to success on the live service (no test order needed)."""
     with Client(live["url"], live["key"]) as c:
-        done = [j for j in c.jobs.list(status="succeeded")]
-        assert done, "needs a succeeded job from an earlier test"
-        jid = done[0].id
+        clean = c.files.upload(live["clean"])
+        test = c.files.upload(live["test"])
+        job = c.jobs.create(
+            method="finetune",
+            base_model="tiny/bert",
+            adapter_file=c.files.upload(live["adapter"]),
+            clean_dataset_file=clean,
+            test_dataset_file=test,
+            attack={"name": "badnet", "trigger": "cf", "target_label": 0},
+            evaluation=evaluation or None,
+            hyperparameters={"epochs": 1},
+        )
+        done = c.jobs.wait(job.id, timeout=300, poll_interval=0.3)
+        assert done.succeeded, done.error
+        return job.id
+
+
+def test_upload_corrupted_in_transit_is_detected_and_deleted(live: dict[str, Any]) -> None:
+    """The proxy rewrites the sha256 the service computed: the SDK must refuse the upload
+    and delete the server's copy."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def forward(request: Request) -> Response:
+        async with httpx.AsyncClient(base_url=live["url"], timeout=60) as c:
+            r = await c.request(
+                request.method,
+                request.url.path,
+                params=list(request.query_params.multi_items()),
+                content=await request.body(),
+                headers=[(k, v) for k, v in request.headers.items() if k.lower() != "host"],
+            )
+        body = r.content
+        if request.method == "POST" and request.url.path == "/v1/files" and r.status_code == 201:
+            obj = json.loads(body)
+            obj["sha256"] = "0" * 64
+            body = json.dumps(obj).encode()
+        return Response(body, r.status_code, media_type=r.headers.get("content-type"))
+
+    app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "DELETE"])])
+    with Client(live["url"], live["key"]) as c:
+        before = {f.id for f in c.files.list(limit=100)}
+    with serve_in_thread(app) as proxy_url, Client(proxy_url, live["key"]) as c:
+        with pytest.raises(ChecksumMismatchError) as ei:
+            c.files.upload(live["clean"], purpose="dataset")
+    assert ei.value.actual == "0" * 64
+    with Client(live["url"], live["key"]) as c:
+        assert {f.id for f in c.files.list(limit=100)} == before  # nothing corrupt left behind
+
+
+def test_failed_job_exit_2_with_the_reason(live: dict[str, Any]) -> None:
+    """A job the worker cannot run (LoRA target modules the model does not have) fails; the
+    CLI exits 2 and shows the service's error."""
+    out = _cli(
+        live["env"],
+        *_submit_args(live, "--param", 'target_modules=["no_such_layer"]', "--wait", "--json"),
+    )
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    result = json.loads(out.stdout)
+    assert result["job"]["status"] == "failed"
+    assert result["job"]["error"]["code"] and result["job"]["error"]["message"]
+    assert result["job"]["error"]["code"] == "invalid_config"  # a clear input error, not a crash
+    assert "no_such_layer" in out.stderr and "its layers are" in out.stderr
+
+
+def test_async_client_against_the_service(live: dict[str, Any]) -> None:
+    import asyncio
+
+    from sanitizer_client import AsyncClient
+
+    jid = _finished_job(live)
+
+    async def main() -> tuple[Any, list[Any], dict[str, Any]]:
+        async with AsyncClient(live["url"], live["key"]) as c:
+            job = await c.jobs.get(jid)
+            events = [e async for e in c.jobs.events(jid)]
+            report = await c.jobs.report(jid)
+            return job, events, report
+
+    job, events, report = asyncio.run(main())
+    assert job.succeeded and events and events[-1].message
+    with Client(live["url"], live["key"]) as c:
+        assert c.jobs.report(jid) == report
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_served_report_page_in_a_browser(live: dict[str, Any], tmp_path: Path) -> None:
+    """The page the service serves for a real job (with a second trigger and the fine-tuning
+    baseline), rendered by chromium: every number shown is the JSON report's."""
+    from test_report_browser import _chromium
+    from test_report_html import _lookup, parse
+
+    from sanitizer.report_html import format_value
+
+    jid = _finished_job(
+        live,
+        extra_attacks=[{"name": "badnet", "trigger": "mn", "target_label": 0}],
+        baseline=True,
+    )
+    auth = {"Authorization": f"Bearer {live['key']}"}
+    report = httpx.get(f"{live['url']}/v1/jobs/{jid}/report", headers=auth).json()
+    page = tmp_path / "served.html"
+    page.write_text(httpx.get(f"{live['url']}/v1/jobs/{jid}/report.html", headers=auth).text)
+    out = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    dom = out.stdout
+    assert "<main>" in dom and jid in dom, out.stderr[-2000:]
+    nums = parse(dom).items
+    keys = {k for k, _, _ in nums}
+    assert "metrics.after.attack_success_rate" in keys
+    assert any(k.startswith("baseline.") for k in keys), keys
+    assert any(k.startswith("metrics.per_attack.") for k in keys), keys
+    for key, raw, text in nums:
+        value = _lookup(report, key)
+        assert json.loads(raw) == value, key
+        assert text == format_value(value, key), (key, text)
+
+
+def test_tampered_download_detected_exit_5(live: dict[str, Any], tmp_path: Path) -> None:
+    jid = _finished_job(live)
     state: dict[str, Any] = {"tamper": True}
     with serve_in_thread(_proxy(live["url"], state)) as proxy_url:
         with Client(proxy_url, live["key"]) as c, pytest.raises(ChecksumMismatchError):
