@@ -253,7 +253,14 @@ def test_embedded_serve_cancel_and_success(service_env, assets, tmp_path):
             timeout=30,
         ) as c:
             ids = inputs(c, assets)
-            long = submit(c, ids, hyperparameters={"epochs": 50, "batch_size": 4})
+            receiver = Receiver(fail_first=0)
+            receiver.secret = c.get("/v1/project").json()["webhook_secret"]
+            long = submit(
+                c,
+                ids,
+                hyperparameters={"epochs": 50, "batch_size": 4},
+                webhook_url=receiver.url,
+            )
             wait_job(
                 c, long["id"], 90, until=lambda j: (j["progress"] or {}).get("phase") == "defense"
             )
@@ -264,6 +271,9 @@ def test_embedded_serve_cancel_and_success(service_env, assets, tmp_path):
             # the worker honoured the request itself (not the reaper after its heartbeat stopped)
             msgs = [e["message"] for e in c.get(f"/v1/jobs/{long['id']}/events").json()["data"]]
             assert msgs[-1] == "cancelled by request", msgs
+            wait_for(lambda: receiver.received, 60, 0.5, "the job.cancelled webhook")
+            hook = receiver.received[0]["payload"]
+            assert hook["type"] == "job.cancelled" and hook["data"]["id"] == long["id"]
             job = wait_job(c, submit(c, ids)["id"], 120)
             assert job["status"] == "succeeded", (job, (tmp_path / "serve.log").read_text()[-3000:])
             assert c.get(f"/v1/jobs/{job['id']}/report").status_code == 200
@@ -282,9 +292,11 @@ def test_worker_killed_mid_job(stack, assets, redis_url, max_attempts, outcome):
     stack.env.update(REDIS_URL=redis_url, SANITIZER_MAX_ATTEMPTS=str(max_attempts))
     stack.start_api()
     w = stack.start_worker()
+    receiver = Receiver(fail_first=0)
     with stack.client() as c:
+        receiver.secret = c.get("/v1/project").json()["webhook_secret"]
         ids = inputs(c, assets)
-        job = submit(c, ids)
+        job = submit(c, ids, webhook_url=receiver.url)
         wait_job(c, job["id"], 90, until=lambda j: j["status"] == "running" and j["progress"])
         stack.kill(w)  # SIGKILL the whole worker (parent and child): no chance to clean up
         killed_at = time.monotonic()
@@ -299,6 +311,10 @@ def test_worker_killed_mid_job(stack, assets, redis_url, max_attempts, outcome):
             assert c.get(f"/v1/jobs/{job['id']}/artifacts/adapter").status_code == 200
         else:
             assert job["error"]["code"] == "worker_lost" and "attempt" in job["error"]["message"]
+        # the terminal state set by the reaper (failed) or the re-run (succeeded) is announced
+        wait_for(lambda: receiver.received, 60, 0.5, "the webhook")
+        hook = receiver.received[0]["payload"]
+        assert hook["type"] == f"job.{outcome}" and hook["data"]["id"] == job["id"]
 
 
 def test_api_restart_loses_nothing(stack, assets, redis_url):
