@@ -83,45 +83,36 @@ def reap(
             and started_at < now - timedelta(seconds=time_limit)
         )
         alive = [Job.heartbeat_at < stale_before, Job.attempt == attempt]
+        fields: dict[str, Any] = {}
+        if status == st.CANCELLING:
+            target, key, msg = (
+                st.CANCELLED,
+                "cancelled",
+                "worker lost while cancelling; job cancelled",
+            )
+        elif over_time:
+            target, key, msg = st.FAILED, "failed", "time limit exceeded; not re-run"
+            fields = {
+                "error_code": "time_limit",
+                "error_message": f"the job ran past the {time_limit:g}s time limit and its "
+                "worker was stopped; raise SANITIZER_JOB_TIME_LIMIT or reduce epochs/data",
+            }
+        elif attempt < max_attempts:
+            target, key = st.QUEUED, "requeued"
+            msg = (
+                f"worker lost (no heartbeat for {heartbeat_timeout:g}s); re-running from a "
+                f"clean state (attempt {attempt + 1} of {max_attempts})"
+            )
+            fields = {"attempt": attempt + 1, "progress": None}
+        else:
+            target, key, msg = st.FAILED, "failed", "worker lost; no attempts left"
+            fields = {
+                "error_code": "worker_lost",
+                "error_message": f"the worker running this job stopped responding {attempt} "
+                f"time(s); giving up after {max_attempts} attempt(s)",
+            }
         with factory() as s:
-            if status == st.CANCELLING:
-                won = st.compare_and_set(s, job_id, st.CANCELLING, st.CANCELLED, where=alive)
-                key, msg = "cancelled", "worker lost while cancelling; job cancelled"
-            elif over_time:
-                won = st.compare_and_set(
-                    s,
-                    job_id,
-                    st.RUNNING,
-                    st.FAILED,
-                    where=alive,
-                    error_code="time_limit",
-                    error_message=f"the job ran past the {time_limit:g}s time limit and its "
-                    "worker was stopped; raise SANITIZER_JOB_TIME_LIMIT or reduce epochs/data",
-                )
-                key, msg = "failed", "time limit exceeded; not re-run"
-            elif attempt < max_attempts:
-                won = st.compare_and_set(
-                    s,
-                    job_id,
-                    st.RUNNING,
-                    st.QUEUED,
-                    where=alive,
-                    attempt=attempt + 1,
-                    progress=None,
-                )
-                key = "requeued"
-                msg = f"worker lost (no heartbeat for {heartbeat_timeout:g}s); re-running from a clean state (attempt {attempt + 1} of {max_attempts})"
-            else:
-                won = st.compare_and_set(
-                    s,
-                    job_id,
-                    st.RUNNING,
-                    st.FAILED,
-                    where=alive,
-                    error_code="worker_lost",
-                    error_message=f"the worker running this job stopped responding {attempt} time(s); giving up after {max_attempts} attempt(s)",
-                )
-                key, msg = "failed", "worker lost; no attempts left"
+            won = st.compare_and_set(s, job_id, status, target, where=alive, **fields)
             if won:
                 add_event(s, job_id, msg, level="warning")
             s.commit()

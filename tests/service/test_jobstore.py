@@ -6,6 +6,7 @@ import itertools
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,29 +73,37 @@ def test_artifact_store_never_leaves_half_files(tmp_path, monkeypatch):
         store.path("../outside")
 
 
+def add_job(s: Any, job_id: str, *, running: bool = False, **fields: Any) -> Any:
+    """A queued job row (a project 'p' is created on demand); ``running`` moves it on."""
+    from jobstore.keys import get_or_create_project
+    from jobstore.models import Job
+
+    values = {
+        "status": "queued",
+        "method": "finetune",
+        "task": "classification",
+        "base_model": "m",
+        "clean_dataset_file_id": "f",
+        "attempt": 1,
+    }
+    job = Job(id=job_id, project_id=get_or_create_project(s, "p").id, **values)
+    s.add(job)
+    s.flush()
+    if running:
+        st.transition(job, st.RUNNING)
+    for k, v in fields.items():
+        setattr(job, k, v)
+    return job
+
+
 def test_reaper_requeues_then_fails_stale_jobs(service_env):
     from jobstore.db import session_factory, session_scope, upgrade
     from jobstore.jobs import reap
-    from jobstore.keys import get_or_create_project
     from jobstore.models import Job, utcnow
 
     upgrade()
     with session_scope() as s:
-        p = get_or_create_project(s, "p")
-        job = Job(
-            id="job_r",
-            project_id=p.id,
-            status="queued",
-            method="finetune",
-            task="classification",
-            base_model="m",
-            clean_dataset_file_id="f",
-            attempt=1,
-        )
-        s.add(job)
-        s.flush()
-        st.transition(job, st.RUNNING)
-        job.heartbeat_at = utcnow() - timedelta(seconds=100)
+        add_job(s, "job_r", running=True, heartbeat_at=utcnow() - timedelta(seconds=100))
     sent: list[tuple[str, int]] = []
     enqueue = lambda jid, attempt: sent.append((jid, attempt)) or True  # noqa: E731
     done = reap(session_factory(), enqueue, heartbeat_timeout=10, max_attempts=2)
@@ -118,27 +127,13 @@ def test_reaper_republishes_a_queued_job_whose_message_was_lost(service_env):
     and a job still waiting its turn is re-published at most once per period."""
     from jobstore.db import session_factory, session_scope, upgrade
     from jobstore.jobs import reap
-    from jobstore.keys import get_or_create_project
-    from jobstore.models import Job, utcnow
+    from jobstore.models import utcnow
 
     upgrade()
     with session_scope() as s:
-        p = get_or_create_project(s, "p")
         for jid, age in (("job_lost", 1000), ("job_fresh", 5)):
-            s.add(
-                Job(
-                    id=jid,
-                    project_id=p.id,
-                    status="queued",
-                    method="finetune",
-                    task="classification",
-                    base_model="m",
-                    clean_dataset_file_id="f",
-                    attempt=1,
-                    queued_at=utcnow() - timedelta(seconds=age),
-                    dispatched_at=utcnow() - timedelta(seconds=age),
-                )
-            )
+            then = utcnow() - timedelta(seconds=age)
+            add_job(s, jid, queued_at=then, dispatched_at=then)
     sent: list[tuple[str, int]] = []
     enqueue = lambda jid, attempt: sent.append((jid, attempt)) or True  # noqa: E731
     kw = {"heartbeat_timeout": 10, "max_attempts": 2, "redispatch_after": 600}
@@ -157,27 +152,17 @@ def test_reaper_fails_a_job_killed_by_the_hard_time_limit(service_env):
     would hit the limit again, so it fails with time_limit instead."""
     from jobstore.db import session_factory, session_scope, upgrade
     from jobstore.jobs import reap
-    from jobstore.keys import get_or_create_project
     from jobstore.models import Job, utcnow
 
     upgrade()
     with session_scope() as s:
-        p = get_or_create_project(s, "p")
-        job = Job(
-            id="job_t",
-            project_id=p.id,
-            status="queued",
-            method="finetune",
-            task="classification",
-            base_model="m",
-            clean_dataset_file_id="f",
-            attempt=1,
+        add_job(
+            s,
+            "job_t",
+            running=True,
+            started_at=utcnow() - timedelta(seconds=5000),
+            heartbeat_at=utcnow() - timedelta(seconds=100),
         )
-        s.add(job)
-        s.flush()
-        st.transition(job, st.RUNNING)
-        job.started_at = utcnow() - timedelta(seconds=5000)
-        job.heartbeat_at = utcnow() - timedelta(seconds=100)
     sent: list[tuple[str, int]] = []
     enqueue = lambda jid, attempt: sent.append((jid, attempt)) or True  # noqa: E731
     done = reap(session_factory(), enqueue, heartbeat_timeout=10, max_attempts=2, time_limit=3600)
@@ -190,24 +175,10 @@ def test_reaper_fails_a_job_killed_by_the_hard_time_limit(service_env):
 
 def test_compare_and_set_has_one_winner(service_env):
     from jobstore.db import session_scope, upgrade
-    from jobstore.keys import get_or_create_project
-    from jobstore.models import Job
 
     upgrade()
     with session_scope() as s:
-        p = get_or_create_project(s, "p")
-        s.add(
-            Job(
-                id="job_c",
-                project_id=p.id,
-                status="queued",
-                method="crow",
-                task="classification",
-                base_model="m",
-                clean_dataset_file_id="f",
-                attempt=1,
-            )
-        )
+        add_job(s, "job_c")
     with session_scope() as s:
         assert st.compare_and_set(s, "job_c", st.QUEUED, st.RUNNING)
     with session_scope() as s:
