@@ -11,6 +11,7 @@ Defaults were chosen on DS=trec TRIG=tq (not a benchmark cell):
         'w2sdefense:teacher_learning_rate=0.0001,fa_normalize="layernorm"' crow finetune
 
 A variant is METHOD[:key=json,key=json...]; ``mode`` picks continue/merge_fresh.
+TRACE=1 also prints test CA/ASR after every epoch beside the clean-dev score.
 """
 
 import copy
@@ -33,6 +34,7 @@ from sanitizer.models import add_lora, load_model  # noqa: E402
 STUDENT = os.environ.get("STUDENT", "sentence-transformers/all-mpnet-base-v2")
 DS = os.environ.get("DS", "rotten_tomatoes")
 TRIG = os.environ.get("TRIG", "cf")
+TRACE = os.environ.get("TRACE") == "1"
 D = os.path.expanduser(f"~/.cache/sanitizer/datasets/{DS}/")
 
 
@@ -140,7 +142,16 @@ for spec in sys.argv[1:]:
             lm2, r=r, alpha=cfg.lora_alpha or r, dropout=cfg.lora_dropout, target=cfg.target_modules
         )
     t = time.time()
-    st = METHODS[method][1](lm2, clean, dev, cfg)
+    trace = []
+
+    def on_epoch(e, lm2=lm2, trace=trace):
+        # TRACE=1: test CA/ASR after every epoch, beside the clean-dev score the checkpoint
+        # selection sees (allowed here: this is the development attack, not a benchmark cell)
+        if e.message == "epoch done" and e.phase == "defense":
+            trace.append((e.epoch, round(e.losses["dev_score"], 3), evalm(lm2)))
+            lm2.model.train()
+
+    st = METHODS[method][1](lm2, clean, dev, cfg, progress=on_epoch if TRACE else None)
     last = [h for h in st["history"] if "losses" in h and h["phase"] == "defense"]
     first = last[0]["losses"]
     last = last[-1]["losses"]
@@ -155,3 +166,5 @@ for spec in sys.argv[1:]:
         {k: round(v, 4) for k, v in last.items()},
         flush=True,
     )
+    for epoch, dev_acc, (ca, asr) in trace:
+        print(f"    epoch {epoch}: dev {dev_acc}  test CA {ca}  ASR {asr}", flush=True)

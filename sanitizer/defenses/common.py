@@ -218,6 +218,10 @@ def train(
     sched = make_scheduler(opt, cfg, total)
     history: list[dict[str, Any]] = []
     best_score, best_epoch, best_state = -math.inf, -1, None
+    chosen_score = -math.inf
+    tol = cfg.select_tolerance
+    if tol is None:
+        tol = 1.0 / len(dev_rows) + 1e-9 if lm.task == "classification" and dev_rows else 0.0
     step, start = 0, time.monotonic()
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -258,10 +262,12 @@ def train(
                         phase, step, total, epoch, {"dev_score": score}, message="epoch done"
                     )
                 )
-            if (
-                score >= best_score
-            ):  # ties go to the later epoch: more defense training, same clean accuracy
-                best_score, best_epoch = score, epoch
+            # the latest epoch within `tol` of the best so far: later epochs carry more defense
+            # training, and a dev score one example lower is noise. Streaming: the final choice
+            # is the latest epoch within `tol` of the final best (one stored copy suffices).
+            best_score = max(best_score, score)
+            if score >= best_score - tol:
+                chosen_score, best_epoch = score, epoch
                 best_state = {n: p.detach().clone() for n, p in named}
         if step >= total:
             break
@@ -272,8 +278,10 @@ def train(
     model.eval()
     return {
         "steps": step,
-        "best_epoch": best_epoch,
-        "best_dev_score": None if best_score == -math.inf else best_score,
+        "best_epoch": best_epoch,  # the selected epoch (see select_tolerance)
+        "best_dev_score": None if chosen_score == -math.inf else chosen_score,
+        "max_dev_score": None if best_score == -math.inf else best_score,
+        "select_tolerance": tol,
         "history": history,
         "seconds": time.monotonic() - start,
     }

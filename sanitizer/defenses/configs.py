@@ -39,6 +39,13 @@ class TrainConfig(BaseModel):
         description="with an uploaded adapter: keep training it, or merge it and train a fresh one",
     )
     eval_every_epoch: bool = Field(True, description="select the best checkpoint on clean dev data")
+    select_tolerance: float | None = Field(
+        0.0,
+        ge=0,
+        description="checkpoint selection keeps the latest epoch whose clean-dev score is within "
+        "this of the best (more defense training at the same clean accuracy); None: one dev "
+        "example for classification (1/dev rows), 0 for generation",
+    )
     cancel_check_every: int = Field(1, ge=1, description="check for cancellation every N steps")
     seed: int = 0
 

@@ -100,6 +100,7 @@ def _train_teacher(
         max_length=cfg.max_length,
         seed=cfg.seed,
         cancel_check_every=cfg.cancel_check_every,
+        select_tolerance=0.0,  # the teacher is simply the most accurate epoch
     )
 
     def teacher_step(

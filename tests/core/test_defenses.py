@@ -245,3 +245,36 @@ def test_combined_adapter_equals_merged_plus_fresh(tmp_path):
     with torch.no_grad():
         got = combined(**x).logits
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("tolerance,chosen", [(0.0, 1), (None, 4), (0.005, 1), (0.3, 4)], ids=str)
+def test_checkpoint_selection_keeps_the_latest_epoch_within_tolerance(
+    monkeypatch, tolerance, chosen
+):
+    """Dev scores 0.80, 0.90, 0.88, 0.70, 0.89 over five epochs with 40 dev rows: the strict
+    best is epoch 1; within one dev example (None: 1/40) the latest is epoch 4; the restored
+    weights are that epoch's."""
+    from sanitizer.defenses import common
+
+    scores = iter([0.80, 0.90, 0.88, 0.70, 0.89])
+    monkeypatch.setattr(common, "dev_score", lambda *a, **k: next(scores))
+    lm = load_model("tiny/bert", "classification", num_labels=2, device="cpu")
+    add_lora(lm, r=4, alpha=4, dropout=0.0, target="attention")
+    snapshots = []
+
+    def step_loss(lm, batch, rows):
+        out = lm.model(**batch)
+        return F.cross_entropy(out.logits, batch["labels"]), {}
+
+    def on_epoch(e):
+        if e.message == "epoch done":
+            snapshots.append({n: p.detach().clone() for n, p in lm.model.named_parameters()})
+
+    cfg = validate_config(
+        METHODS["finetune"][0],
+        {"epochs": 5, "batch_size": 8, "learning_rate": 1e-2, "select_tolerance": tolerance},
+    )
+    stats = common.train(lm, _rows(16), _rows(40, 1), cfg, step_loss, progress=on_epoch)
+    assert stats["best_epoch"] == chosen and stats["max_dev_score"] == 0.90
+    for n, p in lm.model.named_parameters():
+        assert torch.equal(p, snapshots[chosen][n]), n
