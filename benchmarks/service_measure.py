@@ -150,8 +150,8 @@ def main() -> None:
                 lat.append(seconds_between(j["created_at"], j["started_at"]))
             results["submit_to_start"] = {
                 "jobs": len(lat),
-                "p50_s": pct(lat, 50),
-                "p99_s": pct(lat, 99),
+                "p50_s": pct(lat, 0.5),
+                "p99_s": pct(lat, 0.99),
                 "max_s": max(lat),
             }
             print("submit_to_start", results["submit_to_start"], flush=True)
