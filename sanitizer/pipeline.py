@@ -119,7 +119,10 @@ def prepare_model(
     )
     mode = cfg.adapter_mode
     if mode == "auto":
-        mode = "continue" if spec.method == "crow" else "merge_fresh"
+        # merge_fresh for every method: on the development attack CROW continuing the poisoned
+        # adapter ended at ASR 0.265 (and rebounded to 0.66 by the last epoch), CROW on a fresh
+        # LoRA over the merged weights at 0.025 (docs/METHODS_NOTES.md)
+        mode = "merge_fresh"
     if spec.adapter_dir is not None:
         load_adapter(lm, spec.adapter_dir, mode)
     if spec.adapter_dir is None or mode == "merge_fresh":

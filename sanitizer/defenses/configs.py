@@ -36,7 +36,8 @@ class TrainConfig(BaseModel):
     target_modules: Literal["attention", "all-linear"] | list[str] = "all-linear"
     adapter_mode: Literal["auto", "continue", "merge_fresh"] = Field(
         "auto",
-        description="with an uploaded adapter: keep training it, or merge it and train a fresh one",
+        description="with an uploaded adapter: keep training it (continue), or merge it and "
+        "train a fresh one (merge_fresh); auto = merge_fresh, measured better for every method",
     )
     eval_every_epoch: bool = Field(True, description="select the best checkpoint on clean dev data")
     select_tolerance: float | None = Field(
