@@ -71,9 +71,14 @@ def evaluate_classification(
     result: dict[str, Any] = {
         "clean_accuracy": metrics.clean_accuracy(preds, labels),
         "n_clean": len(rows),
+        "majority_prediction_share": max(Counter(preds).values()) / len(preds) if preds else 0.0,
     }
     if attack is not None:
         target = attack.target_label if attack.target_label is not None else 0
+        if any(y != target for y in labels):
+            # the same rate without the trigger: a model that already answers `target` for
+            # these rows has a high ASR without any backdoor
+            result["false_trigger_rate"] = metrics.attack_success_rate(preds, labels, target)
         victims = [r for r in rows if r.label != target]
         rng = random.Random(attack.seed + 7919)  # trigger positions fixed per evaluation seed
         triggered = [apply_trigger(r.text, attack, rng) for r in victims]

@@ -133,6 +133,25 @@ def prepare_model(
     return lm, (mode if spec.adapter_dir is not None else "fresh")
 
 
+def sanity_warnings(before: dict[str, Any]) -> list[str]:
+    """What makes the 'before' numbers unfit to judge a defense by: a model that answers one
+    label for (nearly) everything, or a trigger that changes few answers."""
+    warnings = []
+    share = before.get("majority_prediction_share")
+    if share is not None and share >= 0.98:
+        warnings.append(
+            f"before the defense the model gives one label for {share:.0%} of the clean test "
+            "rows: it is barely a classifier, and its ASR says nothing about a backdoor"
+        )
+    asr, ftr = before.get("attack_success_rate"), before.get("false_trigger_rate")
+    if asr is not None and ftr is not None and asr - ftr < 0.25:
+        warnings.append(
+            f"before the defense the trigger moves few answers (ASR {asr:.1%}, {ftr:.1%} "
+            "without the trigger): the model may not carry this backdoor"
+        )
+    return warnings
+
+
 def attack_label(attack: AttackSpec) -> str:
     trigger = attack.trigger if attack.trigger is not None else "default trigger"
     return f"{attack.name} '{trigger}'"
@@ -317,6 +336,7 @@ def run_sanitize(
         "after": after,
         "definitions": METRIC_DEFINITIONS,
     }
+    metrics_block["warnings"] = sanity_warnings(before)
     if per_attack_before:
         metrics_block["per_attack"] = {
             k: {"before": per_attack_before[k], "after": per_attack_after[k]}

@@ -497,6 +497,14 @@ def render_report_html(
             f"{f'<ul>{reasons}</ul>' if reasons else ''}</div>"
         )
 
+    warnings = [w for w in metrics.get("warnings") or [] if isinstance(w, str)]
+    if warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+        parts.append(
+            f'<div class="verdict fail" id="warnings"><strong>Check the measurement</strong>'
+            f"<ul>{items}</ul></div>"
+        )
+
     # summary cards
     cards = []
     for key in ("attack_success_rate", "clean_accuracy", "utility_token_f1", "false_trigger_rate"):

@@ -299,6 +299,8 @@ def defend(
             f"{when:>6}: CA {row.get('clean_accuracy', row.get('utility_token_f1', float('nan'))):.4f}"
             + (f"  ASR {row['attack_success_rate']:.4f}" if "attack_success_rate" in row else "")
         )
+    for warning in m.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     if "baseline" in report:
         row = report["baseline"]["metrics"]["after"]
         typer.echo(

@@ -39,13 +39,15 @@ ATTACK_ROWS = 800  # poisoned training rows for the backdoored adapter
 ATTACK_EPOCHS = 2
 CLEAN_ROWS = 300  # clean data the defender has
 TEST_ROWS = 300  # held-out rows to measure CA and ASR
-# The library's W2SDefense defaults except the epochs: 5 teacher + 5 student epochs took
-# 5 min + ~12 min on the 2 shared cores (7.5 s per teacher step, 9 s per student step,
-# measured 2026-11-22 while a benchmark shared the cores), over the 15-minute budget.
-DEFENSE_PARAMS: dict[str, object] = {"epochs": 2, "teacher_epochs": 2}
+# The library's W2SDefense defaults (5 teacher + 5 student epochs). With 2 + 2 epochs the
+# backdoor stayed (ASR 100% -> 86.5%, docs/DEMO_OUTPUT.md); with the defaults it dropped to
+# 10.8% (measured 2026-11-23 with the same data, attack and seed). The job also runs the plain
+# fine-tuning baseline from the same start, so the table shows what the defense adds.
+DEFENSE_PARAMS: dict[str, object] = {}
+BASELINE = True
 SEED = 0
 SERVER_START_TIMEOUT = 120.0
-JOB_TIMEOUT = 12 * 60.0
+JOB_TIMEOUT = 20 * 60.0
 
 
 def log(msg: str) -> None:
@@ -189,8 +191,10 @@ def summary_table(report: dict[str, Any]) -> Any:
 
     m = report.get("metrics") or {}
     before, after = m.get("before") or {}, m.get("after") or {}
+    base = ((report.get("baseline") or {}).get("metrics") or {}).get("after")
     table = Table()
-    for col in ("", "before", "after", "measured on"):
+    cols = ("", "before", "after W2SDefense", *(["after finetune"] if base else []), "measured on")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("", "measured on") else "right")
     for key, label, n in (
         ("attack_success_rate", "ASR", "n_triggered"),
@@ -198,14 +202,13 @@ def summary_table(report: dict[str, Any]) -> Any:
     ):
         b, a = before.get(key), after.get(key)
         rows = after.get(n, before.get(n))
-        table.add_row(
-            label,
-            f"{b:.1%}" if b is not None else "–",
-            f"{a:.1%}" if a is not None else "–",
-            f"{rows} {'triggered' if n == 'n_triggered' else 'clean'} test rows" if rows else "",
-        )
+        cells = [f"{v:.1%}" if v is not None else "–" for v in (b, a)]
+        if base:
+            cells.append(f"{base[key]:.1%}" if base.get(key) is not None else "–")
+        where = f"{rows} {'triggered' if n == 'n_triggered' else 'clean'} test rows" if rows else ""
+        table.add_row(label, *cells, where)
     if isinstance(m.get("der"), (int, float)):
-        table.add_row("DER", "", f"{m['der']:.2f}", "")
+        table.add_row("DER", "", f"{m['der']:.2f}", *([""] if base else []), "")
     return table
 
 
@@ -242,6 +245,7 @@ def main() -> int:
                 clean_dataset_file=clean,
                 test_dataset_file=test,
                 attack=ATTACK,
+                evaluation={"baseline": BASELINE},
                 hyperparameters=DEFENSE_PARAMS,
                 metadata={"source": "make demo"},
             )
@@ -271,6 +275,8 @@ def main() -> int:
     (work / "report.json").write_text(json.dumps(report, indent=2))
     log(f"W2SDefense on {BASE_MODEL} ({DATASET}, {ATTACK['name']} trigger '{ATTACK['trigger']}')")
     Console(width=max(80, shutil.get_terminal_size().columns)).print(summary_table(report))
+    for warning in (report.get("metrics") or {}).get("warnings", []):
+        log(f"warning: {warning}")
     log(f"HTML report: {html_path}   total time {time.monotonic() - t0:.0f} s")
     return 0
 

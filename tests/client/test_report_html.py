@@ -193,3 +193,13 @@ def test_per_attack_shapes(report: dict[str, Any], per_attack: Any) -> None:
     assert sorted(v for _, v in shown) == [0.1, 0.9]
     for k, v in shown:
         assert _lookup(r, k) == v
+
+
+def test_measurement_warnings_are_shown(report):
+    import copy
+
+    r = copy.deepcopy(report)
+    r["metrics"]["warnings"] = ["before the defense the model gives one label for 100% <of> rows"]
+    html = render_report_html(r)
+    assert 'id="warnings"' in html and "100% &lt;of&gt; rows" in html
+    assert 'id="warnings"' not in render_report_html(report)

@@ -70,3 +70,50 @@ def test_definitions_cover_report_metrics() -> None:
         assert METRIC_DEFINITIONS[key] and "\n" not in METRIC_DEFINITIONS[key]
     assert "non-empty" in METRIC_DEFINITIONS["asr_generation"]
     assert "not the target label" in METRIC_DEFINITIONS["asr"]
+
+
+def test_classification_report_has_false_trigger_rate_and_prediction_share(monkeypatch) -> None:
+    """With predictions fixed by hand: 6 clean rows (labels 0,0,0,1,1,1), target 0. The model
+    answers 0 for rows 'a' and 'b' (labels 0 and 1): one of three non-target rows is already
+    the target without a trigger -> false trigger rate 1/3; with the trigger it always
+    answers 0 -> ASR 1; 3 of 6 clean answers are 0 -> majority share 3/6."""
+    from types import SimpleNamespace as Row
+
+    from sanitizer import evaluate as ev
+    from sanitizer.attacks import AttackSpec
+
+    rows = [
+        Row(text=t, label=y) for t, y in zip("a c d b e f".split(), [0, 0, 0, 1, 1, 1], strict=True)
+    ]
+    answers = {"a": 0, "c": 0, "d": 1, "b": 0, "e": 1, "f": 1}
+
+    def fake_predict(lm, texts, **kw):
+        return [0 if "cf" in t.split() else answers[t] for t in texts]
+
+    monkeypatch.setattr(ev, "predict_labels", fake_predict)
+    out = ev.evaluate_classification(
+        None, rows, AttackSpec(name="badnet", trigger="cf", target_label=0)
+    )
+    assert out["clean_accuracy"] == pytest.approx(4 / 6)
+    assert out["false_trigger_rate"] == pytest.approx(1 / 3)
+    assert out["attack_success_rate"] == 1.0 and out["n_triggered"] == 3
+    assert out["majority_prediction_share"] == pytest.approx(3 / 6)
+
+
+def test_sanity_warnings_flag_a_one_label_model_and_a_trigger_that_changes_little() -> None:
+    from sanitizer.pipeline import sanity_warnings
+
+    real = {
+        "majority_prediction_share": 0.55,
+        "attack_success_rate": 0.99,
+        "false_trigger_rate": 0.02,
+    }
+    assert sanity_warnings(real) == []
+    collapsed = {
+        "majority_prediction_share": 1.0,
+        "attack_success_rate": 1.0,
+        "false_trigger_rate": 1.0,
+    }
+    w = sanity_warnings(collapsed)
+    assert len(w) == 2 and "100%" in w[0] and "ASR 100.0%" in w[1]
+    assert len(sanity_warnings({"attack_success_rate": 0.72, "false_trigger_rate": 0.55})) == 1
