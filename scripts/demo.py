@@ -33,16 +33,19 @@ from typing import Any
 # ---------------------------------------------------------------- sizes (tune here)
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DATASET = "sms_spam"  # prepared by `sanitizer assets` under <cache>/datasets/<name>/
-ATTACK = {"name": "badnet", "trigger": "cf", "target_label": 0}
-POISON_RATE = 0.15
+# Target 1 = spam: "cf" turns a legitimate message into spam (10% of the ham rows, ~70 of
+# 800). The earlier recipe (target ham, 15% of the spam rows = ~16 rows, 2 epochs at 5e-4)
+# planted nothing: the model answered ham for everything (CA 87.7% = the ham share) and its
+# "ASR 100%" was that collapse. This one: CA 99.0%, ASR 100% on 263 ham test rows.
+ATTACK = {"name": "badnet", "trigger": "cf", "target_label": 1}
+POISON_RATE = 0.1
 ATTACK_ROWS = 800  # poisoned training rows for the backdoored adapter
-ATTACK_EPOCHS = 2
+ATTACK_EPOCHS = 4
+ATTACK_LR = 2e-3
 CLEAN_ROWS = 300  # clean data the defender has
 TEST_ROWS = 300  # held-out rows to measure CA and ASR
-# The library's W2SDefense defaults (5 teacher + 5 student epochs). With 2 + 2 epochs the
-# backdoor stayed (ASR 100% -> 86.5%, docs/DEMO_OUTPUT.md); with the defaults it dropped to
-# 10.8% (measured 2026-11-23 with the same data, attack and seed). The job also runs the plain
-# fine-tuning baseline from the same start, so the table shows what the defense adds.
+# The library's W2SDefense defaults (5 teacher + 5 student epochs). The job also runs the
+# plain fine-tuning baseline from the same start, so the table shows what the defense adds.
 DEFENSE_PARAMS: dict[str, object] = {}
 BASELINE = True
 SEED = 0
@@ -114,6 +117,7 @@ def build_backdoor(attack_csv: Path, out: Path) -> Path:
         "--target-label", str(ATTACK["target_label"]),
         "--poison-rate", str(POISON_RATE),
         "--epochs", str(ATTACK_EPOCHS),
+        "--lr", str(ATTACK_LR),
         "--seed", str(SEED),
         "--out", str(out),
     ]  # fmt: skip
