@@ -50,7 +50,7 @@ DEFENSE_PARAMS: dict[str, object] = {}
 BASELINE = True
 SEED = 0
 SERVER_START_TIMEOUT = 120.0
-JOB_TIMEOUT = 20 * 60.0
+JOB_TIMEOUT = 25 * 60.0
 
 
 def log(msg: str) -> None:
