@@ -114,6 +114,7 @@ def test_planted_backdoor_is_real(poisoned):
     assert asr >= 0.9 and ca >= 0.9
 
 
+@pytest.mark.timeout(1500)  # three trainings: ~4 min alone, past the default 600 s on busy cores
 def test_defenses_reduce_the_planted_backdoor(poisoned):
     state, clean, test = poisoned
     ca_ft, asr_ft = _ca_asr(_defend(state, clean, "finetune", SAME), test)
