@@ -194,7 +194,7 @@ def _run_baseline(
     ft_cfg = validate_config(ft_cls, shared)
     set_seed(spec.seed)
     t = time.monotonic()
-    lm, mode = prepare_model(spec.model_copy(update={"method": "finetune"}), ft_cfg, num_labels)
+    lm, mode = prepare_model(spec, ft_cfg, num_labels)  # adapter_mode is among the shared fields
 
     def relabel(event: Any) -> None:
         emit(replace(event, phase=f"baseline_{event.phase}"))

@@ -293,20 +293,16 @@ def defend(
         typer.echo(json.dumps(report, default=str))
         return
     m = report["metrics"]
-    for when in ("before", "after"):
-        row = m[when]
+    rows = [(f"{when:>6}", m[when]) for when in ("before", "after")]
+    if "baseline" in report:
+        rows.append(("finetune baseline", report["baseline"]["metrics"]["after"]))
+    for label, row in rows:
         typer.echo(
-            f"{when:>6}: CA {row.get('clean_accuracy', row.get('utility_token_f1', float('nan'))):.4f}"
+            f"{label}: CA {row.get('clean_accuracy', row.get('utility_token_f1', float('nan'))):.4f}"
             + (f"  ASR {row['attack_success_rate']:.4f}" if "attack_success_rate" in row else "")
         )
     for warning in m.get("warnings", []):
         typer.echo(f"warning: {warning}", err=True)
-    if "baseline" in report:
-        row = report["baseline"]["metrics"]["after"]
-        typer.echo(
-            f"finetune baseline: CA {row.get('clean_accuracy', row.get('utility_token_f1', float('nan'))):.4f}"
-            + (f"  ASR {row['attack_success_rate']:.4f}" if "attack_success_rate" in row else "")
-        )
     typer.echo(f"sanitized adapter: {out / 'adapter'}  report: {out / 'report.json'}")
 
 
