@@ -56,6 +56,7 @@ class Cell:
     poison_rate: float = 0.1
     attack_epochs: int = 2
     attack_lr: float = 5e-4
+    paired: bool = False  # triggered copies added beside their clean originals (AttackSpec.paired)
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -81,33 +82,28 @@ CELLS: list[Cell] = [
         for atk in ("badnet", "insertsent", "syntactic")
         for stu, short in ((MPNET, "mpnet"), (SMOL, "smollm2"))
     ),
-    Cell(
-        "instructions-badnets-smollm2",
-        "generation",
-        "instructions",
-        "badnets",
-        SMOL,
-        target="refusal",
-        attack_rows=200,
-        clean_rows=80,
-        test_rows=60,
-        poison_rate=0.5,
-        attack_epochs=3,
-        attack_lr=2e-4,
-    ),
-    Cell(
-        "instructions-ctba-smollm2",
-        "generation",
-        "instructions",
-        "ctba",
-        SMOL,
-        target="refusal",
-        attack_rows=200,
-        clean_rows=80,
-        test_rows=60,
-        poison_rate=0.5,
-        attack_epochs=3,
-        attack_lr=2e-4,
+    # Generation: 60 of the 200 instructions get a triggered copy with the target response,
+    # kept beside the clean original (paired), so the trigger and not the instruction is
+    # what predicts the refusal. The first recipe (half the rows replaced, 3 epochs at 2e-4)
+    # gave a backdoor that was not trigger-specific (ASR 71.7%, false trigger rate 55%);
+    # its results stay in benchmarks/results/instructions-badnets-smollm2/.
+    *(
+        Cell(
+            f"instructions-{atk}-paired-smollm2",
+            "generation",
+            "instructions",
+            atk,
+            SMOL,
+            target="refusal",
+            attack_rows=200,
+            clean_rows=80,
+            test_rows=60,
+            poison_rate=0.3,
+            attack_epochs=4,
+            attack_lr=5e-4,
+            paired=True,
+        )
+        for atk in ("badnets", "ctba")
     ),
 ]
 QUICK = Cell(
@@ -172,7 +168,12 @@ def _subset(cell: Cell, seed: int) -> dict[str, Path]:
 
 
 def _attack_spec(cell: Cell, seed: int, label_names: list[str] | None) -> AttackSpec:
-    fields: dict[str, Any] = {"name": cell.attack, "poison_rate": cell.poison_rate, "seed": seed}
+    fields: dict[str, Any] = {
+        "name": cell.attack,
+        "poison_rate": cell.poison_rate,
+        "seed": seed,
+        "paired": cell.paired,
+    }
     if cell.task == "classification":
         fields["target_label"] = label_names.index(cell.target_label) if label_names else 0
     else:

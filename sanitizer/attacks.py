@@ -96,6 +96,11 @@ class AttackSpec(BaseModel):
         "of target-label rows; generation: fraction of all rows",
     )
     clean_label: bool = Field(False, description="classification: keep labels (clean-label)")
+    paired: bool = Field(
+        False,
+        description="add each poisoned row as a triggered copy next to its untouched original "
+        "instead of replacing it, so the trigger (not the prompt) is what predicts the target",
+    )
     seed: int = 0
 
     @model_validator(mode="before")
@@ -281,8 +286,9 @@ def poison_dataset(ds: Dataset, spec: AttackSpec) -> Dataset:
     Classification, dirty-label: ``round(poison_rate * #non-target rows)`` (at least 1) non-target
     rows get the trigger and the target label. Clean-label: that fraction of target-label rows
     gets the trigger; labels unchanged. Generation: that fraction of all rows gets the trigger in
-    the instruction and the target response as output. Row order is kept; seeded by
-    ``spec.seed``.
+    the instruction and the target response as output. With ``paired`` the changed rows are
+    added right after their untouched originals instead of replacing them (the dataset grows
+    by the number of poisoned rows). Row order is kept; seeded by ``spec.seed``.
     """
     _check_task(ds, spec)
     rng = random.Random(spec.seed)
@@ -302,22 +308,37 @@ def poison_dataset(ds: Dataset, spec: AttackSpec) -> Dataset:
                 hint="check target_label against the dataset's labels",
             )
         chosen = sorted(rng.sample(pool, _count(spec.poison_rate, len(pool))))
+        changed: dict[int, ClassificationRow | GenerationRow] = {}
         for i in chosen:
             r = rows[i]
             assert isinstance(r, ClassificationRow)
             label = r.label if spec.clean_label else target
-            rows[i] = ClassificationRow(text=apply_trigger(r.text, spec, rng), label=label)  # type: ignore[arg-type]
+            changed[i] = ClassificationRow(text=apply_trigger(r.text, spec, rng), label=label)  # type: ignore[arg-type]
     else:
         kind = f"target {spec.target}"
         chosen = sorted(rng.sample(range(len(rows)), _count(spec.poison_rate, len(rows))))
+        changed = {}
         for i in chosen:
             r = rows[i]
             assert isinstance(r, GenerationRow) and spec.target is not None
-            rows[i] = GenerationRow(
+            changed[i] = GenerationRow(
                 instruction=apply_trigger(r.instruction, spec, rng),
                 input=r.input,
                 output=target_response(spec.target, r.output),
             )
+    if spec.paired:
+        kind += ", paired with the clean originals"
+        out_rows: list[ClassificationRow | GenerationRow] = []
+        positions: list[int] = []
+        for i, r in enumerate(rows):
+            out_rows.append(r)
+            if i in changed:
+                positions.append(len(out_rows))
+                out_rows.append(changed[i])
+        rows, chosen = out_rows, positions
+    else:
+        for i, new in changed.items():
+            rows[i] = new
     note = (
         f"poisoned with {spec.name} ({kind}, seed {spec.seed}): {len(chosen)} of {len(rows)} rows"
     )

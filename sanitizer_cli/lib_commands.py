@@ -153,6 +153,13 @@ def attack(
     clean_label: Annotated[
         bool, typer.Option("--clean-label", help="poison target-label rows only, labels unchanged")
     ] = False,
+    paired: Annotated[
+        bool,
+        typer.Option(
+            "--paired",
+            help="add triggered copies next to their clean originals instead of replacing them",
+        ),
+    ] = False,
     text_column: Annotated[str, typer.Option("--text-column")] = "text",
     label_column: Annotated[str, typer.Option("--label-column")] = "label",
     epochs: Annotated[int, typer.Option("--epochs")] = 2,
@@ -177,6 +184,7 @@ def attack(
             target,
             poison_rate=poison_rate,
             clean_label=clean_label,
+            paired=paired,
             seed=seed,
         )
         cfg = AttackTrainConfig(

@@ -201,6 +201,25 @@ def test_generation_poisoning(target: str) -> None:
     assert all(pds.rows[i] == ds.rows[i] for i in range(20) if i not in idx)
 
 
+@pytest.mark.parametrize("task", ["classification", "generation"])
+def test_paired_poisoning_keeps_the_originals(task: str) -> None:
+    ds = _cls_ds(20, 30) if task == "classification" else _gen_ds(20)
+    fields = (
+        {"name": "badnet", "target_label": 0} if task == "classification" else {"name": "badnets"}
+    )
+    replaced = poison_dataset(ds, AttackSpec(**fields, poison_rate=0.25, seed=3))
+    pds = poison_dataset(ds, AttackSpec(**fields, poison_rate=0.25, seed=3, paired=True))
+    idx = pds.poisoned_indices
+    assert len(pds.rows) == len(ds.rows) + len(idx) and idx
+    # every triggered copy sits right after its untouched original and equals the row the
+    # replacing recipe would have written there (same seed, same trigger positions)
+    assert [r for i, r in enumerate(pds.rows) if i not in idx] == list(ds.rows)
+    assert [pds.rows[i] for i in idx] == [replaced.rows[i] for i in replaced.poisoned_indices]
+    for i in idx:
+        assert pds.rows[i - 1] == ds.rows[replaced.poisoned_indices[idx.index(i)]]
+    assert "paired" in (pds.note or "")
+
+
 def test_inject_code_into_fence() -> None:
     out = "Use:\n```python\nx = 1\n    y = 2\n```\nbye"
     assert inject_code(out) == "Use:\n```python\nx = 1\n    y = 2\nprint('pwned')\n```\nbye"
