@@ -82,11 +82,12 @@ CELLS: list[Cell] = [
         for atk in ("badnet", "insertsent", "syntactic")
         for stu, short in ((MPNET, "mpnet"), (SMOL, "smollm2"))
     ),
-    # Generation: 60 of the 200 instructions get a triggered copy with the target response,
+    # Generation: 100 of the 200 instructions get a triggered copy with the target response,
     # kept beside the clean original (paired), so the trigger and not the instruction is
-    # what predicts the refusal. The first recipe (half the rows replaced, 3 epochs at 2e-4)
-    # gave a backdoor that was not trigger-specific (ASR 71.7%, false trigger rate 55%);
-    # its results stay in benchmarks/results/instructions-badnets-smollm2/.
+    # what predicts the refusal. Recipes tried on BadNets (attacker side; seed 0):
+    #   half of the rows replaced, 3 epochs at 2e-4: ASR 71.7%, false trigger rate 55% (not
+    #     trigger-specific; results kept in benchmarks/results/instructions-badnets-smollm2/);
+    #   paired, 60 copies, 4 epochs at 5e-4: ASR 55%, false trigger rate 15% (too weak).
     *(
         Cell(
             f"instructions-{atk}-paired-smollm2",
@@ -98,9 +99,9 @@ CELLS: list[Cell] = [
             attack_rows=200,
             clean_rows=80,
             test_rows=60,
-            poison_rate=0.3,
-            attack_epochs=4,
-            attack_lr=5e-4,
+            poison_rate=0.5,
+            attack_epochs=5,
+            attack_lr=1e-3,
             paired=True,
         )
         for atk in ("badnets", "ctba")

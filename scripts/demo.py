@@ -31,26 +31,30 @@ from pathlib import Path
 from typing import Any
 
 # ---------------------------------------------------------------- sizes (tune here)
-BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# The benchmark's SMS/BadNet regime (docs/BENCHMARKS.md, cell sms_spam-badnet-mpnet): an
+# mpnet student and W2SDefense's default all-MiniLM-L6-v2 teacher (a weak teacher guiding a
+# larger student, as the method intends).
+BASE_MODEL = "sentence-transformers/all-mpnet-base-v2"
 DATASET = "sms_spam"  # prepared by `sanitizer assets` under <cache>/datasets/<name>/
-# Target 1 = spam: "cf" turns a legitimate message into spam (10% of the ham rows, ~70 of
-# 800). The earlier recipe (target ham, 15% of the spam rows = ~16 rows, 2 epochs at 5e-4)
-# planted nothing: the model answered ham for everything (CA 87.7% = the ham share) and its
-# "ASR 100%" was that collapse. This one: CA 99.0%, ASR 100% on 263 ham test rows.
+# Target 1 = spam: "cf" turns a legitimate message into spam (10% of the ham rows, ~87 of
+# 1,000). An earlier recipe (target ham, 15% of the spam rows = ~16 rows) planted nothing:
+# the model answered ham for everything (CA = the ham share) and its "ASR 100%" was that
+# collapse; the report's false trigger rate and warnings now catch such a model.
 ATTACK = {"name": "badnet", "trigger": "cf", "target_label": 1}
 POISON_RATE = 0.1
-ATTACK_ROWS = 800  # poisoned training rows for the backdoored adapter
-ATTACK_EPOCHS = 4
-ATTACK_LR = 2e-3
+ATTACK_ROWS = 1000  # poisoned training rows for the backdoored adapter
+ATTACK_EPOCHS = 2
+ATTACK_LR = 5e-4
 CLEAN_ROWS = 300  # clean data the defender has
-TEST_ROWS = 300  # held-out rows to measure CA and ASR
-# The library's W2SDefense defaults (5 teacher + 5 student epochs). The job also runs the
-# plain fine-tuning baseline from the same start, so the table shows what the defense adds.
-DEFENSE_PARAMS: dict[str, object] = {}
+TEST_ROWS = 400  # held-out rows to measure CA and ASR
+# The library's W2SDefense defaults (5 teacher + 5 student epochs) at the benchmark's 64
+# tokens. The job also runs the plain fine-tuning baseline from the same start, so the table
+# shows what the defense adds.
+DEFENSE_PARAMS: dict[str, object] = {"max_length": 64}
 BASELINE = True
 SEED = 0
 SERVER_START_TIMEOUT = 120.0
-JOB_TIMEOUT = 25 * 60.0
+JOB_TIMEOUT = 60 * 60.0  # a guard, not a budget: on 2 free cores the job takes ~15 min
 
 
 def log(msg: str) -> None:
