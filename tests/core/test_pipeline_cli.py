@@ -186,8 +186,11 @@ def test_defend_reports_per_trigger_breakdown_and_finetune_baseline(env, tmp_pat
     adapter = tmp_path / "poisoned"
     common = ["--attack", "badnet", "--target-label", "negative"]
     r = _cli(env, "attack", "--base-model", "tiny/bert", "--data", str(env["train"]), *common,
-             "--poison-rate", "0.3", "--epochs", "1", "--out", str(adapter))  # fmt: skip
+             "--poison-rate", "0.3", "--epochs", "1", "--paired", "--out", str(adapter))  # fmt: skip
     assert r.returncode == 0, r.stderr
+    info = json.loads((adapter / "attack.json").read_text())
+    n_rows = sum(1 for _ in open(env["train"])) - 1  # CSV rows without the header
+    assert info["attack"]["paired"] is True and info["rows"] > n_rows  # copies were added
     out = tmp_path / "sanitized"
     r = _cli(env, "defend", "--method", "crow", "--base-model", "tiny/bert",
              "--adapter", str(adapter), "--clean-data", str(env["clean"]),
