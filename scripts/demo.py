@@ -10,7 +10,8 @@ Assumes `sanitizer assets` has run (models and datasets in the local cache). Ste
    progress, download and verify the sanitized adapter, fetch the report;
 5. print ASR and clean accuracy before vs after, write the HTML report, stop the service.
 
-Sizes are constants below so the whole run stays under ~15 min on 2 CPU cores.
+Sizes are the constants below (the benchmark's SMS/BadNet regime); lower them for a quicker,
+weaker run. Measured output and timings: docs/DEMO_OUTPUT.md.
 """
 
 from __future__ import annotations
