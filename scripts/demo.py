@@ -55,7 +55,8 @@ DEFENSE_PARAMS: dict[str, object] = {"max_length": 64}
 BASELINE = True
 SEED = 0
 SERVER_START_TIMEOUT = 120.0
-JOB_TIMEOUT = 60 * 60.0  # a guard, not a budget: on 2 free cores the job takes ~15 min
+# a guard, not a budget: 53 min measured on 2 cores shared three ways (docs/DEMO_OUTPUT.md)
+JOB_TIMEOUT = 60 * 60.0
 
 
 def log(msg: str) -> None:
