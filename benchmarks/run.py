@@ -458,7 +458,7 @@ def main() -> None:
     ap.add_argument(
         "--tag",
         default="",
-        help="suffix for a variant's result files (e.g. a hyperparameter study)",
+        help="suffix for a variant's result files, e.g. --tag=-alpha11 (with the = sign: the value starts with a dash)",
     )
     ap.add_argument(
         "--hp", default="{}", help='JSON {"method": {...}} overriding the cell hyperparameters'
