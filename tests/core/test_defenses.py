@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sanitizer.defenses import METHODS
-from sanitizer.defenses.common import pooled_feature, validate_config
+from sanitizer.defenses.common import dev_score, make_batch, pooled_feature, validate_config
 from sanitizer.defenses.crow import consistency_loss, embedding_rms, fgsm_step_size
 from sanitizer.defenses.w2sdefense import kd_loss
 from sanitizer.errors import ConfigError
@@ -220,6 +220,30 @@ def test_generation_defenses_train(method):
     )
     assert stats["steps"] == 2
     assert stats["best_dev_score"] is not None and stats["best_dev_score"] < 0  # minus a mean NLL
+
+
+def test_generation_dev_score_is_the_mean_nll_per_response_token_whatever_the_batch():
+    """-sum(token NLL) / response tokens, computed by hand one row at a time; rows of different
+    response lengths, so a per-batch mean weighted by rows would differ."""
+    lm = _lora_model("llama", task="generation")
+    rows = [
+        Row(instruction="tell me about the movie", input="", output=out)
+        for out in ("good", "it was a long and dull story", "fine", "great plot twist")
+    ]
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for r in rows:
+            b = make_batch(lm, [r], 64)
+            logits = lm.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            logp = F.log_softmax(logits[0, :-1].float(), dim=-1)
+            for pos, target in enumerate(b["labels"][0, 1:].tolist()):
+                if target != -100:
+                    nll -= float(logp[pos, target])
+                    tokens += 1
+    for batch_size in (1, 3, None):
+        assert dev_score(lm, rows, 64, batch_size=batch_size) == pytest.approx(
+            -nll / tokens, rel=1e-5
+        )
 
 
 def test_same_seed_same_adapter(tmp_path):
