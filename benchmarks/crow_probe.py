@@ -30,8 +30,14 @@ from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir  #
 from sanitizer.attacks import triggered_test_set  # noqa: E402
 from sanitizer.data import load_dataset  # noqa: E402
 from sanitizer.defenses.common import make_batch  # noqa: E402
-from sanitizer.defenses.crow import consistency_loss, embedding_rms  # noqa: E402
+from sanitizer.defenses.crow import consistency_loss  # noqa: E402
 from sanitizer.models import load_adapter, load_model  # noqa: E402
+
+
+def embedding_rms(lm) -> float:
+    """Root mean square of the input embedding matrix (the scale of ``Emb(x)``)."""
+    w = lm.model.get_input_embeddings().weight
+    return float(w.detach().float().pow(2).mean().sqrt())
 
 
 def main() -> None:

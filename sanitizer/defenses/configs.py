@@ -124,16 +124,7 @@ class CrowConfig(TrainConfig):
         description="weight of the adversarial consistency loss (11 for refusal in the paper)",
     )
     epsilon: float = Field(
-        0.1,
-        ge=0,
-        description="FGSM step on the input embeddings: absolute units, or a multiple of the "
-        "embedding matrix's RMS with epsilon_scale='embedding_rms'",
-    )
-    epsilon_scale: Literal["absolute", "embedding_rms"] = Field(
-        "absolute",
-        description="Ours: 'embedding_rms' multiplies epsilon by the RMS of the model's input "
-        "embedding matrix, so the perturbation has the same size relative to the embeddings "
-        "on every model (the released 0.1 is 0.75x the RMS on SmolLM2-135M, 1.2x on mpnet)",
+        0.1, ge=0, description="FGSM step on the input embeddings (absolute units)"
     )
     mask_padding: bool = Field(
         True, description="Ours: average over real tokens only (released code: all positions)"

@@ -6,8 +6,7 @@ Regularization" (ICML 2025); METHODS.md section 2. No teacher, no trigger knowle
 One step (METHODS.md 2.1):
     H0      = Emb(x)                                   (gradient enabled)
     L_cons  = mean_{l,b,t} [1 - cos(H^l, H^{l+1})]     real tokens only (Ours: with the mask)
-    H_adv   = H0 + eps * sign(dL_cons/dH0)             (FGSM, one step; eps absolute, or
-                                                        Ours: eps x RMS(embedding matrix))
+    H_adv   = H0 + eps * sign(dL_cons/dH0)             (FGSM, one step)
     L       = L_task(x) + alpha * L_cons(H_adv)
 
 The released code runs three forwards (clean consistency, adversarial, task). The task
@@ -53,23 +52,7 @@ def _forward_embeds(lm: LoadedModel, embeds: torch.Tensor, attention_mask: torch
     return lm.model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
 
 
-def embedding_rms(lm: LoadedModel) -> float:
-    """Root mean square of the input embedding matrix (the scale of ``Emb(x)``)."""
-    w = lm.model.get_input_embeddings().weight
-    return float(w.detach().float().pow(2).mean().sqrt())
-
-
-def fgsm_step_size(lm: LoadedModel, cfg: CrowConfig) -> float:
-    """The FGSM step in absolute embedding units: ``epsilon``, or with
-    ``epsilon_scale="embedding_rms"`` epsilon x the RMS of the input embedding matrix."""
-    if cfg.epsilon_scale == "absolute":
-        return cfg.epsilon
-    return cfg.epsilon * embedding_rms(lm)
-
-
 def make_step_loss(cfg: CrowConfig):
-    step_size: list[float] = []  # computed on the first step (the embeddings are not trained)
-
     def step_loss(
         lm: LoadedModel, batch: Batch, rows: Sequence[Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -81,9 +64,7 @@ def make_step_loss(cfg: CrowConfig):
         # dL_cons/dH0 only: parameter gradients of this backward are not accumulated.
         (grad,) = torch.autograd.grad(l_cons, h0, retain_graph=True)
         l_task = task_loss(lm, out, batch)
-        if not step_size:
-            step_size.append(fgsm_step_size(lm, cfg))
-        h_adv = (h0 + step_size[0] * grad.sign()).detach()
+        h_adv = (h0 + cfg.epsilon * grad.sign()).detach()
         out_adv = _forward_embeds(lm, h_adv, mask)
         l_adv = consistency_loss(out_adv.hidden_states, cons_mask)
         loss = l_task + cfg.alpha * l_adv

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from sanitizer.defenses import METHODS
 from sanitizer.defenses.common import dev_score, make_batch, pooled_feature, validate_config
-from sanitizer.defenses.crow import consistency_loss, embedding_rms, fgsm_step_size
+from sanitizer.defenses.crow import consistency_loss
 from sanitizer.defenses.w2sdefense import kd_loss
 from sanitizer.errors import ConfigError
 from sanitizer.models import (
@@ -137,22 +137,6 @@ def test_defaults_follow_methods_md():
         0.002,
     )
     assert w2s.fa_normalize == "layernorm" and w2s.teacher_learning_rate == 1e-4  # product defaults
-
-
-def test_crow_epsilon_scale(store):
-    """'absolute' keeps epsilon as is; 'embedding_rms' multiplies it by the RMS of the input
-    embedding matrix, computed here by hand; an unknown scale is refused by name."""
-    lm = load_model("tiny/llama", task="classification", num_labels=2, device="cpu")
-    w = lm.model.get_input_embeddings().weight.detach()
-    rms = math.sqrt(sum(float(v) ** 2 for v in w.flatten()) / w.numel())
-    assert embedding_rms(lm) == pytest.approx(rms, rel=1e-5)
-    cfg = METHODS["crow"][0]
-    assert fgsm_step_size(lm, validate_config(cfg, {"epsilon": 0.3})) == 0.3
-    scaled = validate_config(cfg, {"epsilon": 3.0, "epsilon_scale": "embedding_rms"})
-    assert fgsm_step_size(lm, scaled) == pytest.approx(3.0 * rms, rel=1e-5)
-    with pytest.raises(ConfigError) as exc:
-        validate_config(cfg, {"epsilon_scale": "relative"})
-    assert "epsilon_scale" in exc.value.message
 
 
 def test_select_device():
