@@ -78,11 +78,35 @@ def _versions() -> dict[str, str]:
     }
 
 
+_PROC_STATUS = Path("/proc/self/status")
+
+
+def _reset_peak_memory() -> None:
+    """Start the job's peak-memory count afresh: a worker process runs many jobs (and a
+    benchmark trains the attack in the same process), so the process-lifetime maximum would
+    report an earlier job's peak. Linux: writing 5 to clear_refs resets VmHWM; CUDA: the
+    allocator's peak. Elsewhere (macOS) the process-lifetime maximum is all there is."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def _peak_memory_mb(device: Any) -> float:
     import torch
 
     if getattr(device, "type", "") == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:  # Linux: the high-water mark since _reset_peak_memory
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
@@ -225,6 +249,7 @@ def run_sanitize(
     from sanitizer.models import combine_lora_into_one, save_adapter
 
     t0 = time.monotonic()
+    _reset_peak_memory()
     timings: dict[str, float] = {}
     emit = progress or (lambda e: None)
     if spec.method not in METHODS:

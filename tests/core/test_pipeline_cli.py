@@ -270,6 +270,16 @@ def test_bad_input_is_one_line_and_exit_3(env, tmp_path):
     assert r.returncode == 3 and "alpha" in r.stderr
 
 
+def _vm_hwm_mb() -> float | None:
+    """The process's peak RSS (Linux VmHWM), or None where /proc is not there."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return kb / 1024
+
+
 def test_generation_job_through_the_pipeline(tmp_path, monkeypatch):
     """attack (badnets -> refusal) then W2SDefense on a tiny chat LM, via the Python API."""
     from sanitizer.attacks import AttackSpec
@@ -311,7 +321,14 @@ def test_generation_job_through_the_pipeline(tmp_path, monkeypatch):
         },
     )
     events = []
+    # a 1 GiB spike before the job: the job's peak memory must not include it (Linux resets the
+    # high-water mark at the start of every job; a worker process runs many jobs)
+    spike = b"x" * 2**30
+    del spike
+    peak_before_job = _vm_hwm_mb()
     report = run_sanitize(job, tmp_path / "out", progress=events.append)
+    if peak_before_job is not None:
+        assert report["peak_memory_mb"] < peak_before_job - 512
     before, after = report["metrics"]["before"], report["metrics"]["after"]
     for m in (before, after):
         assert 0 <= m["attack_success_rate"] <= 1 and 0 <= m["false_trigger_rate"] <= 1
