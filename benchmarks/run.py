@@ -396,10 +396,12 @@ def build_table(dev: bool = False) -> None:
     cells = sorted({k[0] for k in rows})
     for cell in cells:
         methods = sorted({k[1] for k in rows if k[0] == cell}, key=lambda m: (m not in METHODS, m))
-        # the poisoned model's numbers: from the first method that ran (all share one adapter)
-        ok = next(
-            (g for m in methods if (g := [r for r in rows[(cell, m)] if "metrics" in r["report"]])),
-            [],
+        # the poisoned model's numbers (every method of a seed shares one adapter): from the
+        # method that ran on the most seeds
+        ok = max(
+            ([r for r in rows[(cell, m)] if "metrics" in r["report"]] for m in methods),
+            key=len,
+            default=[],
         )
         before = [r["report"]["metrics"]["before"] for r in ok]
         attacked = bool(before) and statistics.mean(asr(b) for b in before) >= 0.9
