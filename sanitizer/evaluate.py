@@ -16,7 +16,7 @@ import torch
 
 from sanitizer import metrics
 from sanitizer.attacks import AttackSpec, apply_trigger, target_keywords
-from sanitizer.defenses.common import classification_batch, generation_batch
+from sanitizer.defenses.common import classification_batch, reference_nll
 from sanitizer.models import LoadedModel
 
 
@@ -97,31 +97,6 @@ def _token_f1(a: str, b: str) -> float:
         return 0.0
     p, r = common / len(ta), common / len(tb)
     return 2 * p * r / (p + r)
-
-
-@torch.inference_mode()
-def reference_nll(
-    lm: LoadedModel, rows: Sequence[Any], *, max_length: int = 256, batch_size: int = 8
-) -> float:
-    """Mean per-token NLL of the reference responses (response tokens only)."""
-    total, count = 0.0, 0
-    for i in range(0, len(rows), batch_size):
-        batch = generation_batch(lm, rows[i : i + batch_size], max_length)
-        logits = (
-            lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            .logits[:, :-1]
-            .float()
-        )
-        labels = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            labels.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
-        total += float(nll)
-        count += int((labels != -100).sum())
-    return total / max(1, count)
 
 
 def evaluate_generation(

@@ -139,46 +139,58 @@ def pooled_feature(
 # ---------------------------------------------------------------- dev evaluation
 
 
+@torch.inference_mode()
+def reference_nll(
+    lm: LoadedModel, rows: Sequence[Any], *, max_length: int = 256, batch_size: int = 8
+) -> float:
+    """Mean per-token NLL of the reference responses (response tokens only), summed over every
+    token, so it does not depend on the batch."""
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        batch = generation_batch(lm, rows[i : i + batch_size], max_length)
+        logits = (
+            lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            .logits[:, :-1]
+            .float()
+        )
+        labels = batch["labels"][:, 1:]
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        total += float(nll)
+        count += int((labels != -100).sum())
+    return total / max(1, count)
+
+
 @torch.no_grad()
 def dev_score(
     lm: LoadedModel, dev_rows: Sequence[Any], max_length: int, batch_size: int | None = None
 ) -> float:
     """Higher is better: accuracy for classification, minus the mean NLL per response token
-    for generation (summed over every dev token, so the score does not depend on the batch).
+    (``reference_nll``) for generation.
 
     Default batch: 32 rows for classification, 8 for generation, whose full-vocabulary logits
     are large (SmolLM2-135M, 160 tokens: batch 32 raised the process's peak RSS by 3.1 GB,
     batch 8 by 1.1 GB)."""
-    if batch_size is None:
-        batch_size = 32 if lm.task == "classification" else 8
     model = lm.model
     was_training = model.training
     model.eval()
-    correct, total, nll = 0, 0, 0.0
-    for i in range(0, len(dev_rows), batch_size):
-        rows = dev_rows[i : i + batch_size]
-        batch = make_batch(lm, rows, max_length)
-        labels = batch.pop("labels")
-        out = model(**batch)
-        if lm.task == "classification":
-            correct += int((out.logits.argmax(-1) == labels).sum())
-            total += len(rows)
-        else:
-            logits, targets = out.logits[:, :-1].float(), labels[:, 1:]
-            nll += float(
-                F.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)),
-                    targets.reshape(-1),
-                    ignore_index=-100,
-                    reduction="sum",
-                )
-            )
-            total += int((targets != -100).sum())
+    if lm.task == "classification":
+        batch_size = batch_size or 32
+        correct = 0
+        for i in range(0, len(dev_rows), batch_size):
+            batch = make_batch(lm, dev_rows[i : i + batch_size], max_length)
+            labels = batch.pop("labels")
+            correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+        score = correct / len(dev_rows) if dev_rows else 0.0
+    else:
+        score = -reference_nll(lm, dev_rows, max_length=max_length, batch_size=batch_size or 8)
     if was_training:
         model.train()
-    if total == 0:
-        return 0.0
-    return correct / total if lm.task == "classification" else -nll / total
+    return score
 
 
 # ---------------------------------------------------------------- the loop
