@@ -30,7 +30,7 @@ from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir  #
 from sanitizer.attacks import triggered_test_set  # noqa: E402
 from sanitizer.data import load_dataset  # noqa: E402
 from sanitizer.defenses.common import make_batch  # noqa: E402
-from sanitizer.defenses.crow import consistency_loss  # noqa: E402
+from sanitizer.defenses.crow import consistency_loss, consistency_per_pair  # noqa: E402
 from sanitizer.models import load_adapter, load_model  # noqa: E402
 
 
@@ -81,11 +81,8 @@ def main() -> None:
         with torch.no_grad():
             hs = lm.model(
                 **{k: batch[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True
-            ).hidden_states[1:-1]
-        return [
-            round(float(((1 - torch.cosine_similarity(a, b_, dim=-1)) * m).sum() / m.sum()), 4)
-            for a, b_ in zip(hs[:-1], hs[1:], strict=True)
-        ]
+            ).hidden_states
+        return [round(float(v), 4) for v in consistency_per_pair(hs, m)]
 
     def cons(rows, eps: float = 0.0) -> float:
         batch = make_batch(lm, rows, max_len)

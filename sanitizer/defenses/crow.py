@@ -28,24 +28,36 @@ from sanitizer.defenses.configs import CrowConfig
 from sanitizer.models import LoadedModel
 
 
-def consistency_loss(
+def consistency_per_pair(
     hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """mean over layer pairs (1,2)...(L-2,L-1) of the HF ``hidden_states`` tuple, and over
-    real tokens, of 1 - cos(H^l, H^{l+1}). Index 0 is the embedding output and index L the
-    final (normed) output: both are skipped, as in the released code."""
+    """1 - cos(H^l, H^{l+1}) for each layer pair (1,2)...(L-2,L-1) of the HF ``hidden_states``
+    tuple, averaged over the tokens the mask marks (every position without one): shape
+    (pairs,). Index 0 is the embedding output and index L the final (normed) output: both are
+    skipped, as in the released code."""
     layers = hidden_states[1:-1]
     if len(layers) < 2:
         raise ValueError("CROW needs a model with at least 3 layers")
-    per_pair = [
-        1 - F.cosine_similarity(a.float(), b.float(), dim=-1)
-        for a, b in zip(layers[:-1], layers[1:], strict=True)
-    ]
-    gaps = torch.stack(per_pair, dim=0)  # (pairs, B, T)
+    gaps = torch.stack(
+        [
+            1 - F.cosine_similarity(a.float(), b.float(), dim=-1)
+            for a, b in zip(layers[:-1], layers[1:], strict=True)
+        ],
+        dim=0,
+    )  # (pairs, B, T)
     if attention_mask is None:
-        return gaps.mean()
-    mask = attention_mask.to(gaps.dtype).unsqueeze(0).expand_as(gaps)
-    return (gaps * mask).sum() / mask.sum().clamp_min(1)
+        return gaps.mean(dim=(1, 2))
+    mask = attention_mask.to(gaps.dtype).unsqueeze(0)
+    return (gaps * mask).sum(dim=(1, 2)) / mask.sum().clamp_min(1)
+
+
+def consistency_loss(
+    hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """L_cons: the mean over layer pairs (``consistency_per_pair``) and real tokens of
+    1 - cos(H^l, H^{l+1}). Every pair has the same tokens, so the mean of the per-pair means
+    is the mean over (pair, token)."""
+    return consistency_per_pair(hidden_states, attention_mask).mean()
 
 
 def _forward_embeds(lm: LoadedModel, embeds: torch.Tensor, attention_mask: torch.Tensor):
