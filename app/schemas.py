@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from sanitizer.attacks import AttackSpec
-from sanitizer.defenses.configs import CONFIGS
+from sanitizer.defenses.configs import CONFIGS, Comparator
 
 METHODS = tuple(CONFIGS)  # w2sdefense, crow, finetune: the library's torch-free configs
 
@@ -55,6 +55,13 @@ class Evaluation(BaseModel):
         False,
         description="also run plain fine-tuning from the same start and report it beside the "
         "defense (the honest control); roughly doubles the job's time",
+    )
+    comparators: list[Comparator] = Field(
+        default_factory=list,
+        max_length=3,
+        description="zero-training comparators to measure on the uploaded model beside the "
+        "defense: prune (magnitude pruning, 35%), int8, int4 (weight-only rounding); one "
+        "test-set evaluation each, reported under `comparators`",
     )
 
 

@@ -37,6 +37,8 @@ from sanitizer.hub import cache_dir  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 DEV_RESULTS = REPO / "benchmarks" / "dev_results"  # development cells: kept out of the table
 METHODS = ("finetune", "w2sdefense", "crow")
+# zero-training comparators (METHODS.md 5): one job measures all three on the poisoned model
+COMPARATORS = ("prune", "int8", "int4")
 MPNET = "sentence-transformers/all-mpnet-base-v2"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -258,9 +260,90 @@ def _default_hparams(cell: Cell, method: str) -> dict[str, Any]:
     return hp | cell.hyperparameters.get(method, {})
 
 
+def _job(
+    cell: Cell,
+    seed: int,
+    paths: dict[str, Path],
+    adapter: Path,
+    spec: AttackSpec,
+    label_names: list[str] | None,
+    method: str,
+):
+    from sanitizer.pipeline import JobSpec
+
+    return JobSpec(
+        method=method,
+        task=cell.task,
+        base_model=cell.student,
+        adapter_dir=adapter,
+        clean_data=paths["clean"],
+        test_data=paths["test"],
+        label_names=label_names,
+        attack=spec,
+        hyperparameters=_default_hparams(cell, method),
+        seed=seed,
+        device="auto",
+    )
+
+
+def _run_comparators(
+    cell: Cell,
+    seed: int,
+    paths: dict[str, Path],
+    adapter: Path,
+    spec: AttackSpec,
+    label_names: list[str] | None,
+    attack_info: dict[str, Any],
+) -> None:
+    """prune / int8 / int4 on the poisoned model: one result file each, like a method's (the
+    edit takes no training, so its `defense_s` is 0)."""
+    from sanitizer.pipeline import run_comparator_job
+
+    out = _results_dir(cell.dev) / cell.name
+    if all((out / f"{c}-s{seed}.json").exists() for c in COMPARATORS):
+        print(f"[{cell.name} s{seed}] comparators: done already, skipping", flush=True)
+        return
+    # the method is not run: the job only carries the data, model and attack
+    job = _job(cell, seed, paths, adapter, spec, label_names, "finetune").model_copy(
+        update={"comparators": list(COMPARATORS)}
+    )
+    print(f"[{cell.name} s{seed}] comparators ...", flush=True)
+    t = time.monotonic()
+    res = run_comparator_job(job, progress=_bar(f"{cell.name} comparators"))
+    for name, comp in res["comparators"].items():
+        report = {
+            "method": name,
+            "description": comp["description"],
+            "metrics": {"before": res["before"], "after": comp["metrics"]["after"]},
+            "timings": {"defense_s": 0.0, "evaluate_after_s": comp["timings"]["evaluate_s"]},
+            "peak_memory_mb": res["peak_memory_mb"],
+            "versions": res["versions"],
+        }
+        _write_result(
+            out / f"{name}-s{seed}.json",
+            {
+                "cell": asdict(cell),
+                "method": name,
+                "tag": "",
+                "seed": seed,
+                "attack_adapter": attack_info,
+                "wall_s": time.monotonic() - t,
+                "report": report,
+            },
+        )
+        print(f"[{cell.name} s{seed}] {name}: after {comp['metrics']['after']}", flush=True)
+
+
+def _write_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.replace(path)
+
+
 def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") -> None:
     from sanitizer.data import load_dataset
-    from sanitizer.pipeline import JobSpec, run_sanitize
+    from sanitizer.pipeline import run_sanitize
 
     for seed in seeds:
         paths = _subset(cell, seed)
@@ -272,6 +355,9 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
         spec = _attack_spec(cell, seed, label_names)
         adapter, attack_info = _poisoned_adapter(cell, seed, paths, spec)
         for method in methods:
+            if method == "comparators":
+                _run_comparators(cell, seed, paths, adapter, spec, label_names, attack_info)
+                continue
             res_path = _results_dir(cell.dev) / cell.name / f"{method}{tag}-s{seed}.json"
             if res_path.exists():
                 if "error" not in json.loads(res_path.read_text())["report"]:
@@ -282,19 +368,7 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
                 print(
                     f"[{cell.name} s{seed}] {method}{tag}: failed before, running again", flush=True
                 )
-            job = JobSpec(
-                method=method,
-                task=cell.task,
-                base_model=cell.student,
-                adapter_dir=adapter,
-                clean_data=paths["clean"],
-                test_data=paths["test"],
-                label_names=label_names,
-                attack=spec,
-                hyperparameters=_default_hparams(cell, method),
-                seed=seed,
-                device="auto",
-            )
+            job = _job(cell, seed, paths, adapter, spec, label_names, method)
             print(f"[{cell.name} s{seed}] {method}{tag} ...", flush=True)
             t = time.monotonic()
             try:
@@ -316,10 +390,7 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
                 "wall_s": time.monotonic() - t,
                 "report": report,
             }
-            res_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = res_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1, default=str))
-            tmp.replace(res_path)
+            _write_result(res_path, result)
             m = report.get("metrics", {})
             print(
                 f"[{cell.name} s{seed}] {method}{tag}: before {m.get('before')} after {m.get('after')}",
@@ -385,7 +456,10 @@ def build_table(dev: bool = False) -> None:
 
     cells = sorted({k[0] for k in rows})
     for cell in cells:
-        methods = sorted({k[1] for k in rows if k[0] == cell}, key=lambda m: (m not in METHODS, m))
+        methods = sorted(
+            {k[1] for k in rows if k[0] == cell},
+            key=lambda m: (m not in METHODS, m not in COMPARATORS, m),
+        )
         # the poisoned model's numbers (every method of a seed shares one adapter): from the
         # method that ran on the most seeds
         ok = max(
@@ -410,7 +484,9 @@ def build_table(dev: bool = False) -> None:
                 continue
             after = [r["report"]["metrics"]["after"] for r in good]
             met = "–"
-            if attacked and method != "finetune":
+            if method in COMPARATORS:
+                met = "comparator"
+            elif attacked and method != "finetune":
                 drop = statistics.mean(ca(b) for b in before) - statistics.mean(
                     ca(a) for a in after
                 )
@@ -420,7 +496,9 @@ def build_table(dev: bool = False) -> None:
                     else "missed"
                 )
             wall = statistics.mean(r["report"]["timings"]["defense_s"] for r in good)
-            ratio = f"{wall / ft_s:.1f}" if ft_s and method != "finetune" else "–"
+            ratio = (
+                f"{wall / ft_s:.1f}" if ft_s and method not in ("finetune", *COMPARATORS) else "–"
+            )
             lines.append(
                 f"| {cell} | {method} | {','.join(str(r['seed']) for r in good)} | "
                 f"{_fmt([asr(a) for a in after])} | {ftr(after)} | {_fmt([ca(a) for a in after])} | {met} | "
@@ -445,7 +523,11 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true", help="one small cell end to end (minutes)")
     ap.add_argument("--cells", default="", help="comma-separated cell names (default: all)")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated; 'comparators' adds the zero-training prune/int8/int4 rows",
+    )
     ap.add_argument("--seeds", default="0")
     ap.add_argument(
         "--tag",

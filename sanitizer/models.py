@@ -203,6 +203,13 @@ def load_model(
     )
 
 
+def is_head_module(name_parts: list[str]) -> bool:
+    """Whether a module (its dotted name, split) belongs to a head: the classifier/score
+    layers or ``lm_head``, which LoRA never wraps and the comparators never edit. Any part
+    counts, so the names inside a PEFT wrapper (``base_model.model.classifier...``) match."""
+    return any(p in _HEAD_NAMES or p == "lm_head" for p in name_parts)
+
+
 def linear_module_names(model: nn.Module, scope: str = "all-linear") -> list[str]:
     """Leaf names of the Linear layers LoRA should wrap.
 
@@ -216,7 +223,7 @@ def linear_module_names(model: nn.Module, scope: str = "all-linear") -> list[str
         if not isinstance(module, nn.Linear):
             continue
         parts = full.split(".")
-        if parts[0] in _HEAD_NAMES or parts[-1] == "lm_head" or parts[0] == "lm_head":
+        if is_head_module(parts):
             continue
         leaf = parts[-1]
         if scope == "attention" and leaf not in attention:

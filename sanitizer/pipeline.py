@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sanitizer import __version__
 from sanitizer.attacks import AttackSpec, poison_dataset
 from sanitizer.data import load_dataset, split_dataset
+from sanitizer.defenses.configs import Comparator
 from sanitizer.errors import ConfigError, InputError
 from sanitizer.metrics import METRIC_DEFINITIONS, der
 
@@ -56,6 +58,12 @@ class JobSpec(BaseModel):
         False,
         description="also run plain fine-tuning (same LoRA, data, epochs) from the same start "
         "and report it beside the defense; roughly doubles the job's time",
+    )
+    comparators: list[Comparator] = Field(
+        default_factory=list,
+        description="zero-training comparators measured on the model as uploaded (adapter "
+        "merged) and reported beside the defense: prune (magnitude, 35%), int8, int4 "
+        "(weight-only rounding); one test-set evaluation each",
     )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     dev_fraction: float = Field(0.15, ge=0.0, lt=0.9)
@@ -128,19 +136,25 @@ def _cap(rows: list[Any], n: int | None, seed: int) -> list[Any]:
     return [rows[i] for i in picked]
 
 
-def prepare_model(
-    spec: JobSpec, cfg: Any, num_labels: int | None, progress: Callable[[Any], None] | None = None
-):
-    """Base model (+ uploaded adapter, continued or merged) with the LoRA the defense trains."""
-    from sanitizer.models import add_lora, default_rank, load_adapter, load_model
+def _load_base(spec: JobSpec, num_labels: int | None):
+    from sanitizer.models import load_model
 
-    lm = load_model(
+    return load_model(
         spec.base_model,
         spec.task,
         num_labels=num_labels,
         revision=spec.base_revision,
         device=spec.device,
     )
+
+
+def prepare_model(
+    spec: JobSpec, cfg: Any, num_labels: int | None, progress: Callable[[Any], None] | None = None
+):
+    """Base model (+ uploaded adapter, continued or merged) with the LoRA the defense trains."""
+    from sanitizer.models import add_lora, default_rank, load_adapter
+
+    lm = _load_base(spec, num_labels)
     mode = cfg.adapter_mode
     if mode == "auto":
         # merge_fresh for every method: on the development attack CROW continuing the poisoned
@@ -235,6 +249,125 @@ def _run_baseline(
     }
 
 
+@dataclass
+class JobData:
+    """A job's datasets: the clean set split into train/dev, and the rows ASR/CA are measured on."""
+
+    clean: Any
+    train: Any
+    dev: Any
+    label_names: list[str] | None
+    test_rows: list[Any]
+    test_info: dict[str, Any]
+
+    @property
+    def num_labels(self) -> int | None:
+        return len(self.label_names) if self.label_names else None
+
+
+def _load_job_data(spec: JobSpec) -> JobData:
+    clean = _load_data(spec.clean_data, spec, spec.task, spec.label_names)
+    label_names = clean.label_names if spec.task == "classification" else None
+    train_ds, dev_ds, _ = split_dataset(
+        clean, dev_fraction=spec.dev_fraction, test_fraction=0.0, seed=spec.seed
+    )
+    if spec.test_data is not None:
+        test_ds = _load_data(spec.test_data, spec, spec.task, label_names)
+        test_rows = _cap(test_ds.rows, spec.max_test_rows, spec.seed)
+        test_info = {"sha256": test_ds.sha256, "rows": len(test_ds), "source": "test_data"}
+    else:
+        test_rows = list(dev_ds.rows)
+        test_info = {
+            "sha256": clean.sha256,
+            "rows": len(test_rows),
+            "source": "clean dev split (no test data given)",
+        }
+    test_info["evaluated_rows"] = len(test_rows)
+    return JobData(clean, train_ds, dev_ds, label_names, test_rows, test_info)
+
+
+def _eval_kw(spec: JobSpec, cfg: Any) -> dict[str, Any]:
+    return {"max_length": cfg.max_length} if spec.task == "classification" else {}
+
+
+def run_comparators(
+    spec: JobSpec,
+    num_labels: int | None,
+    test_rows: list[Any],
+    eval_kw: dict[str, Any],
+    emit: Callable[[Any], None] = lambda e: None,
+    include_unedited: bool = False,
+) -> dict[str, Any]:
+    """Each of ``spec.comparators`` applied to the model as uploaded (base + adapter merged),
+    measured on the test rows like the defense, then undone (METHODS.md 5). With
+    ``include_unedited`` the unedited model's metrics come first, under ``none``."""
+    from sanitizer.comparators import applied
+    from sanitizer.defenses.common import ProgressEvent
+    from sanitizer.defenses.configs import COMPARATORS
+    from sanitizer.models import load_adapter
+
+    lm = _load_base(spec, num_labels)
+    if spec.adapter_dir is not None:
+        load_adapter(lm, spec.adapter_dir, "merge_fresh")
+    results: dict[str, Any] = {}
+    if include_unedited:
+        results["none"] = _measure(lm, test_rows, spec, eval_kw)[0]
+    for i, name in enumerate(spec.comparators):
+        emit(
+            ProgressEvent(
+                "comparators",
+                step=i,
+                total_steps=len(spec.comparators),
+                message=f"measuring the {name} comparator",
+            )
+        )
+        t = time.monotonic()
+        with applied(lm.model, name):
+            after, per_attack = _measure(lm, test_rows, spec, eval_kw)
+        results[name] = {
+            "description": COMPARATORS[name],
+            "metrics": {"after": after, "per_attack": per_attack},
+            "timings": {"evaluate_s": time.monotonic() - t},
+        }
+    return results
+
+
+def run_comparator_job(
+    spec: JobSpec, progress: Callable[[Any], None] | None = None
+) -> dict[str, Any]:
+    """The comparators alone, no defense: the model as uploaded measured as is (``before``)
+    and after each edit (``comparators``). The benchmark's prune/int8/int4 rows."""
+    from sanitizer.defenses.common import set_seed, validate_config
+    from sanitizer.defenses.configs import TrainConfig
+
+    if not spec.comparators:
+        raise ConfigError("no comparators asked for", hint="name at least one of prune, int8, int4")
+    t0 = time.monotonic()
+    _reset_peak_memory()
+    set_seed(spec.seed)
+    shared = {k: v for k, v in spec.hyperparameters.items() if k in TrainConfig.model_fields}
+    data = _load_job_data(spec)
+    results = run_comparators(
+        spec,
+        data.num_labels,
+        data.test_rows,
+        _eval_kw(spec, validate_config(TrainConfig, shared)),
+        progress or (lambda e: None),
+        include_unedited=True,
+    )
+    from sanitizer.models import select_device
+
+    return {
+        "task": spec.task,
+        "datasets": {"test": data.test_info},
+        "before": results.pop("none"),
+        "comparators": results,
+        "timings": {"total_s": time.monotonic() - t0},
+        "peak_memory_mb": round(_peak_memory_mb(select_device(spec.device)), 1),
+        "versions": _versions(),
+    }
+
+
 def run_sanitize(
     spec: JobSpec,
     out_dir: Path,
@@ -271,31 +404,13 @@ def run_sanitize(
     torch.set_grad_enabled(True)
 
     emit(ProgressEvent("load", message="loading data and model"))
-    clean = _load_data(spec.clean_data, spec, spec.task, spec.label_names)
-    label_names = clean.label_names if spec.task == "classification" else None
-    train_ds, dev_ds, _ = split_dataset(
-        clean, dev_fraction=spec.dev_fraction, test_fraction=0.0, seed=spec.seed
-    )
-    if spec.test_data is not None:
-        test_ds = _load_data(spec.test_data, spec, spec.task, label_names)
-        test_rows, test_source = _cap(test_ds.rows, spec.max_test_rows, spec.seed), "test_data"
-        test_info = {
-            "sha256": test_ds.sha256,
-            "rows": len(test_ds),
-            "evaluated_rows": len(test_rows),
-        }
-    else:
-        test_rows, test_source = list(dev_ds.rows), "clean dev split (no test data given)"
-        test_info = {
-            "sha256": clean.sha256,
-            "rows": len(test_rows),
-            "evaluated_rows": len(test_rows),
-        }
-    num_labels = len(label_names) if label_names else None
+    data = _load_job_data(spec)
+    clean, train_ds, dev_ds = data.clean, data.train, data.dev
+    label_names, num_labels, test_rows = data.label_names, data.num_labels, data.test_rows
     lm, adapter_mode = prepare_model(spec, cfg, num_labels, emit)
     timings["load_s"] = time.monotonic() - t0
 
-    eval_kw = {"max_length": cfg.max_length} if spec.task == "classification" else {}
+    eval_kw = _eval_kw(spec, cfg)
     t = time.monotonic()
     emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
     before, per_attack_before = _measure(lm, test_rows, spec, eval_kw)
@@ -337,9 +452,10 @@ def run_sanitize(
         "device": str(lm.device),
         "peak_memory_mb": round(_peak_memory_mb(lm.device), 1),
     }
+    if spec.baseline or spec.comparators:
+        del lm  # free the defended model before the next one is loaded
     baseline = None
     if spec.baseline:
-        del lm  # free the defended model before the baseline's is loaded
         emit(ProgressEvent("baseline", message="plain fine-tuning baseline from the same start"))
         t = time.monotonic()
         baseline = _run_baseline(
@@ -354,6 +470,11 @@ def run_sanitize(
             should_cancel,
         )
         timings["baseline_s"] = time.monotonic() - t
+    comparators = None
+    if spec.comparators:
+        t = time.monotonic()
+        comparators = run_comparators(spec, num_labels, test_rows, eval_kw, emit)
+        timings["comparators_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t0
 
     metrics_block: dict[str, Any] = {
@@ -391,7 +512,7 @@ def run_sanitize(
                 "train_rows": len(train_ds),
                 "dev_rows": len(dev_ds),
             },
-            "test": {**test_info, "source": test_source},
+            "test": data.test_info,
         },
         "label_names": label_names,
         "attack": spec.attack.model_dump() if spec.attack else None,
@@ -409,6 +530,8 @@ def run_sanitize(
     }
     if baseline is not None:
         report["baseline"] = baseline
+    if comparators is not None:
+        report["comparators"] = comparators
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_report = out_dir / "report.json.tmp"
     tmp_report.write_text(json.dumps(report, indent=2, default=str))

@@ -201,6 +201,17 @@ _BASELINE_PATHS = (
 )
 
 
+def _comparators(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, description, metrics after the edit) of each zero-training comparator."""
+    found = report.get("comparators")
+    out = []
+    for name, c in found.items() if isinstance(found, dict) else []:
+        m = _get(c, "metrics", "after")
+        if isinstance(m, dict):
+            out.append((str(name), str(c.get("description", "")), m))
+    return out
+
+
 def _baseline(report: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """(path, metrics) of the plain fine-tuning baseline, in whichever shape the report has."""
     for path in _BASELINE_PATHS:
@@ -562,6 +573,8 @@ def render_report_html(
     groups = [("before", before), ("after", after)]
     if baseline:
         groups.append(("baseline (fine-tune)", baseline))
+    comparators = _comparators(report)
+    groups += [(f"{name} (no training)", m) for name, _, m in comparators]
     img = _plot_metrics(
         groups, ["attack_success_rate", "clean_accuracy", "utility_token_f1", "false_trigger_rate"]
     )
@@ -626,6 +639,35 @@ def render_report_html(
                     {1, 2, 3, 4},
                 ),
                 "per-attack",
+            )
+        )
+
+    # zero-training comparators
+    if comparators:
+        cols = [
+            k
+            for k in ("attack_success_rate", "clean_accuracy", "utility_token_f1")
+            if any(_is_number(m.get(k)) for _, _, m in comparators)
+        ]
+        rows = [
+            ["poisoned model (before)", ""]
+            + [_num(before.get(k), f"metrics.before.{k}") for k in cols],
+            [f"after {html.escape(method)}", ""]
+            + [_num(after.get(k), f"metrics.after.{k}") for k in cols],
+        ] + [
+            [f"<code>{html.escape(name)}</code>", html.escape(desc)]
+            + [_num(m.get(k), f"comparators.{name}.metrics.after.{k}") for k in cols]
+            for name, desc, m in comparators
+        ]
+        parts.append(
+            _section(
+                "Zero-training comparators",
+                _table(
+                    ["model", "edit", *(LABELS.get(k, k) for k in cols)],
+                    rows,
+                    set(range(2, 2 + len(cols))),
+                ),
+                "comparators",
             )
         )
 

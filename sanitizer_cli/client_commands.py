@@ -326,6 +326,14 @@ def submit(
             "the defense (about twice the job time)",
         ),
     ] = False,
+    comparator: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--comparator",
+            help="also measure a zero-training comparator on the uploaded model: prune, int8 "
+            "or int4 (repeatable); the report shows it beside the defense",
+        ),
+    ] = None,
     trigger: Annotated[str | None, typer.Option("--trigger", help="trigger word/sentence")] = None,
     target_label: Annotated[
         str | None, typer.Option("--target-label", help="label the backdoor forces")
@@ -405,7 +413,11 @@ def submit(
             base_revision=base_revision,
             task=task,
             attack=attack_spec,
-            evaluation={"baseline": True} if baseline else None,
+            evaluation=(
+                {"baseline": baseline, "comparators": comparator or []}
+                if baseline or comparator
+                else None
+            ),
             hyperparameters=hyperparameters or None,
             metadata=meta or None,
             **files,

@@ -259,6 +259,14 @@ def defend(
             "--baseline", help="also run plain fine-tuning from the same start and report it"
         ),
     ] = False,
+    comparator: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--comparator",
+            help="also measure a zero-training comparator on the uploaded model: prune "
+            "(magnitude, 35%), int8 or int4 (weight rounding); repeatable",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print report.json to stdout")] = False,
 ) -> None:
     """Remove a backdoor: write a sanitized adapter and report.json."""
@@ -287,6 +295,7 @@ def defend(
                 for t in also_trigger or []
             ],
             baseline=baseline,
+            comparators=comparator or [],
             hyperparameters=hp,
             max_test_rows=max_test_rows,
             seed=seed,
@@ -304,6 +313,8 @@ def defend(
     rows = [(f"{when:>6}", m[when]) for when in ("before", "after")]
     if "baseline" in report:
         rows.append(("finetune baseline", report["baseline"]["metrics"]["after"]))
+    for name, comp in report.get("comparators", {}).items():
+        rows.append((f"{name} comparator", comp["metrics"]["after"]))
     for label, row in rows:
         typer.echo(
             f"{label}: CA {row.get('clean_accuracy', row.get('utility_token_f1', float('nan'))):.4f}"

@@ -268,6 +268,7 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
             max_test_rows=evaluation.get("max_test_rows"),
             extra_attacks=[AttackSpec(**a) for a in evaluation.get("extra_attacks") or []],
             baseline=bool(evaluation.get("baseline")),
+            comparators=evaluation.get("comparators") or [],
             hyperparameters=spec_in.get("hyperparameters") or {},
             seed=spec_in.get("seed", 0),
             **_inputs(job, files, work),

@@ -138,6 +138,21 @@ class CrowConfig(TrainConfig):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
 
 
+# Zero-training comparators (METHODS.md 5), measured beside a defense when a job asks for
+# them; the edits themselves are in sanitizer/comparators.py (torch), the names live here so
+# the API validates a job with no torch import.
+Comparator = Literal["prune", "int8", "int4"]
+PRUNE_SPARSITY = 0.35  # the sparsity of CROW's magnitude-pruning comparison
+COMPARATORS: dict[str, str] = {
+    "prune": f"magnitude pruning: in every backbone Linear weight matrix the {PRUNE_SPARSITY:.0%} "
+    "of entries smallest in |w| are set to 0",
+    "int8": "weight-only quantization: every backbone Linear weight matrix rounded to 8-bit "
+    "integers (symmetric, one scale per output row), then dequantized",
+    "int4": "weight-only quantization: every backbone Linear weight matrix rounded to 4-bit "
+    "integers (symmetric, one scale per output row), then dequantized",
+}
+
+
 CONFIGS: dict[str, type[TrainConfig]] = {
     "finetune": FinetuneConfig,
     "w2sdefense": W2SConfig,

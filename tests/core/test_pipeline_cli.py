@@ -195,7 +195,8 @@ def test_defend_reports_per_trigger_breakdown_and_finetune_baseline(env, tmp_pat
     r = _cli(env, "defend", "--method", "crow", "--base-model", "tiny/bert",
              "--adapter", str(adapter), "--clean-data", str(env["clean"]),
              "--test-data", str(env["test"]), *common, "--also-trigger", "mn",
-             "--baseline", "-p", "epochs=1", "--out", str(out), "--json")  # fmt: skip
+             "--baseline", "--comparator", "prune", "--comparator", "int8",
+             "-p", "epochs=1", "--out", str(out), "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     per = report["metrics"]["per_attack"]
@@ -210,8 +211,20 @@ def test_defend_reports_per_trigger_breakdown_and_finetune_baseline(env, tmp_pat
     assert 0 <= base["metrics"]["after"]["clean_accuracy"] <= 1
     assert set(base["metrics"]["per_attack"]) == set(per)
     assert report["timings"]["baseline_s"] > 0
+    comp = report["comparators"]
+    assert list(comp) == ["prune", "int8"] and report["timings"]["comparators_s"] > 0
+    assert "35%" in comp["prune"]["description"]
+    for c in comp.values():
+        assert set(c["metrics"]["per_attack"]) == set(per)
+        assert 0 <= c["metrics"]["after"]["attack_success_rate"] <= 1
+    # int8 rounding barely moves a model: measured on the uploaded (poisoned) model, it stays
+    # next to the "before" numbers
+    before = report["metrics"]["before"]
+    for k in ("clean_accuracy", "attack_success_rate"):
+        assert abs(comp["int8"]["metrics"]["after"][k] - before[k]) <= 0.1, k
     html = render_report_html(report)
     assert "fine-tune baseline" in html
+    assert "Zero-training comparators" in html and "<code>int8</code>" in html
     assert "badnet &#x27;mn&#x27;" in html or "badnet 'mn'" in html
 
 

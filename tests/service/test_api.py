@@ -483,6 +483,9 @@ def test_bad_hyperparameters_are_refused_at_submit(api, assets):
         "invalid_attack",
     )
     assert body["field"] == "evaluation.extra_attacks.0.name"
+    r = api.post("/v1/jobs", json=job_body(ds, evaluation={"comparators": ["prune", "int3"]}))
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    assert "comparators" in r.text and "int4" in r.text, r.text  # names the field and the choices
     assert api.get("/v1/jobs").json()["data"] == []  # nothing was queued
     ok = api.post(
         "/v1/jobs",

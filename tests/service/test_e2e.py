@@ -189,6 +189,7 @@ def test_e2e_breakdown_and_baseline(stack, assets, redis_url, tmp_path):
             "attack": attack,
             "extra_attacks": [{**attack, "trigger": "mn"}],
             "baseline": True,
+            "comparators": ["int4"],
         }
         job = submit(c, ids, method="crow", evaluation=evaluation)
         job = wait_job(c, job["id"], 240)
@@ -199,8 +200,12 @@ def test_e2e_breakdown_and_baseline(stack, assets, redis_url, tmp_path):
         assert 0 <= report["baseline"]["metrics"]["after"]["attack_success_rate"] <= 1
         events = c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 500}).json()["data"]
         assert any((e["phase"] or "").startswith("baseline") for e in events)
+        assert list(report["comparators"]) == ["int4"]
+        assert 0 <= report["comparators"]["int4"]["metrics"]["after"]["clean_accuracy"] <= 1
+        assert any(e["phase"] == "comparators" for e in events)
         html = c.get(f"/v1/jobs/{job['id']}/report.html").text
         assert job["id"] in html and "fine-tune baseline" in html
+        assert "Zero-training comparators" in html
 
 
 def test_e2e_redis_postgres_w2sdefense(stack, assets, redis_url, pg_url, tmp_path):
