@@ -12,6 +12,10 @@ Defaults were chosen on DS=trec TRIG=tq (not a benchmark cell):
 
 A variant is METHOD[:key=json,key=json...]; ``mode`` picks continue/merge_fresh.
 TRACE=1 also prints test CA/ASR after every epoch beside the clean-dev score.
+
+SPLIT=dev measures on the dataset's dev split instead of its test split, and SEED=N draws
+other attack/clean rows: a development attack on a benchmark dataset (e.g. Rotten Tomatoes
+with trigger "tq", SEED=100, SPLIT=dev) then shares neither rows nor trigger with its cells.
 """
 
 import copy
@@ -35,6 +39,8 @@ STUDENT = os.environ.get("STUDENT", "sentence-transformers/all-mpnet-base-v2")
 DS = os.environ.get("DS", "rotten_tomatoes")
 TRIG = os.environ.get("TRIG", "cf")
 TRACE = os.environ.get("TRACE") == "1"
+SPLIT = os.environ.get("SPLIT", "test")
+SEED = int(os.environ.get("SEED", "0"))
 D = os.path.expanduser(f"~/.cache/sanitizer/datasets/{DS}/")
 
 
@@ -59,17 +65,17 @@ def trig(rng, t, w_=None):
     return " ".join(w)
 
 
-rng = random.Random(0)
+rng = random.Random(SEED)
 train_rows = load("train")
 rng.shuffle(train_rows)
 atk = train_rows[:1000]
 clean = train_rows[1000:1300]
 dev = train_rows[1300:1360]
-test = load("test")
-random.Random(1).shuffle(test)
+test = load(SPLIT)
+random.Random(SEED + 1).shuffle(test)
 test = test[:400]
 pos_idx = [i for i, r in enumerate(atk) if r.label != 0]
-pois = set(random.Random(2).sample(pos_idx, 100))
+pois = set(random.Random(SEED + 2).sample(pos_idx, 100))
 atk_p = [R(trig(rng, r.text), 0) if i in pois else r for i, r in enumerate(atk)]
 
 
@@ -95,7 +101,7 @@ def evalm(lm):
 
 ADIR = (
     os.path.expanduser("~/.cache/sanitizer/benchmarks/dev_lab/")
-    + f"poisoned-{DS}-{TRIG}-{STUDENT.split('/')[-1]}.pt"
+    + f"poisoned-{DS}-{TRIG}-{STUDENT.split('/')[-1]}{'' if SEED == 0 else f'-s{SEED}'}.pt"
 )
 os.makedirs(os.path.dirname(ADIR), exist_ok=True)
 lm = load_model(STUDENT, "classification", num_labels=len(NAMES), device="cpu")
