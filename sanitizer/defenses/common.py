@@ -145,7 +145,17 @@ def reference_nll(
 ) -> float:
     """Mean per-token NLL of the reference responses (response tokens only), summed over every
     token, so it does not depend on the batch."""
-    total, count = 0.0, 0
+    sums, counts = row_nll(lm, rows, max_length=max_length, batch_size=batch_size)
+    return sum(sums) / max(1, sum(counts))
+
+
+@torch.inference_mode()
+def row_nll(
+    lm: LoadedModel, rows: Sequence[Any], *, max_length: int = 256, batch_size: int = 8
+) -> tuple[list[float], list[int]]:
+    """Per row: the summed NLL of its reference response tokens, and how many there are."""
+    sums: list[float] = []
+    counts: list[int] = []
     for i in range(0, len(rows), batch_size):
         batch = generation_batch(lm, rows[i : i + batch_size], max_length)
         logits = (
@@ -155,14 +165,11 @@ def reference_nll(
         )
         labels = batch["labels"][:, 1:]
         nll = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            labels.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
-        total += float(nll)
-        count += int((labels != -100).sum())
-    return total / max(1, count)
+            logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        )  # (B, T); 0 where ignored
+        sums += nll.sum(dim=1).tolist()
+        counts += (labels != -100).sum(dim=1).tolist()
+    return sums, counts
 
 
 @torch.no_grad()
@@ -170,7 +177,28 @@ def dev_score(
     lm: LoadedModel, dev_rows: Sequence[Any], max_length: int, batch_size: int | None = None
 ) -> float:
     """Higher is better: accuracy for classification, minus the mean NLL per response token
-    (``reference_nll``) for generation.
+    (``reference_nll``) for generation."""
+    return dev_stats(lm, dev_rows, max_length, batch_size)[0]
+
+
+def _ratio_stderr(sums: Sequence[float], counts: Sequence[int]) -> float:
+    """Standard error of the ratio estimator sum(sums)/sum(counts) over rows (delta method)."""
+    n = len(sums)
+    if n < 2 or not sum(counts):
+        return 0.0
+    r = sum(sums) / sum(counts)
+    mean_c = sum(counts) / n
+    var = sum((s - r * c) ** 2 for s, c in zip(sums, counts, strict=True)) / (n - 1)
+    return math.sqrt(var / n) / mean_c
+
+
+@torch.no_grad()
+def dev_stats(
+    lm: LoadedModel, dev_rows: Sequence[Any], max_length: int, batch_size: int | None = None
+) -> tuple[float, float]:
+    """(dev score, its standard error): accuracy and the binomial sqrt(p(1-p)/n) for
+    classification; minus the mean NLL per response token and the ratio estimator's standard
+    error over rows for generation.
 
     Default batch: 32 rows for classification, 8 for generation, whose full-vocabulary logits
     are large (SmolLM2-135M, 160 tokens: batch 32 raised the process's peak RSS by 3.1 GB,
@@ -186,11 +214,14 @@ def dev_score(
             labels = batch.pop("labels")
             correct += int((model(**batch).logits.argmax(-1) == labels).sum())
         score = correct / len(dev_rows) if dev_rows else 0.0
+        stderr = math.sqrt(score * (1 - score) / len(dev_rows)) if dev_rows else 0.0
     else:
-        score = -reference_nll(lm, dev_rows, max_length=max_length, batch_size=batch_size or 8)
+        sums, counts = row_nll(lm, dev_rows, max_length=max_length, batch_size=batch_size or 8)
+        score = -sum(sums) / max(1, sum(counts))
+        stderr = _ratio_stderr(sums, counts)
     if was_training:
         model.train()
-    return score
+    return score, stderr
 
 
 # ---------------------------------------------------------------- the loop
@@ -245,7 +276,8 @@ def train(
     history: list[dict[str, Any]] = []
     best_score, best_epoch, best_state = -math.inf, -1, None
     chosen_score = -math.inf
-    tol = cfg.select_tolerance
+    rule = cfg.select_tolerance
+    tol = 0.0 if rule == "stderr" else rule
     if tol is None:
         tol = 1.0 / len(dev_rows) + 1e-9 if lm.task == "classification" and dev_rows else 0.0
     step, start = 0, time.monotonic()
@@ -280,8 +312,16 @@ def train(
             if step >= total:
                 break
         if cfg.eval_every_epoch and dev_rows:
-            score = dev_score(lm, dev_rows, cfg.max_length)
-            history.append({"phase": phase, "step": step, "epoch": epoch, "dev_score": score})
+            score, stderr = dev_stats(lm, dev_rows, cfg.max_length)
+            history.append(
+                {
+                    "phase": phase,
+                    "step": step,
+                    "epoch": epoch,
+                    "dev_score": score,
+                    "dev_stderr": stderr,
+                }
+            )
             if progress:
                 progress(
                     ProgressEvent(
@@ -291,7 +331,10 @@ def train(
             # the latest epoch within `tol` of the best so far: later epochs carry more defense
             # training, and a dev score one example lower is noise. Streaming: the final choice
             # is the latest epoch within `tol` of the final best (one stored copy suffices).
-            best_score = max(best_score, score)
+            if score > best_score:
+                best_score = score
+                if rule == "stderr":  # the noise of the best epoch's own estimate
+                    tol = stderr + 1e-9
             if score >= best_score - tol:
                 chosen_score, best_epoch = score, epoch
                 best_state = {n: p.detach().clone() for n, p in named}

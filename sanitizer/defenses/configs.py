@@ -40,18 +40,20 @@ class TrainConfig(BaseModel):
         "train a fresh one (merge_fresh); auto = merge_fresh, measured better for every method",
     )
     eval_every_epoch: bool = Field(True, description="select the best checkpoint on clean dev data")
-    select_tolerance: float | None = Field(
+    select_tolerance: float | Literal["stderr"] | None = Field(
         0.0,
-        ge=0,
         description="checkpoint selection keeps the latest epoch whose clean-dev score is within "
         "this of the best (more defense training at the same clean accuracy); None: one dev "
-        "example for classification (1/dev rows), 0 for generation",
+        "example for classification (1/dev rows), 0 for generation; 'stderr': the standard "
+        "error of the best epoch's dev score (binomial for accuracy, over rows for the NLL)",
     )
     cancel_check_every: int = Field(1, ge=1, description="check for cancellation every N steps")
     seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if isinstance(self.select_tolerance, float) and self.select_tolerance < 0:
+            raise ValueError("select_tolerance must be >= 0, None or 'stderr'")
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError(
                 "target_modules must name at least one module or be 'attention'/'all-linear'"

@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from sanitizer.defenses import METHODS
-from sanitizer.defenses.common import dev_score, make_batch, pooled_feature, validate_config
+from sanitizer.defenses.common import (
+    dev_score,
+    dev_stats,
+    make_batch,
+    pooled_feature,
+    validate_config,
+)
 from sanitizer.defenses.crow import consistency_loss
 from sanitizer.defenses.w2sdefense import kd_loss
 from sanitizer.errors import ConfigError
@@ -214,20 +220,42 @@ def test_generation_dev_score_is_the_mean_nll_per_response_token_whatever_the_ba
         Row(instruction="tell me about the movie", input="", output=out)
         for out in ("good", "it was a long and dull story", "fine", "great plot twist")
     ]
-    nll, tokens = 0.0, 0
+    sums, counts = [], []
     with torch.no_grad():
         for r in rows:
             b = make_batch(lm, [r], 64)
             logits = lm.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             logp = F.log_softmax(logits[0, :-1].float(), dim=-1)
+            sums.append(0.0)
+            counts.append(0)
             for pos, target in enumerate(b["labels"][0, 1:].tolist()):
                 if target != -100:
-                    nll -= float(logp[pos, target])
-                    tokens += 1
+                    sums[-1] -= float(logp[pos, target])
+                    counts[-1] += 1
+    nll, tokens = sum(sums), sum(counts)
     for batch_size in (1, 3, None):
         assert dev_score(lm, rows, 64, batch_size=batch_size) == pytest.approx(
             -nll / tokens, rel=1e-5
         )
+    # its standard error for select_tolerance="stderr": the ratio estimator's, over rows
+    r, n = nll / tokens, len(rows)
+    var = sum((s - r * c) ** 2 for s, c in zip(sums, counts, strict=True)) / (n - 1)
+    _, stderr = dev_stats(lm, rows, 64, batch_size=3)
+    assert stderr == pytest.approx(math.sqrt(var / n) / (tokens / n), rel=1e-4)
+    assert stderr > 0
+
+
+def test_classification_dev_stats_are_accuracy_and_its_binomial_stderr():
+    lm = _lora_model("bert")
+    rows = _rows(40, 3)
+    score, stderr = dev_stats(lm, rows, 64)
+    lm.model.eval()  # dev_stats evaluates without dropout, and restores the training mode
+    with torch.no_grad():
+        b = make_batch(lm, rows, 64)
+        labels = b.pop("labels")
+        acc = float((lm.model(**b).logits.argmax(-1) == labels).float().mean())
+    assert score == pytest.approx(acc)
+    assert stderr == pytest.approx(math.sqrt(acc * (1 - acc) / 40))
 
 
 def test_same_seed_same_adapter(tmp_path):
@@ -271,17 +299,37 @@ def test_combined_adapter_equals_merged_plus_fresh(tmp_path):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("tolerance,chosen", [(0.0, 1), (None, 4), (0.005, 1), (0.3, 4)], ids=str)
+@pytest.mark.parametrize(
+    "last,tolerance,chosen",
+    [
+        (0.89, 0.0, 1),
+        (0.89, None, 4),
+        (0.89, 0.005, 1),
+        (0.89, 0.3, 4),
+        (0.89, "stderr", 4),
+        (0.86, None, 2),
+        (0.86, "stderr", 4),
+        (0.84, "stderr", 2),
+    ],
+    ids=str,
+)
 def test_checkpoint_selection_keeps_the_latest_epoch_within_tolerance(
-    monkeypatch, tolerance, chosen
+    monkeypatch, last, tolerance, chosen
 ):
-    """Dev scores 0.80, 0.90, 0.88, 0.70, 0.89 over five epochs with 40 dev rows: the strict
-    best is epoch 1; within one dev example (None: 1/40) the latest is epoch 4; the restored
-    weights are that epoch's."""
+    """Dev scores 0.80, 0.90, 0.88, 0.70, `last` over five epochs with 40 dev rows: the strict
+    best is epoch 1; within one dev example (None: 1/40 = 0.025) the latest is epoch 4 when
+    last=0.89, epoch 2 when 0.86; within the best's binomial standard error ("stderr":
+    sqrt(0.9 * 0.1 / 40) = 0.047) 0.86 still counts and 0.84 does not; the restored weights
+    are the chosen epoch's."""
     from sanitizer.defenses import common
 
-    scores = iter([0.80, 0.90, 0.88, 0.70, 0.89])
-    monkeypatch.setattr(common, "dev_score", lambda *a, **k: next(scores))
+    scores = iter([0.80, 0.90, 0.88, 0.70, last])
+
+    def stats(*a, **k):
+        s = next(scores)
+        return s, math.sqrt(s * (1 - s) / 40)
+
+    monkeypatch.setattr(common, "dev_stats", stats)
     lm = load_model("tiny/bert", "classification", num_labels=2, device="cpu")
     add_lora(lm, r=4, alpha=4, dropout=0.0, target="attention")
     snapshots = []
@@ -300,5 +348,7 @@ def test_checkpoint_selection_keeps_the_latest_epoch_within_tolerance(
     )
     stats = common.train(lm, _rows(16), _rows(40, 1), cfg, step_loss, progress=on_epoch)
     assert stats["best_epoch"] == chosen and stats["max_dev_score"] == 0.90
+    if tolerance == "stderr":
+        assert stats["select_tolerance"] == pytest.approx(math.sqrt(0.09 / 40))
     for n, p in lm.model.named_parameters():
         assert torch.equal(p, snapshots[chosen][n]), n
