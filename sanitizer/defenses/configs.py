@@ -41,11 +41,12 @@ class TrainConfig(BaseModel):
     )
     eval_every_epoch: bool = Field(True, description="select the best checkpoint on clean dev data")
     select_tolerance: float | Literal["stderr"] | None = Field(
-        0.0,
+        "stderr",
         description="checkpoint selection keeps the latest epoch whose clean-dev score is within "
-        "this of the best (more defense training at the same clean accuracy); None: one dev "
-        "example for classification (1/dev rows), 0 for generation; 'stderr': the standard "
-        "error of the best epoch's dev score (binomial for accuracy, over rows for the NLL)",
+        "this of the best (more defense training at the same clean accuracy). 'stderr' "
+        "(default): the standard error of the best epoch's dev score (binomial for accuracy, "
+        "over rows for the response NLL), since a smaller dev difference is noise; 0: the best "
+        "epoch (the default until 2026-12-01); None: one dev example (classification)",
     )
     cancel_check_every: int = Field(1, ge=1, description="check for cancellation every N steps")
     seed: int = 0
