@@ -267,8 +267,9 @@ def _job(
     adapter: Path,
     spec: AttackSpec,
     label_names: list[str] | None,
-    method: str,
+    method: str = "finetune",
 ):
+    """The cell's job for ``method``; ``model_copy(update=...)`` makes the other methods'."""
     from sanitizer.pipeline import JobSpec
 
     return JobSpec(
@@ -286,15 +287,7 @@ def _job(
     )
 
 
-def _run_comparators(
-    cell: Cell,
-    seed: int,
-    paths: dict[str, Path],
-    adapter: Path,
-    spec: AttackSpec,
-    label_names: list[str] | None,
-    attack_info: dict[str, Any],
-) -> None:
+def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str, Any]) -> None:
     """prune / int8 / int4 on the poisoned model: one result file each, like a method's (the
     edit takes no training, so its `defense_s` is 0)."""
     from sanitizer.pipeline import run_comparator_job
@@ -303,10 +296,8 @@ def _run_comparators(
     if all((out / f"{c}-s{seed}.json").exists() for c in COMPARATORS):
         print(f"[{cell.name} s{seed}] comparators: done already, skipping", flush=True)
         return
-    # the method is not run: the job only carries the data, model and attack
-    job = _job(cell, seed, paths, adapter, spec, label_names, "finetune").model_copy(
-        update={"comparators": list(COMPARATORS)}
-    )
+    # the job's method is not run: it only carries the data, model and attack
+    job = base_job.model_copy(update={"comparators": list(COMPARATORS)})
     print(f"[{cell.name} s{seed}] comparators ...", flush=True)
     t = time.monotonic()
     res = run_comparator_job(job, progress=_bar(f"{cell.name} comparators"))
@@ -354,9 +345,10 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
         )
         spec = _attack_spec(cell, seed, label_names)
         adapter, attack_info = _poisoned_adapter(cell, seed, paths, spec)
+        base_job = _job(cell, seed, paths, adapter, spec, label_names)
         for method in methods:
             if method == "comparators":
-                _run_comparators(cell, seed, paths, adapter, spec, label_names, attack_info)
+                _run_comparators(cell, seed, base_job, attack_info)
                 continue
             res_path = _results_dir(cell.dev) / cell.name / f"{method}{tag}-s{seed}.json"
             if res_path.exists():
@@ -368,7 +360,9 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
                 print(
                     f"[{cell.name} s{seed}] {method}{tag}: failed before, running again", flush=True
                 )
-            job = _job(cell, seed, paths, adapter, spec, label_names, method)
+            job = base_job.model_copy(
+                update={"method": method, "hyperparameters": _default_hparams(cell, method)}
+            )
             print(f"[{cell.name} s{seed}] {method}{tag} ...", flush=True)
             t = time.monotonic()
             try:
