@@ -301,7 +301,14 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height))
 
 
-_COLORS = {"before": "#c0392b", "after": "#27ae60", "baseline": "#7f8c8d"}
+_COLORS = {
+    "before": "#c0392b",
+    "after": "#27ae60",
+    "baseline": "#7f8c8d",
+    "prune": "#8e44ad",
+    "int8": "#2471a3",
+    "int4": "#d68910",
+}
 
 
 def _plot_metrics(groups: list[tuple[str, dict[str, Any]]], metric_keys: list[str]) -> str | None:
@@ -309,7 +316,8 @@ def _plot_metrics(groups: list[tuple[str, dict[str, Any]]], metric_keys: list[st
     present = [k for k in metric_keys if any(_is_number(m.get(k)) for _, m in groups)]
     if not present:
         return None
-    fig = _figure(6.4, 3.4)
+    many = len(groups) > 3  # comparators beside the baseline: a wider plot, upright labels
+    fig = _figure(6.4 + 0.7 * max(0, len(groups) - 3), 3.8 if many else 3.4)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(groups)
     for gi, (stage, m) in enumerate(groups):
@@ -327,16 +335,21 @@ def _plot_metrics(groups: list[tuple[str, dict[str, Any]]], metric_keys: list[st
                 (b.get_x() + b.get_width() / 2, y),
                 ha="center",
                 va="bottom",
-                fontsize=8,
+                fontsize=7 if many else 8,
+                rotation=90 if many else 0,
                 xytext=(0, 2),
                 textcoords="offset points",
             )
     ax.set_xticks(range(len(present)), [LABELS.get(k, k) for k in present], fontsize=9)
     ax.set_ylabel("%")
-    ax.set_ylim(0, 112)
+    ax.set_ylim(0, 125 if many else 112)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(
-        frameon=False, fontsize=8, ncols=len(groups), loc="upper center", bbox_to_anchor=(0.5, 1.14)
+        frameon=False,
+        fontsize=8,
+        ncols=3 if many else len(groups),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 1.22 if many else 1.14),
     )
     return _png(fig)
 
