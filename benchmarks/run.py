@@ -477,10 +477,11 @@ def build_table(dev: bool = False) -> None:
                 lines.append(f"| {cell} | {method} | – | failed | – | failed | – | – | – | – | – |")
                 continue
             after = [r["report"]["metrics"]["after"] for r in good]
+            base = method.split("-", 1)[0]  # a variant's rows are method + tag ("crow-continue")
             met = "–"
             if method in COMPARATORS:
                 met = "comparator"
-            elif attacked and method != "finetune":
+            elif attacked and base != "finetune":
                 drop = statistics.mean(ca(b) for b in before) - statistics.mean(
                     ca(a) for a in after
                 )
@@ -490,9 +491,7 @@ def build_table(dev: bool = False) -> None:
                     else "missed"
                 )
             wall = statistics.mean(r["report"]["timings"]["defense_s"] for r in good)
-            ratio = (
-                f"{wall / ft_s:.1f}" if ft_s and method not in ("finetune", *COMPARATORS) else "–"
-            )
+            ratio = f"{wall / ft_s:.1f}" if ft_s and base not in ("finetune", *COMPARATORS) else "–"
             lines.append(
                 f"| {cell} | {method} | {','.join(str(r['seed']) for r in good)} | "
                 f"{_fmt([asr(a) for a in after])} | {ftr(after)} | {_fmt([ca(a) for a in after])} | {met} | "
