@@ -267,13 +267,13 @@ def _job(
     adapter: Path,
     spec: AttackSpec,
     label_names: list[str] | None,
-    method: str = "finetune",
 ):
-    """The cell's job for ``method``; ``model_copy(update=...)`` makes the other methods'."""
+    """The cell's finetune job; each method's job (and the comparators') is a
+    ``model_copy(update=...)`` of it."""
     from sanitizer.pipeline import JobSpec
 
     return JobSpec(
-        method=method,
+        method="finetune",
         task=cell.task,
         base_model=cell.student,
         adapter_dir=adapter,
@@ -281,7 +281,7 @@ def _job(
         test_data=paths["test"],
         label_names=label_names,
         attack=spec,
-        hyperparameters=_default_hparams(cell, method),
+        hyperparameters=_default_hparams(cell, "finetune"),
         seed=seed,
         device="auto",
     )

@@ -339,6 +339,7 @@ def run_comparator_job(
     and after each edit (``comparators``). The benchmark's prune/int8/int4 rows."""
     from sanitizer.defenses.common import set_seed, validate_config
     from sanitizer.defenses.configs import TrainConfig
+    from sanitizer.models import select_device
 
     if not spec.comparators:
         raise ConfigError("no comparators asked for", hint="name at least one of prune, int8, int4")
@@ -355,8 +356,6 @@ def run_comparator_job(
         progress or (lambda e: None),
         include_unedited=True,
     )
-    from sanitizer.models import select_device
-
     return {
         "task": spec.task,
         "datasets": {"test": data.test_info},

@@ -172,15 +172,6 @@ def row_nll(
     return sums, counts
 
 
-@torch.no_grad()
-def dev_score(
-    lm: LoadedModel, dev_rows: Sequence[Any], max_length: int, batch_size: int | None = None
-) -> float:
-    """Higher is better: accuracy for classification, minus the mean NLL per response token
-    (``reference_nll``) for generation."""
-    return dev_stats(lm, dev_rows, max_length, batch_size)[0]
-
-
 def _ratio_stderr(sums: Sequence[float], counts: Sequence[int]) -> float:
     """Standard error of the ratio estimator sum(sums)/sum(counts) over rows (delta method)."""
     n = len(sums)
@@ -196,9 +187,9 @@ def _ratio_stderr(sums: Sequence[float], counts: Sequence[int]) -> float:
 def dev_stats(
     lm: LoadedModel, dev_rows: Sequence[Any], max_length: int, batch_size: int | None = None
 ) -> tuple[float, float]:
-    """(dev score, its standard error): accuracy and the binomial sqrt(p(1-p)/n) for
-    classification; minus the mean NLL per response token and the ratio estimator's standard
-    error over rows for generation.
+    """(dev score, its standard error). The score is higher-is-better: accuracy and its
+    binomial sqrt(p(1-p)/n) for classification; minus the mean NLL per response token
+    (``reference_nll``) and the ratio estimator's standard error over rows for generation.
 
     Default batch: 32 rows for classification, 8 for generation, whose full-vocabulary logits
     are large (SmolLM2-135M, 160 tokens: batch 32 raised the process's peak RSS by 3.1 GB,

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from sanitizer.defenses import METHODS
 from sanitizer.defenses.common import (
-    dev_score,
     dev_stats,
     make_batch,
     pooled_feature,
@@ -234,7 +233,7 @@ def test_generation_dev_score_is_the_mean_nll_per_response_token_whatever_the_ba
                     counts[-1] += 1
     nll, tokens = sum(sums), sum(counts)
     for batch_size in (1, 3, None):
-        assert dev_score(lm, rows, 64, batch_size=batch_size) == pytest.approx(
+        assert dev_stats(lm, rows, 64, batch_size=batch_size)[0] == pytest.approx(
             -nll / tokens, rel=1e-5
         )
     # its standard error for select_tolerance="stderr": the ratio estimator's, over rows
