@@ -417,6 +417,9 @@ def _summary(
         "",
         "Default rows only (no variants, no `-old-selection` rows); ASR / CA change in points,",
         "mean over the seeds in brackets. ✔ = ASR ≤ 5% and CA drop ≤ 1 point; ✘ = missed.",
+        "A defense's FTR (its ASR formula on untriggered inputs, where recorded) is the floor its",
+        "ASR cannot go below: a model that errs on 8% of clean positives reads ≥ 8% ASR with no",
+        "backdoor at all (see Metrics below).",
         "",
         "| cell | poisoned ASR / CA | finetune ASR | W2SDefense ASR / ΔCA | CROW ASR / ΔCA |",
         "|---|---|---|---|---|",
@@ -452,7 +455,9 @@ def _summary(
                 cols.append(f"{a_asr:.1f} [{len(after)}]")
                 continue
             mark = (" ✔" if a_asr <= 5 + 1e-9 and d_ca >= -1 - 1e-9 else " ✘") if bar else ""
-            cols.append(f"{a_asr:.1f} / {d_ca:+.1f} [{len(after)}]{mark}")
+            ftrs = [a["false_trigger_rate"] for a in after if "false_trigger_rate" in a]
+            floor = f" (FTR {mean(ftrs):.1f})" if len(ftrs) == len(after) else ""
+            cols.append(f"{a_asr:.1f}{floor} / {d_ca:+.1f} [{len(after)}]{mark}")
         out.append(f"| {cell} | " + " | ".join(cols) + " |")
     return [*out, "", "## All rows", ""]
 
