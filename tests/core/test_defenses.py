@@ -298,6 +298,65 @@ def test_combined_adapter_equals_merged_plus_fresh(tmp_path):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_scaled_merge_shrinks_the_uploaded_delta_and_the_combined_adapter_matches(tmp_path, scale):
+    """adapter_scale=s merges W + s·ΔW (the head, which has no base value, is kept whole), and
+    the written adapter reproduces base + s·uploaded + fresh."""
+    from peft import PeftModel
+
+    from sanitizer.models import load_adapter
+
+    torch.manual_seed(0)
+    lm = _lora_model("bert", r=4)
+    for n, p in lm.model.named_parameters():
+        if "lora_" in n or "modules_to_save" in n:
+            p.data.normal_(0, 0.1)
+    save_adapter(lm, tmp_path / "poisoned")
+
+    def merged(s):
+        m = load_model("tiny/bert", "classification", num_labels=2, device="cpu")
+        load_adapter(m, tmp_path / "poisoned", "merge_fresh", scale=s)
+        return m
+
+    base = load_model("tiny/bert", "classification", num_labels=2, device="cpu").model
+    full, shrunk = merged(1.0).model.state_dict(), merged(scale)
+    base_sd = base.state_dict()
+    changed = 0
+    for k, w in shrunk.model.state_dict().items():
+        if k.startswith("classifier"):
+            assert torch.equal(w, full[k]), k
+        else:
+            assert torch.allclose(w, base_sd[k] + scale * (full[k] - base_sd[k]), atol=1e-6), k
+            changed += int(not torch.equal(full[k], base_sd[k]))
+    assert changed > 0  # the adapter did move backbone weights
+    assert shrunk.adapter_info["scale"] == scale
+
+    add_lora(shrunk, r=2, alpha=4, dropout=0.0, target="attention")
+    for n, p in shrunk.model.named_parameters():
+        if "lora_" in n:
+            p.data.normal_(0, 0.1)
+    save_adapter(shrunk, tmp_path / "fresh")
+    x = shrunk.tokenizer(["the movie was good", "bad plot"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = shrunk.model(**x).logits
+    combine_lora_into_one(
+        tmp_path / "poisoned", tmp_path / "fresh", tmp_path / "combined", base_scale=scale
+    )
+    combined = PeftModel.from_pretrained(base, tmp_path / "combined").eval()
+    with torch.no_grad():
+        assert torch.allclose(combined(**x).logits, expected, atol=1e-5)
+
+
+def test_adapter_scale_needs_a_merged_adapter():
+    with pytest.raises(ConfigError, match="adapter_scale"):
+        validate_config(
+            METHODS["w2sdefense"][0], {"adapter_scale": 0.5, "adapter_mode": "continue"}
+        )
+    with pytest.raises(ConfigError, match="adapter_scale"):
+        validate_config(METHODS["crow"][0], {"adapter_scale": 1.5})
+    assert validate_config(METHODS["crow"][0], {"adapter_scale": 0.5}).adapter_scale == 0.5
+
+
 @pytest.mark.parametrize(
     "last,tolerance,chosen",
     [
