@@ -273,44 +273,55 @@ def add_lora(
     lm.model = get_peft_model(lm.model, cfg)
 
 
-def load_adapter(lm: LoadedModel, adapter_dir: Path, mode: AdapterMode, scale: float = 1.0) -> None:
-    """Put an uploaded adapter on ``lm``: keep it trainable (``continue``) or merge it into the
-    base weights (``merge_fresh``; a fresh LoRA is added afterwards by the caller).
-
-    ``scale`` (merge only) multiplies every LoRA delta ``B A`` before the merge; whole modules
-    the adapter saved (a classifier head, which has no base value to shrink towards) are kept
-    as they are."""
+def attach_adapter(lm: LoadedModel, adapter_dir: Path, *, trainable: bool = False) -> None:
+    """Put an uploaded adapter on ``lm`` unmerged (a ``PeftModel``): the model as uploaded.
+    Checked first (safetensors only, the base it names); ``trainable`` keeps its LoRA weights
+    trainable, for ``continue``."""
     from peft import PeftModel
+
+    from sanitizer.safety import check_adapter_dir
+
+    info = check_adapter_dir(Path(adapter_dir), expected_base_model=lm.model_id)
+    lm.model = PeftModel.from_pretrained(
+        lm.model, adapter_dir, is_trainable=trainable, use_safetensors=True
+    )
+    lm.adapter_info = {
+        "mode": "continue" if trainable else "merge_fresh",
+        "sha256": sha256_of_dir(Path(adapter_dir)),
+        "r": getattr(info, "r", None),
+        "target_modules": getattr(info, "target_modules", None),
+    }
+    lm.model.to(lm.device)
+
+
+def merge_adapter(lm: LoadedModel, scale: float = 1.0) -> None:
+    """Merge the adapter ``attach_adapter`` put on ``lm`` into the base weights.
+
+    ``scale`` multiplies every LoRA delta ``B A`` before the merge; whole modules the adapter
+    saved (a classifier head, which has no base value to shrink towards) are kept as they are."""
     from peft.tuners.lora import LoraLayer
 
+    if scale != 1.0:
+        for module in lm.model.modules():
+            if isinstance(module, LoraLayer):
+                module.scale_layer(scale)
+        lm.adapter_info["scale"] = scale
+    lm.model = lm.model.merge_and_unload()
+    lm.model.to(lm.device)
+
+
+def load_adapter(lm: LoadedModel, adapter_dir: Path, mode: AdapterMode, scale: float = 1.0) -> None:
+    """Put an uploaded adapter on ``lm``: keep it trainable (``continue``) or merge it into the
+    base weights at ``scale`` (``merge_fresh``; a fresh LoRA is added afterwards by the caller).
+    ``attach_adapter`` then ``merge_adapter``, for callers that need nothing in between."""
     if scale != 1.0 and mode == "continue":
         raise ConfigError(
             "an adapter can only be scaled when it is merged",
             hint="use adapter_mode='merge_fresh' with adapter_scale, or leave adapter_scale at 1",
         )
-
-    from sanitizer.safety import check_adapter_dir
-
-    info = check_adapter_dir(Path(adapter_dir), expected_base_model=lm.model_id)
-    peft_model = PeftModel.from_pretrained(
-        lm.model, adapter_dir, is_trainable=(mode == "continue"), use_safetensors=True
-    )
-    lm.adapter_info = {
-        "mode": mode,
-        "sha256": sha256_of_dir(Path(adapter_dir)),
-        "r": getattr(info, "r", None),
-        "target_modules": getattr(info, "target_modules", None),
-    }
-    if mode == "continue":
-        lm.model = peft_model
-    else:
-        if scale != 1.0:
-            for module in peft_model.modules():
-                if isinstance(module, LoraLayer):
-                    module.scale_layer(scale)
-            lm.adapter_info["scale"] = scale
-        lm.model = peft_model.merge_and_unload()
-    lm.model.to(lm.device)
+    attach_adapter(lm, adapter_dir, trainable=(mode == "continue"))
+    if mode == "merge_fresh":
+        merge_adapter(lm, scale)
 
 
 def save_adapter(lm: LoadedModel, out_dir: Path) -> dict[str, str]:

@@ -149,10 +149,17 @@ def _load_base(spec: JobSpec, num_labels: int | None):
 
 
 def prepare_model(
-    spec: JobSpec, cfg: Any, num_labels: int | None, progress: Callable[[Any], None] | None = None
+    spec: JobSpec,
+    cfg: Any,
+    num_labels: int | None,
+    on_uploaded: Callable[[Any], None] | None = None,
 ):
-    """Base model (+ uploaded adapter, continued or merged) with the LoRA the defense trains."""
-    from sanitizer.models import add_lora, default_rank, load_adapter
+    """Base model (+ uploaded adapter, continued or merged) with the LoRA the defense trains.
+
+    ``on_uploaded`` is called once with the model as the user gave it (base + uploaded adapter,
+    unmerged and unscaled), before it becomes the defense's start: "before" is measured there,
+    on the one model load of the job."""
+    from sanitizer.models import add_lora, attach_adapter, default_rank, merge_adapter
 
     lm = _load_base(spec, num_labels)
     mode = cfg.adapter_mode
@@ -162,7 +169,11 @@ def prepare_model(
         # LoRA over the merged weights at 0.025 (docs/METHODS_NOTES.md)
         mode = "merge_fresh"
     if spec.adapter_dir is not None:
-        load_adapter(lm, spec.adapter_dir, mode, scale=cfg.adapter_scale)
+        attach_adapter(lm, spec.adapter_dir, trainable=(mode == "continue"))
+    if on_uploaded is not None:
+        on_uploaded(lm)
+    if spec.adapter_dir is not None and mode == "merge_fresh":
+        merge_adapter(lm, cfg.adapter_scale)
     if spec.adapter_dir is None or mode == "merge_fresh":
         r = cfg.lora_r or default_rank(lm.hidden_size)
         add_lora(
@@ -378,7 +389,7 @@ def run_sanitize(
 
     from sanitizer.defenses import METHODS
     from sanitizer.defenses.common import ProgressEvent, set_seed, validate_config
-    from sanitizer.models import combine_lora_into_one, load_adapter, save_adapter
+    from sanitizer.models import combine_lora_into_one, save_adapter
 
     t0 = time.monotonic()
     _reset_peak_memory()
@@ -407,23 +418,18 @@ def run_sanitize(
     clean, train_ds, dev_ds = data.clean, data.train, data.dev
     label_names, num_labels, test_rows = data.label_names, data.num_labels, data.test_rows
     eval_kw = _eval_kw(spec, cfg)
-    scaled = spec.adapter_dir is not None and cfg.adapter_scale != 1.0
-    if scaled:  # "before" is the model as uploaded, not the shrunk start of the defense
-        lm = _load_base(spec, num_labels)
-        load_adapter(lm, spec.adapter_dir, "merge_fresh")
-    else:
-        lm, adapter_mode = prepare_model(spec, cfg, num_labels, emit)
-    timings["load_s"] = time.monotonic() - t0
+    measured: dict[str, Any] = {}
 
-    t = time.monotonic()
-    emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
-    before, per_attack_before = _measure(lm, test_rows, spec, eval_kw)
-    timings["evaluate_before_s"] = time.monotonic() - t
-    if scaled:
-        del lm
+    def measure_before(uploaded: Any) -> None:
+        # the model as uploaded, not the (possibly shrunk) start of the defense
         t = time.monotonic()
-        lm, adapter_mode = prepare_model(spec, cfg, num_labels, emit)
-        timings["load_s"] += time.monotonic() - t
+        emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
+        measured["before"] = _measure(uploaded, test_rows, spec, eval_kw)
+        timings["evaluate_before_s"] = time.monotonic() - t
+
+    lm, adapter_mode = prepare_model(spec, cfg, num_labels, on_uploaded=measure_before)
+    before, per_attack_before = measured["before"]
+    timings["load_s"] = time.monotonic() - t0 - timings["evaluate_before_s"]
 
     t = time.monotonic()
     stats = defend(

@@ -353,7 +353,8 @@ def test_generation_job_through_the_pipeline(tmp_path, monkeypatch):
 
 def test_adapter_scale_job_measures_before_on_the_uploaded_model(env, tmp_path, monkeypatch):
     """With adapter_scale < 1 the defense starts from the shrunk merge, but "before" is still
-    the model as uploaded (the same numbers as an unscaled job), and the report says the scale."""
+    the model as uploaded (the same numbers as an unscaled job), measured on the job's one
+    model load, and the report says the scale."""
     from sanitizer.attacks import AttackSpec
     from sanitizer.pipeline import AttackTrainConfig, JobSpec, run_attack, run_sanitize
 
@@ -361,6 +362,13 @@ def test_adapter_scale_job_measures_before_on_the_uploaded_model(env, tmp_path, 
     spec = AttackSpec(name="badnet", target_label=0, poison_rate=0.3, seed=0)
     run_attack("tiny/bert", env["train"], "classification", spec, tmp_path / "poisoned",
                AttackTrainConfig(epochs=1, batch_size=16, max_length=32))  # fmt: skip
+    import sanitizer.models
+
+    loads = []
+    real_load = sanitizer.models.load_model
+    monkeypatch.setattr(
+        sanitizer.models, "load_model", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k)
+    )
     reports = {}
     for scale in (1.0, 0.0):
         job = JobSpec(method="finetune", task="classification", base_model="tiny/bert",
@@ -368,6 +376,7 @@ def test_adapter_scale_job_measures_before_on_the_uploaded_model(env, tmp_path, 
                       test_data=env["test"], attack=spec,
                       hyperparameters={"epochs": 1, "max_length": 32, "adapter_scale": scale})  # fmt: skip
         reports[scale] = run_sanitize(job, tmp_path / f"out{scale}")
+    assert loads == ["tiny/bert", "tiny/bert"]  # one model load per job, scaled or not
     assert reports[0.0]["metrics"]["before"] == reports[1.0]["metrics"]["before"]
     assert reports[0.0]["adapter_in"]["scale"] == 0.0 and "scale" not in reports[1.0]["adapter_in"]
     assert (tmp_path / "out0.0" / "adapter" / "adapter_model.safetensors").exists()
