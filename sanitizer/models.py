@@ -286,7 +286,6 @@ def attach_adapter(lm: LoadedModel, adapter_dir: Path, *, trainable: bool = Fals
         lm.model, adapter_dir, is_trainable=trainable, use_safetensors=True
     )
     lm.adapter_info = {
-        "mode": "continue" if trainable else "merge_fresh",
         "sha256": sha256_of_dir(Path(adapter_dir)),
         "r": getattr(info, "r", None),
         "target_modules": getattr(info, "target_modules", None),
@@ -306,8 +305,7 @@ def merge_adapter(lm: LoadedModel, scale: float = 1.0) -> None:
             if isinstance(module, LoraLayer):
                 module.scale_layer(scale)
         lm.adapter_info["scale"] = scale
-    lm.model = lm.model.merge_and_unload()
-    lm.model.to(lm.device)
+    lm.model = lm.model.merge_and_unload()  # merged in place: already on lm.device
 
 
 def load_adapter(lm: LoadedModel, adapter_dir: Path, mode: AdapterMode, scale: float = 1.0) -> None:

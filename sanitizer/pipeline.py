@@ -648,7 +648,7 @@ def run_evaluate(
 ) -> dict[str, Any]:
     """CA and ASR (classification) or utility, ASR and false-trigger rate (generation)."""
     from sanitizer.evaluate import evaluate
-    from sanitizer.models import load_adapter, load_model
+    from sanitizer.models import attach_adapter, load_model
 
     ds = load_dataset(
         test_data,
@@ -660,7 +660,7 @@ def run_evaluate(
     num_labels = len(ds.label_names) if task == "classification" and ds.label_names else None
     lm = load_model(base_model, task, num_labels=num_labels, device=device)
     if adapter_dir is not None:
-        load_adapter(lm, adapter_dir, "continue")
+        attach_adapter(lm, adapter_dir)  # the model as given; nothing here trains it
     rows = _cap(list(ds.rows), max_rows, seed)
     if not rows:
         raise InputError("the test set is empty", hint="give a test file with at least one row")
