@@ -159,6 +159,7 @@ def prepare_model(
     ``on_uploaded`` is called once with the model as the user gave it (base + uploaded adapter,
     unmerged and unscaled), before it becomes the defense's start: "before" is measured there,
     on the one model load of the job."""
+    from sanitizer.defenses.common import check_checkpointing
     from sanitizer.models import add_lora, attach_adapter, default_rank, merge_adapter
 
     lm = _load_base(spec, num_labels)
@@ -179,6 +180,7 @@ def prepare_model(
         add_lora(
             lm, r=r, alpha=cfg.lora_alpha or r, dropout=cfg.lora_dropout, target=cfg.target_modules
         )
+    check_checkpointing(lm, cfg)  # refused now, not after a W2SDefense teacher is trained
     return lm, (mode if spec.adapter_dir is not None else "fresh")
 
 

@@ -11,6 +11,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -215,6 +216,54 @@ def dev_stats(
     return score, stderr
 
 
+# ---------------------------------------------------------------- activation checkpointing
+
+
+def _checkpointable(model: torch.nn.Module) -> Any:
+    """The transformers model under ``model`` (a PeftModel's base model), or a ConfigError
+    naming the class when it cannot checkpoint its layers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"gradient_checkpointing: {type(base).__name__} does not support activation "
+            "checkpointing in transformers",
+            hint="set gradient_checkpointing=false for this model (decoder LMs such as Llama, "
+            "Mistral or SmolLM2 and BERT encoders support it; MPNet does not)",
+        )
+    return base
+
+
+def check_checkpointing(lm: LoadedModel, cfg: TrainConfig) -> None:
+    """Refuse a job that asks for checkpointing on a model that cannot do it, at job start
+    (before a W2SDefense teacher is trained), not after minutes of work."""
+    if cfg.gradient_checkpointing:
+        _checkpointable(lm.model)
+
+
+@contextmanager
+def activation_checkpointing(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Within the block, each transformer layer keeps only its input and recomputes its
+    activations in the backward pass (non-reentrant ``torch.utils.checkpoint``, which replays
+    the RNG state, so dropout masks and gradients are the same as without it). Restored after,
+    so evaluation and saving see the model as it was."""
+    if not enabled:
+        yield
+        return
+    base = _checkpointable(model)
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers 5 renamed the methods
+        base.activation_checkpointing_enable({"use_reentrant": False})
+        disable = base.activation_checkpointing_disable
+    else:
+        base.gradient_checkpointing_enable({"use_reentrant": False})
+        disable = base.gradient_checkpointing_disable
+    try:
+        yield
+    finally:
+        disable()
+        if getattr(base, "_require_grads_hook", None) is not None:
+            base.disable_input_require_grads()  # the hook enable() adds for frozen embeddings
+
+
 # ---------------------------------------------------------------- the loop
 
 StepLoss = Callable[[LoadedModel, Batch, Sequence[Any]], tuple[torch.Tensor, dict[str, float]]]
@@ -251,7 +300,8 @@ def train(
     """Optimise ``params`` (default: the trainable parameters of ``lm.model``) on ``step_loss``.
 
     After each epoch the clean-dev score is computed; the best epoch's trainable weights are
-    restored at the end (clean dev only: the defender has no triggered data).
+    restored at the end (clean dev only: the defender has no triggered data). With
+    ``cfg.gradient_checkpointing`` the layers' activations are recomputed in the backward pass.
     """
     set_seed(cfg.seed)
     model = lm.model
@@ -274,63 +324,64 @@ def train(
     step, start = 0, time.monotonic()
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    for epoch in range(cfg.epochs):
-        for rows in iterate_batches(train_rows, cfg.batch_size, cfg.seed, epoch):
-            if should_cancel and step % cfg.cancel_check_every == 0 and should_cancel():
-                raise Cancelled(f"cancelled at step {step} of {total}")
-            batch = make_batch(lm, rows, cfg.max_length)
-            loss, terms = step_loss(lm, batch, rows)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            terms = {"loss": float(loss.detach()), **terms}
-            history.append({"phase": phase, "step": step, "epoch": epoch, "losses": terms})
-            if progress:
-                elapsed = time.monotonic() - start
-                progress(
-                    ProgressEvent(
-                        phase,
-                        step,
-                        total,
-                        epoch,
-                        terms,
-                        eta_seconds=elapsed / step * (total - step),
+    with activation_checkpointing(model, cfg.gradient_checkpointing):
+        for epoch in range(cfg.epochs):
+            for rows in iterate_batches(train_rows, cfg.batch_size, cfg.seed, epoch):
+                if should_cancel and step % cfg.cancel_check_every == 0 and should_cancel():
+                    raise Cancelled(f"cancelled at step {step} of {total}")
+                batch = make_batch(lm, rows, cfg.max_length)
+                loss, terms = step_loss(lm, batch, rows)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                step += 1
+                terms = {"loss": float(loss.detach()), **terms}
+                history.append({"phase": phase, "step": step, "epoch": epoch, "losses": terms})
+                if progress:
+                    elapsed = time.monotonic() - start
+                    progress(
+                        ProgressEvent(
+                            phase,
+                            step,
+                            total,
+                            epoch,
+                            terms,
+                            eta_seconds=elapsed / step * (total - step),
+                        )
                     )
+                if step >= total:
+                    break
+            if cfg.eval_every_epoch and dev_rows:
+                score, stderr = dev_stats(lm, dev_rows, cfg.max_length)
+                history.append(
+                    {
+                        "phase": phase,
+                        "step": step,
+                        "epoch": epoch,
+                        "dev_score": score,
+                        "dev_stderr": stderr,
+                    }
                 )
+                if progress:
+                    progress(
+                        ProgressEvent(
+                            phase, step, total, epoch, {"dev_score": score}, message="epoch done"
+                        )
+                    )
+                # the latest epoch within `tol` of the best so far: later epochs carry more defense
+                # training, and a dev score one example lower is noise. Streaming: the final choice
+                # is the latest epoch within `tol` of the final best (one stored copy suffices).
+                if score > best_score:
+                    best_score = score
+                    if rule == "stderr":  # the noise of the best epoch's own estimate
+                        tol = stderr + 1e-9
+                if score >= best_score - tol:
+                    chosen_score, best_epoch = score, epoch
+                    best_state = {n: p.detach().clone() for n, p in named}
             if step >= total:
                 break
-        if cfg.eval_every_epoch and dev_rows:
-            score, stderr = dev_stats(lm, dev_rows, cfg.max_length)
-            history.append(
-                {
-                    "phase": phase,
-                    "step": step,
-                    "epoch": epoch,
-                    "dev_score": score,
-                    "dev_stderr": stderr,
-                }
-            )
-            if progress:
-                progress(
-                    ProgressEvent(
-                        phase, step, total, epoch, {"dev_score": score}, message="epoch done"
-                    )
-                )
-            # the latest epoch within `tol` of the best so far: later epochs carry more defense
-            # training, and a dev score one example lower is noise. Streaming: the final choice
-            # is the latest epoch within `tol` of the final best (one stored copy suffices).
-            if score > best_score:
-                best_score = score
-                if rule == "stderr":  # the noise of the best epoch's own estimate
-                    tol = stderr + 1e-9
-            if score >= best_score - tol:
-                chosen_score, best_epoch = score, epoch
-                best_state = {n: p.detach().clone() for n, p in named}
-        if step >= total:
-            break
     if best_state is not None:
         with torch.no_grad():
             for n, p in named:

@@ -50,6 +50,13 @@ class TrainConfig(BaseModel):
         "delta that carries it, and the clean task, which the clean data does exercise, is "
         "relearned (docs/METHODS_NOTES.md)",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute each layer's activations in the backward pass instead of keeping "
+        "them (transformers' activation checkpointing, non-reentrant): less memory for more "
+        "compute, the same gradients. For long generation sequences or large models on one GPU; "
+        "models whose transformers class does not support it are refused at job start",
+    )
     eval_every_epoch: bool = Field(True, description="select the best checkpoint on clean dev data")
     select_tolerance: float | Literal["stderr"] | None = Field(
         "stderr",

@@ -87,8 +87,10 @@ def _train_teacher(
     batch_size: int,
     progress: ProgressFn | None,
     should_cancel: CancelFn | None,
+    checkpointing: bool = False,
 ) -> dict[str, Any]:
-    """Full fine-tuning of the teacher on the clean set (task loss), best clean-dev epoch kept."""
+    """Full fine-tuning of the teacher on the clean set (task loss), best clean-dev epoch kept.
+    ``checkpointing``: activation checkpointing (the generation teacher, a full causal LM)."""
     if cfg.teacher_epochs == 0:
         return {}
     tcfg = TrainConfig(
@@ -101,6 +103,7 @@ def _train_teacher(
         seed=cfg.seed,
         cancel_check_every=cfg.cancel_check_every,
         select_tolerance=0.0,  # the teacher is simply the most accurate epoch
+        gradient_checkpointing=checkpointing,
     )
 
     def teacher_step(
@@ -248,7 +251,16 @@ def _generation_teacher(
     holder.template = student.template
     stats: dict[str, Any] = {"teacher_model": cfg.teacher_model}
     stats.update(
-        _train_teacher(holder, train_rows, dev_rows, cfg, cfg.batch_size, progress, should_cancel)
+        _train_teacher(
+            holder,
+            train_rows,
+            dev_rows,
+            cfg,
+            cfg.batch_size,
+            progress,
+            should_cancel,
+            checkpointing=cfg.gradient_checkpointing,
+        )
     )
     holder.model.eval().requires_grad_(False)
     return holder, stats

@@ -410,3 +410,65 @@ def test_checkpoint_selection_keeps_the_latest_epoch_within_tolerance(
         assert stats["select_tolerance"] == pytest.approx(math.sqrt(0.09 / 40))
     for n, p in lm.model.named_parameters():
         assert torch.equal(p, snapshots[chosen][n]), n
+
+
+# ---------------------------------------------------------------- activation checkpointing
+
+
+def _train_counting_layer_calls(method: str, checkpointing: bool):
+    """Train ``method`` a few steps on a tiny generation Llama; returns the trained LoRA weights,
+    how often the first decoder layer's attention ran, and the model."""
+    torch.manual_seed(5)
+    lm = _lora_model("llama", task="generation")
+    calls = [0]
+    layer = lm.model.get_base_model().model.layers[0]
+    # on the attention inside the layer: transformers checkpoints the layer's forward, keeping
+    # the layer's own hooks outside; a pre-hook, since the recomputation stops once it has what
+    # the backward needs, before a forward hook would run
+    handle = layer.self_attn.register_forward_pre_hook(
+        lambda *_: calls.__setitem__(0, calls[0] + 1)
+    )
+    hp = {
+        "epochs": 1,
+        "max_steps": 2,
+        "batch_size": 4,
+        "learning_rate": 1e-2,
+        "lora_dropout": 0.1,  # dropout masks must be replayed in the recomputation
+        "eval_every_epoch": False,
+        "gradient_checkpointing": checkpointing,
+    }
+    if method == "w2sdefense":
+        hp |= {"teacher_model": "tiny/llama", "teacher_epochs": 1}
+    METHODS[method][1](lm, _gen_rows(8), [], validate_config(METHODS[method][0], hp))
+    handle.remove()
+    lora = {n: p.detach().clone() for n, p in lm.model.named_parameters() if "lora_" in n}
+    return lora, calls[0], lm
+
+
+@pytest.mark.parametrize("method", ["finetune", "crow", "w2sdefense"])
+def test_gradient_checkpointing_recomputes_layers_and_trains_the_same_adapter(method):
+    plain, plain_calls, _ = _train_counting_layer_calls(method, False)
+    ckpt, ckpt_calls, lm = _train_counting_layer_calls(method, True)
+    # each checkpointed forward is run again in the backward pass
+    assert ckpt_calls > plain_calls, "the layers were not recomputed: checkpointing is off"
+    assert plain.keys() == ckpt.keys()
+    for name, weight in plain.items():
+        assert torch.allclose(weight, ckpt[name], atol=1e-6), f"{name} differs with checkpointing"
+    base = lm.model.get_base_model()
+    on = (
+        base.is_activation_checkpointing
+        if hasattr(base, "is_activation_checkpointing")  # transformers >= 5
+        else base.is_gradient_checkpointing
+    )
+    assert not on, "checkpointing left on after training"
+    assert getattr(base, "_require_grads_hook", None) is None
+
+
+def test_gradient_checkpointing_is_refused_on_a_model_that_cannot_do_it():
+    from sanitizer.defenses.common import check_checkpointing
+
+    lm = types.SimpleNamespace(model=torch.nn.Linear(2, 2))
+    cfg = validate_config(METHODS["finetune"][0], {"gradient_checkpointing": True})
+    with pytest.raises(ConfigError, match="Linear does not support activation checkpointing"):
+        check_checkpointing(lm, cfg)
+    check_checkpointing(lm, validate_config(METHODS["finetune"][0], {}))  # off: nothing checked
