@@ -138,6 +138,16 @@ class W2SConfig(TrainConfig):
     fa_mode: Literal["pooled", "tokenwise"] = Field(
         "pooled", description="pooled: Ours (METHODS.md 1.3)"
     )
+    adv_epsilon: float = Field(
+        0.0,
+        ge=0,
+        description="Ours, not in the paper (default 0: off): the distillation term is also "
+        "computed on the input embeddings moved one FGSM step of this size (absolute units, as "
+        "CROW's epsilon) in the direction that most raises the student's divergence from the "
+        "teacher; the prompt tokens only for generation, every real token for classification. "
+        "Costs a second forward and backward per step",
+    )
+    lambda_adv: float = Field(1.0, ge=0, description="weight of the adversarial distillation term")
 
 
 class CrowConfig(TrainConfig):

@@ -79,6 +79,45 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
     return tau * tau * F.kl_div(log_p_s, p_t, reduction="batchmean")
 
 
+def _input_embeds(lm: LoadedModel, batch: Batch, cfg: W2SConfig) -> torch.Tensor | None:
+    """The student's input embeddings, as a leaf that takes a gradient, when the adversarial
+    term is on (``adv_epsilon > 0``); None otherwise (the student reads ``input_ids``)."""
+    if cfg.adv_epsilon == 0:
+        return None
+    emb = lm.model.get_input_embeddings()(batch["input_ids"])
+    return emb.detach().requires_grad_(True)
+
+
+def _student_forward(lm: LoadedModel, batch: Batch, h0: torch.Tensor | None) -> Any:
+    inputs = {"input_ids": batch["input_ids"]} if h0 is None else {"inputs_embeds": h0}
+    return lm.model(**inputs, attention_mask=batch["attention_mask"], output_hidden_states=True)
+
+
+def adversarial_kd(
+    lm: LoadedModel,
+    batch: Batch,
+    h0: torch.Tensor,
+    kd_clean: torch.Tensor,
+    perturb: torch.Tensor,
+    kd_of_logits: Any,
+    epsilon: float,
+) -> torch.Tensor:
+    """Ours: the distillation term on the worst nearby input. One FGSM step on the student's
+    input embeddings, at the positions ``perturb`` marks, in the direction that most raises the
+    student's divergence from the clean teacher (``kd_clean``'s gradient; parameter gradients of
+    that backward are not kept); the teacher's targets stay those of the clean input.
+
+    A trigger is an input edit that makes the poisoned student leave the teacher's behaviour;
+    the clean rows never contain it, so plain distillation never sees that divergence. The
+    perturbation looks for inputs near the clean ones where the student already diverges, and
+    the term pulls it back to the teacher there. CROW perturbs the same way but for its
+    layer-consistency loss."""
+    (grad,) = torch.autograd.grad(kd_clean, h0, retain_graph=True)
+    step = epsilon * grad.sign() * perturb.unsqueeze(-1).to(grad.dtype)
+    out_adv = lm.model(inputs_embeds=(h0 + step).detach(), attention_mask=batch["attention_mask"])
+    return kd_of_logits(out_adv.logits)
+
+
 def _train_teacher(
     holder: LoadedModel,
     train_rows: Sequence[Any],
@@ -206,11 +245,8 @@ def _classification_step(cfg: W2SConfig, targets: dict[str, tuple[torch.Tensor, 
     def step_loss(
         lm: LoadedModel, batch: Batch, rows: Sequence[Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        out = lm.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            output_hidden_states=True,
-        )
+        h0 = _input_embeds(lm, batch, cfg)
+        out = _student_forward(lm, batch, h0)
         z_t = torch.stack([targets[r.text][0] for r in rows])
         t_logits = torch.stack([targets[r.text][1] for r in rows])
         ce = task_loss(lm, out, batch)
@@ -231,7 +267,20 @@ def _classification_step(cfg: W2SConfig, targets: dict[str, tuple[torch.Tensor, 
             mask = batch["attention_mask"].unsqueeze(-1).to(diff.dtype)
             fa = (diff.pow(2) * mask).sum() / mask.sum()
         loss = cfg.lambda_ce * ce + cfg.lambda_kd * kd + cfg.lambda_fa * fa
-        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
+        terms = {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
+        if h0 is not None:  # every real token may be perturbed
+            kd_adv = adversarial_kd(
+                lm,
+                batch,
+                h0,
+                kd,
+                batch["attention_mask"],
+                lambda logits: kd_loss(logits, t_logits, cfg.temperature),
+                cfg.adv_epsilon,
+            )
+            loss = loss + cfg.lambda_adv * kd_adv
+            terms["kd_adv"] = float(kd_adv.detach())
+        return loss, terms
 
     return step_loss
 
@@ -268,11 +317,8 @@ def _generation_teacher(
 
 def _generation_step(cfg: W2SConfig, teacher: LoadedModel, proj: nn.Linear):
     def step_loss(lm: LoadedModel, batch: Batch, rows: Sequence[Any]):
-        out = lm.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            output_hidden_states=True,
-        )
+        h0 = _input_embeds(lm, batch, cfg)
+        out = _student_forward(lm, batch, h0)
         with torch.no_grad():
             t_out = teacher.model(
                 input_ids=batch["input_ids"],
@@ -295,7 +341,21 @@ def _generation_step(cfg: W2SConfig, teacher: LoadedModel, proj: nn.Linear):
             .mean()
         )
         loss = cfg.lambda_ce * ce + cfg.lambda_kd * kd + cfg.lambda_fa * fa
-        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
+        terms = {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
+        if h0 is not None:  # the prompt only: the response tokens are the teacher-forced target
+            prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
+            kd_adv = adversarial_kd(
+                lm,
+                batch,
+                h0,
+                kd,
+                prompt,
+                lambda logits: kd_loss(logits[:, :-1][resp].float(), t_logits, cfg.temperature),
+                cfg.adv_epsilon,
+            )
+            loss = loss + cfg.lambda_adv * kd_adv
+            terms["kd_adv"] = float(kd_adv.detach())
+        return loss, terms
 
     return step_loss
 

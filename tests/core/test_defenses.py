@@ -472,3 +472,76 @@ def test_gradient_checkpointing_is_refused_on_a_model_that_cannot_do_it():
     with pytest.raises(ConfigError, match="Linear does not support activation checkpointing"):
         check_checkpointing(lm, cfg)
     check_checkpointing(lm, validate_config(METHODS["finetune"][0], {}))  # off: nothing checked
+
+
+# ---------------------------------------------------------------- adversarial distillation
+
+
+def _capture_embeds(lm):
+    """Record the inputs_embeds of every student forward."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_module, _args, kwargs):
+        if kwargs.get("inputs_embeds") is not None:
+            seen.append(kwargs["inputs_embeds"].detach().clone())
+
+    return seen, lm.model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("task", ["classification", "generation"])
+def test_adversarial_kd_steps_up_the_divergence_at_the_marked_positions_only(task):
+    from sanitizer.defenses.w2sdefense import adversarial_kd
+
+    torch.manual_seed(3)
+    lm = _lora_model("llama", task=task)
+    for n, p in lm.model.named_parameters():
+        if "lora_B" in n:  # a student that differs from the "teacher" below
+            torch.nn.init.normal_(p, std=0.5)
+    rows = _rows(4) if task == "classification" else _gen_rows(4)
+    batch = make_batch(lm, rows, 32)
+    mask = batch["attention_mask"].bool()
+    perturb = mask if task == "classification" else mask & (batch["labels"] == -100)
+    h0 = lm.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+    with torch.no_grad():
+        t_logits = torch.randn(lm.model(input_ids=batch["input_ids"]).logits.shape)
+
+    def kd_of(logits):
+        return kd_loss(logits.flatten(0, -2).float(), t_logits.flatten(0, -2), 2.0)
+
+    out = lm.model(inputs_embeds=h0, attention_mask=batch["attention_mask"])
+    kd_clean = kd_of(out.logits)
+    seen, handle = _capture_embeds(lm)
+    eps = 1e-3
+    kd_adv = adversarial_kd(lm, batch, h0, kd_clean, perturb, kd_of, eps)
+    handle.remove()
+    # one small step along the gradient's sign raises the divergence (first order)
+    assert float(kd_adv) > float(kd_clean)
+    (step,) = [s - h0.detach() for s in seen]
+    assert torch.all(step[~perturb] == 0), "a position outside the mask was perturbed"
+    assert torch.allclose(step[perturb].abs().max(), torch.tensor(eps))
+    if task == "generation":
+        assert (~perturb & mask).any(), "the test batch must hold response tokens"
+
+
+@pytest.mark.parametrize("task", ["classification", "generation"])
+def test_adversarial_kd_is_off_by_default_and_adds_a_term_when_on(task):
+    hp = {"epochs": 1, "max_steps": 2, "batch_size": 4, "learning_rate": 1e-2}
+    if task == "generation":
+        hp |= {"teacher_model": "tiny/llama", "teacher_epochs": 1}
+        rows, dev = _gen_rows(8), _gen_rows(4)
+    else:
+        hp |= {"teacher_model": "tiny/teacher", "teacher_epochs": 1}
+        rows, dev = _rows(8), _rows(4, seed=1)
+    cfg_cls, run = METHODS["w2sdefense"]
+    for eps, expect in ((0.0, False), (0.05, True)):
+        torch.manual_seed(0)
+        lm = _lora_model("llama", task=task)
+        seen, handle = _capture_embeds(lm)
+        stats = run(lm, rows, dev, validate_config(cfg_cls, hp | {"adv_epsilon": eps}))
+        handle.remove()
+        steps = [
+            h["losses"] for h in stats["history"] if h.get("phase") == "defense" and "losses" in h
+        ]
+        assert len(steps) == 2
+        assert all(("kd_adv" in s) == expect for s in steps)
+        assert bool(seen) == expect  # off: the student reads input_ids, as before
