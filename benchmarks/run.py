@@ -588,6 +588,27 @@ def build_table(dev: bool = False) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+def _import_the_library() -> None:
+    """Import every library module a run uses now, at start. The library imports most of them
+    lazily (inside functions, to keep torch out of torch-free callers); a run that lasts hours
+    would otherwise mix the code it started with and code edited while it ran. Twice a row
+    failed that way: configs.py loaded before a field was added, w2sdefense.py after, and
+    ``'W2SConfig' object has no attribute ...`` once the teacher was trained."""
+    import importlib
+
+    for name in (
+        "sanitizer.pipeline",
+        "sanitizer.models",
+        "sanitizer.evaluate",
+        "sanitizer.comparators",
+        "sanitizer.defenses.common",
+        "sanitizer.defenses.crow",
+        "sanitizer.defenses.finetune",
+        "sanitizer.defenses.w2sdefense",
+    ):
+        importlib.import_module(name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -621,6 +642,7 @@ def main() -> None:
         return
     import torch
 
+    _import_the_library()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     cells = [QUICK] if args.quick else CELLS
     if args.cells:
