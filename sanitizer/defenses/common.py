@@ -216,6 +216,28 @@ def dev_stats(
     return score, stderr
 
 
+# ---------------------------------------------------------------- adversarial input step
+
+
+def embedding_leaf(lm: LoadedModel, batch: Batch) -> torch.Tensor:
+    """The input embeddings of ``batch`` as a leaf that takes a gradient (``Emb(x)``)."""
+    return lm.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+
+
+def fgsm_embeds(
+    loss: torch.Tensor, h0: torch.Tensor, epsilon: float, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One FGSM step on the input embeddings: ``h0 + eps * sign(dloss/dh0)``, at the positions
+    ``positions`` marks (every position without it); detached. Only ``dloss/dh0`` is taken:
+    parameter gradients of this backward are not accumulated, and the graph is kept for the
+    step's own backward."""
+    (grad,) = torch.autograd.grad(loss, h0, retain_graph=True)
+    step = epsilon * grad.sign()
+    if positions is not None:
+        step = step * positions.unsqueeze(-1).to(grad.dtype)
+    return (h0 + step).detach()
+
+
 # ---------------------------------------------------------------- activation checkpointing
 
 

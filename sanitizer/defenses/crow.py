@@ -23,7 +23,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sanitizer.defenses.common import Batch, CancelFn, ProgressFn, task_loss, train
+from sanitizer.defenses.common import (
+    Batch,
+    CancelFn,
+    ProgressFn,
+    embedding_leaf,
+    fgsm_embeds,
+    task_loss,
+    train,
+)
 from sanitizer.defenses.configs import CrowConfig
 from sanitizer.models import LoadedModel
 
@@ -70,13 +78,11 @@ def make_step_loss(cfg: CrowConfig):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch["attention_mask"]
         cons_mask = mask if cfg.mask_padding else None
-        h0 = lm.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+        h0 = embedding_leaf(lm, batch)
         out = _forward_embeds(lm, h0, mask)
         l_cons = consistency_loss(out.hidden_states, cons_mask)
-        # dL_cons/dH0 only: parameter gradients of this backward are not accumulated.
-        (grad,) = torch.autograd.grad(l_cons, h0, retain_graph=True)
         l_task = task_loss(lm, out, batch)
-        h_adv = (h0 + cfg.epsilon * grad.sign()).detach()
+        h_adv = fgsm_embeds(l_cons, h0, cfg.epsilon)  # dL_cons/dH0 only
         out_adv = _forward_embeds(lm, h_adv, mask)
         l_adv = consistency_loss(out_adv.hidden_states, cons_mask)
         loss = l_task + cfg.alpha * l_adv

@@ -37,6 +37,8 @@ from sanitizer.defenses.common import (
     CancelFn,
     ProgressFn,
     TrainConfig,
+    embedding_leaf,
+    fgsm_embeds,
     make_batch,
     pooled_feature,
     task_loss,
@@ -82,10 +84,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
 def _input_embeds(lm: LoadedModel, batch: Batch, cfg: W2SConfig) -> torch.Tensor | None:
     """The student's input embeddings, as a leaf that takes a gradient, when the adversarial
     term is on (``adv_epsilon > 0``); None otherwise (the student reads ``input_ids``)."""
-    if cfg.adv_epsilon == 0:
-        return None
-    emb = lm.model.get_input_embeddings()(batch["input_ids"])
-    return emb.detach().requires_grad_(True)
+    return None if cfg.adv_epsilon == 0 else embedding_leaf(lm, batch)
 
 
 def _student_forward(lm: LoadedModel, batch: Batch, h0: torch.Tensor | None) -> Any:
@@ -112,9 +111,8 @@ def adversarial_kd(
     perturbation looks for inputs near the clean ones where the student already diverges, and
     the term pulls it back to the teacher there. CROW perturbs the same way but for its
     layer-consistency loss."""
-    (grad,) = torch.autograd.grad(kd_clean, h0, retain_graph=True)
-    step = epsilon * grad.sign() * perturb.unsqueeze(-1).to(grad.dtype)
-    out_adv = lm.model(inputs_embeds=(h0 + step).detach(), attention_mask=batch["attention_mask"])
+    h_adv = fgsm_embeds(kd_clean, h0, epsilon, perturb)
+    out_adv = lm.model(inputs_embeds=h_adv, attention_mask=batch["attention_mask"])
     return kd_of_logits(out_adv.logits)
 
 
