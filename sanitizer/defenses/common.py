@@ -238,6 +238,101 @@ def fgsm_embeds(
     return (h0 + step).detach()
 
 
+# ---------------------------------------------------------------- universal perturbation
+
+
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of transformer blocks of a (PEFT-wrapped) transformers model: a decoder's
+    ``model.layers``, an encoder's ``encoder.layer``, GPT-2's ``h``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name, module in base.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in (
+            "layers",
+            "layer",
+            "h",
+        ):
+            return module
+    raise ConfigError(
+        f"{type(base).__name__}: no stack of transformer blocks found (a ModuleList named "
+        "'layers', 'layer' or 'h')",
+        hint="set universal_radius=0 for this model",
+    )
+
+
+class UniversalPerturbation:
+    """One vector ``delta`` added to the residual stream after transformer block ``layer``, at
+    the positions a mask marks, the same vector for every input: a continuous stand-in for a
+    trigger, which is one edit that changes the poisoned model's behaviour on *any* input.
+
+    ``radius`` bounds ``||delta||_2`` as a fraction of the mean L2 norm of the block's output on
+    real tokens (measured once, on the first batch it sees). ``ascend(grad)`` is one normalised
+    gradient step of ``step_fraction * radius`` followed by the projection onto the ball.
+    Inside ``applied(model, positions)`` a forward hook adds ``delta * positions``; a forward
+    whose length differs from the mask's (a cached generation step) is left alone."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        layer: int | None,
+        radius: float,
+        step_fraction: float = 0.25,
+        seed: int = 0,
+    ):
+        blocks = transformer_blocks(model)
+        self.layer = len(blocks) // 3 if layer is None else layer
+        if not 0 <= self.layer < len(blocks):
+            raise ConfigError(
+                f"universal_layer={layer}: the model has {len(blocks)} transformer blocks",
+                hint=f"use a block index from 0 to {len(blocks) - 1}, or leave it unset (a third of the depth)",
+            )
+        self.block = blocks[self.layer]
+        self.radius = radius
+        self.step_fraction = step_fraction
+        self.seed = seed
+        self.bound: float | None = None  # radius in absolute units, set from the first batch
+        self.delta: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self.warmup_divergence: list[float] = []  # filled by W2SDefense's warm-up
+
+    def _hook(self, _module: torch.nn.Module, _args: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        pos = self._positions
+        if pos is None or hidden.shape[:2] != pos.shape:
+            return output
+        if self.delta is None:  # the first batch fixes the scale and the random start
+            m = pos.unsqueeze(-1).to(hidden.dtype)
+            norms = hidden.detach().norm(dim=-1, keepdim=True)
+            self.bound = self.radius * float((norms * m).sum() / m.sum().clamp_min(1))
+            g = torch.Generator().manual_seed(self.seed)
+            start = torch.randn(hidden.shape[-1], generator=g)
+            self.delta = (start * 0.1 * self.bound / start.norm()).to(hidden).requires_grad_(True)
+        moved = hidden + self.delta * pos.unsqueeze(-1).to(hidden.dtype)
+        return (moved, *output[1:]) if isinstance(output, tuple) else moved
+
+    @contextmanager
+    def applied(self, positions: torch.Tensor) -> Iterator[None]:
+        self._positions = positions
+        handle = self.block.register_forward_hook(self._hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self._positions = None
+
+    @torch.no_grad()
+    def ascend(self, grad: torch.Tensor | None) -> None:
+        """One step up ``grad`` (the gradient of the loss to raise), then back onto the ball."""
+        if self.delta is None or self.bound is None or grad is None:
+            return
+        norm = grad.norm()
+        if float(norm) > 0:
+            self.delta += self.step_fraction * self.bound * grad / norm
+        length = float(self.delta.norm())
+        if length > self.bound:
+            self.delta *= self.bound / length
+
+
 # ---------------------------------------------------------------- activation checkpointing
 
 

@@ -147,7 +147,38 @@ class W2SConfig(TrainConfig):
         "teacher; the prompt tokens only for generation, every real token for classification. "
         "Costs a second forward and backward per step",
     )
-    lambda_adv: float = Field(1.0, ge=0, description="weight of the adversarial distillation term")
+    lambda_adv: float = Field(
+        1.0, ge=0, description="weight of the adversarial distillation term (either adversary)"
+    )
+    universal_radius: float = Field(
+        0.0,
+        ge=0,
+        le=10.0,
+        description="Ours, not in the paper (default 0: off): the distillation term is also "
+        "computed with one vector delta added to the residual stream after block "
+        "universal_layer at every prompt token (every real token for classification), the same "
+        "vector for all inputs, kept at this fraction of the block output's mean norm and moved "
+        "up the gradient of the student's divergence from the teacher at every step: a "
+        "continuous stand-in for a trigger, which is one edit that changes any input",
+    )
+    universal_layer: int | None = Field(
+        None, ge=0, description="block after which delta is added; None: a third of the depth"
+    )
+    universal_warmup_steps: int = Field(
+        10,
+        ge=0,
+        le=10_000,
+        description="ascent steps on delta alone (no weight update) before the training starts",
+    )
+
+    @model_validator(mode="after")
+    def _one_adversary(self) -> W2SConfig:
+        if self.adv_epsilon > 0 and self.universal_radius > 0:
+            raise ValueError(
+                "adv_epsilon and universal_radius each switch on an adversarial distillation "
+                "term: set one of them, the other to 0"
+            )
+        return self
 
 
 class CrowConfig(TrainConfig):

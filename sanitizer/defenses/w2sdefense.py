@@ -37,8 +37,10 @@ from sanitizer.defenses.common import (
     CancelFn,
     ProgressFn,
     TrainConfig,
+    UniversalPerturbation,
     embedding_leaf,
     fgsm_embeds,
+    iterate_batches,
     make_batch,
     pooled_feature,
     task_loss,
@@ -114,6 +116,62 @@ def adversarial_kd(
     h_adv = fgsm_embeds(kd_clean, h0, epsilon, perturb)
     out_adv = lm.model(inputs_embeds=h_adv, attention_mask=batch["attention_mask"])
     return kd_of_logits(out_adv.logits)
+
+
+def universal_kd(
+    lm: LoadedModel,
+    batch: Batch,
+    uni: UniversalPerturbation,
+    positions: torch.Tensor,
+    kd_of_logits: Any,
+) -> torch.Tensor:
+    """Ours: the distillation term with the universal perturbation ``uni`` in the residual
+    stream at ``positions``. ``delta`` first takes one step up the gradient the previous step's
+    backward left on it (free adversarial training: the ascent costs no extra pass), so it keeps
+    following the direction in which the student, as it is now, leaves the clean teacher most.
+
+    Per-input FGSM (``adversarial_kd``) moves every token a little in its own direction; a
+    trigger is one edit that works on every input, and so is ``delta``."""
+    if uni.delta is not None:
+        uni.ascend(uni.delta.grad)
+        uni.delta.grad = None
+    with uni.applied(positions):
+        out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return kd_of_logits(out.logits)
+
+
+def universal_warmup(
+    lm: LoadedModel,
+    uni: UniversalPerturbation,
+    train_rows: Sequence[Any],
+    cfg: W2SConfig,
+    adv_parts: Any,
+) -> list[float]:
+    """``cfg.universal_warmup_steps`` ascent steps on ``delta`` alone over the clean training
+    batches (no weight update, dropout off), before the student trains against it; returns
+    the divergence at each step. ``adv_parts(batch, rows)`` gives the positions to perturb
+    and the divergence as a function of the student's logits."""
+    was_training = lm.model.training
+    lm.model.eval()
+    trace: list[float] = []
+    epoch = 0
+    while len(trace) < cfg.universal_warmup_steps:
+        for rows in iterate_batches(train_rows, cfg.batch_size, cfg.seed + 1, epoch):
+            batch = make_batch(lm, rows, cfg.max_length)
+            positions, kd_of_logits = adv_parts(batch, rows)
+            with uni.applied(positions):
+                out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            kd = kd_of_logits(out.logits)
+            assert uni.delta is not None  # created by the hook on the first forward
+            (grad,) = torch.autograd.grad(kd, uni.delta)
+            uni.ascend(grad)
+            trace.append(float(kd.detach()))
+            if len(trace) >= cfg.universal_warmup_steps:
+                break
+        epoch += 1
+    if was_training:
+        lm.model.train()
+    return trace
 
 
 def _train_teacher(
@@ -239,7 +297,23 @@ def _teacher_targets(
     return cache
 
 
-def _classification_step(cfg: W2SConfig, targets: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+def _classification_adv_parts(
+    cfg: W2SConfig, targets: dict[str, tuple[torch.Tensor, torch.Tensor]]
+):
+    """Every real token may be perturbed; the divergence is the KD term on the labels."""
+
+    def parts(batch: Batch, rows: Sequence[Any]):
+        t_logits = torch.stack([targets[r.text][1] for r in rows])
+        return batch["attention_mask"], lambda logits: kd_loss(logits, t_logits, cfg.temperature)
+
+    return parts
+
+
+def _classification_step(
+    cfg: W2SConfig,
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    uni: UniversalPerturbation | None = None,
+):
     def step_loss(
         lm: LoadedModel, batch: Batch, rows: Sequence[Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -278,6 +352,11 @@ def _classification_step(cfg: W2SConfig, targets: dict[str, tuple[torch.Tensor, 
             )
             loss = loss + cfg.lambda_adv * kd_adv
             terms["kd_adv"] = float(kd_adv.detach())
+        if uni is not None:
+            positions, kd_of_logits = _classification_adv_parts(cfg, targets)(batch, rows)
+            kd_uni = universal_kd(lm, batch, uni, positions, kd_of_logits)
+            loss = loss + cfg.lambda_adv * kd_uni
+            terms["kd_universal"] = float(kd_uni.detach())
         return loss, terms
 
     return step_loss
@@ -313,7 +392,32 @@ def _generation_teacher(
     return holder, stats
 
 
-def _generation_step(cfg: W2SConfig, teacher: LoadedModel, proj: nn.Linear):
+def _generation_adv_parts(cfg: W2SConfig, teacher: LoadedModel):
+    """The prompt tokens may be perturbed (the response is the teacher-forced target); the
+    divergence is the KD term on the response tokens, against the teacher on the clean input."""
+
+    def parts(batch: Batch, rows: Sequence[Any], t_logits: torch.Tensor | None = None):
+        resp = batch["labels"][:, 1:] != -100
+        if t_logits is None:
+            with torch.no_grad():
+                t_all = teacher.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+            t_logits = t_all[:, :-1][resp].float()
+        prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
+        return prompt, lambda logits: kd_loss(
+            logits[:, :-1][resp].float(), t_logits, cfg.temperature
+        )
+
+    return parts
+
+
+def _generation_step(
+    cfg: W2SConfig,
+    teacher: LoadedModel,
+    proj: nn.Linear,
+    uni: UniversalPerturbation | None = None,
+):
     def step_loss(lm: LoadedModel, batch: Batch, rows: Sequence[Any]):
         h0 = _input_embeds(lm, batch, cfg)
         out = _student_forward(lm, batch, h0)
@@ -353,12 +457,31 @@ def _generation_step(cfg: W2SConfig, teacher: LoadedModel, proj: nn.Linear):
             )
             loss = loss + cfg.lambda_adv * kd_adv
             terms["kd_adv"] = float(kd_adv.detach())
+        if uni is not None:
+            positions, kd_of_logits = _generation_adv_parts(cfg, teacher)(batch, rows, t_logits)
+            kd_uni = universal_kd(lm, batch, uni, positions, kd_of_logits)
+            loss = loss + cfg.lambda_adv * kd_uni
+            terms["kd_universal"] = float(kd_uni.detach())
         return loss, terms
 
     return step_loss
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def _universal(
+    lm: LoadedModel, train_rows: Sequence[Any], cfg: W2SConfig, adv_parts: Any
+) -> UniversalPerturbation | None:
+    """The universal perturbation, warmed up against the student as it starts, when
+    ``universal_radius > 0``."""
+    if cfg.universal_radius == 0:
+        return None
+    uni = UniversalPerturbation(
+        lm.model, layer=cfg.universal_layer, radius=cfg.universal_radius, seed=cfg.seed
+    )
+    uni.warmup_divergence = universal_warmup(lm, uni, train_rows, cfg, adv_parts)
+    return uni
 
 
 def run(
@@ -377,13 +500,14 @@ def run(
             lm, train_rows, dev_rows, cfg, progress, should_cancel
         )
         targets = _teacher_targets(holder, teacher, train_rows, cfg.max_length)
+        uni = _universal(lm, train_rows, cfg, _classification_adv_parts(cfg, targets))
         # The student tokenizes the same texts itself; teacher targets are looked up by text.
         stats = train(
             lm,
             train_rows,
             dev_rows,
             cfg,
-            _classification_step(cfg, targets),
+            _classification_step(cfg, targets, uni),
             progress=progress,
             should_cancel=should_cancel,
         )
@@ -397,15 +521,23 @@ def run(
             proj.weight.copy_(torch.randn(proj.weight.shape, generator=g) / holder.hidden_size**0.5)
             proj.bias.zero_()
         proj.requires_grad_(False)
+        uni = _universal(lm, train_rows, cfg, _generation_adv_parts(cfg, holder))
         stats = train(
             lm,
             train_rows,
             dev_rows,
             cfg,
-            _generation_step(cfg, holder, proj),
+            _generation_step(cfg, holder, proj, uni),
             progress=progress,
             should_cancel=should_cancel,
         )
+    if uni is not None:
+        stats["universal"] = {
+            "layer": uni.layer,
+            "bound": uni.bound,
+            "warmup_divergence": uni.warmup_divergence,
+            "final_norm": None if uni.delta is None else float(uni.delta.norm()),
+        }
     stats["teacher"] = {k: v for k, v in tstats.items() if k != "history"}
     stats["history"] = tstats.get("history", []) + stats["history"]
     return stats

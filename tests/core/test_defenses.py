@@ -545,3 +545,109 @@ def test_adversarial_kd_is_off_by_default_and_adds_a_term_when_on(task):
         assert len(steps) == 2
         assert all(("kd_adv" in s) == expect for s in steps)
         assert bool(seen) == expect  # off: the student reads input_ids, as before
+
+
+# ---------------------------------------------------------------- universal adversary
+
+
+def _divergent_student(task: str):
+    torch.manual_seed(3)
+    lm = _lora_model("llama", task=task)
+    for n, p in lm.model.named_parameters():
+        if "lora_B" in n:  # a student that differs from the base model used as teacher below
+            torch.nn.init.normal_(p, std=0.5)
+    return lm
+
+
+@pytest.mark.parametrize("task", ["classification", "generation"])
+def test_universal_warmup_raises_the_divergence_within_its_bound(task):
+    from sanitizer.defenses.common import UniversalPerturbation
+    from sanitizer.defenses.configs import W2SConfig
+    from sanitizer.defenses.w2sdefense import (
+        _classification_adv_parts,
+        _generation_adv_parts,
+        universal_warmup,
+    )
+
+    lm = _divergent_student(task)
+    rows = _rows(4) if task == "classification" else _gen_rows(4)
+    cfg = W2SConfig(universal_radius=0.5, universal_warmup_steps=6, batch_size=4, max_length=32)
+    if task == "classification":  # fixed random teacher targets, looked up by text
+        torch.manual_seed(5)
+        targets = {r.text: (torch.zeros(1), torch.randn(2)) for r in rows}
+        parts = _classification_adv_parts(cfg, targets)
+    else:
+        teacher = load_model("tiny/llama", "generation", device="cpu")
+        parts = _generation_adv_parts(cfg, teacher)
+    uni = UniversalPerturbation(lm.model, layer=None, radius=0.5, seed=0)
+    trace = universal_warmup(lm, uni, rows, cfg, parts)
+    assert len(trace) == 6
+    # every step sees the same rows (batch = all of them): ascent raises the divergence
+    assert trace[-1] > trace[0]
+    assert uni.bound is not None and float(uni.delta.detach().norm()) <= uni.bound * (1 + 1e-5)
+    assert uni.layer == 4 // 3  # tiny llama: 4 blocks, a third of the depth
+
+
+def test_universal_perturbation_moves_the_marked_positions_only_and_skips_other_lengths():
+    from sanitizer.defenses.common import UniversalPerturbation, transformer_blocks
+
+    lm = _lora_model("llama", task="generation")
+    lm.model.eval()
+    batch = make_batch(lm, _gen_rows(3), 32)
+    marked = (batch["labels"] == -100) & batch["attention_mask"].bool()
+    uni = UniversalPerturbation(lm.model, layer=1, radius=0.3, seed=0)
+    outputs: list[torch.Tensor] = []
+    # what block 1 hands on: the input of block 2
+    handle = transformer_blocks(lm.model)[2].register_forward_pre_hook(
+        lambda _m, args: outputs.append(args[0])
+    )
+    with torch.no_grad():
+        lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        with uni.applied(marked):
+            lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            # another length (a cached generation step): left alone
+            lm.model(
+                input_ids=batch["input_ids"][:, :4], attention_mask=batch["attention_mask"][:, :4]
+            )
+        lm.model(input_ids=batch["input_ids"][:, :4], attention_mask=batch["attention_mask"][:, :4])
+    handle.remove()
+    plain, moved, short_moved, short_plain = outputs
+    diff = moved - plain
+    assert torch.allclose(diff[~marked], torch.zeros(()), atol=1e-6)
+    assert torch.allclose(diff[marked], uni.delta.detach().expand_as(diff[marked]), atol=1e-5)
+    assert torch.equal(short_moved, short_plain)
+    with pytest.raises(ConfigError, match="4 transformer blocks"):
+        UniversalPerturbation(lm.model, layer=4, radius=0.3)
+
+
+@pytest.mark.parametrize("task", ["classification", "generation"])
+def test_universal_adversary_is_off_by_default_and_adds_a_term_when_on(task):
+    hp = {"epochs": 1, "max_steps": 2, "batch_size": 4, "learning_rate": 1e-2}
+    if task == "generation":
+        hp |= {"teacher_model": "tiny/llama", "teacher_epochs": 1}
+        rows, dev = _gen_rows(8), _gen_rows(4)
+    else:
+        hp |= {"teacher_model": "tiny/teacher", "teacher_epochs": 1}
+        rows, dev = _rows(8), _rows(4, seed=1)
+    cfg_cls, run = METHODS["w2sdefense"]
+    for radius, expect in ((0.0, False), (0.5, True)):
+        torch.manual_seed(0)
+        lm = _lora_model("llama", task=task)
+        cfg = validate_config(
+            cfg_cls, hp | {"universal_radius": radius, "universal_warmup_steps": 3}
+        )
+        stats = run(lm, rows, dev, cfg)
+        steps = [
+            h["losses"] for h in stats["history"] if h.get("phase") == "defense" and "losses" in h
+        ]
+        assert len(steps) == 2
+        assert all(("kd_universal" in s) == expect for s in steps)
+        assert ("universal" in stats) == expect
+        if expect:
+            assert len(stats["universal"]["warmup_divergence"]) == 3
+            assert stats["universal"]["final_norm"] <= stats["universal"]["bound"] * (1 + 1e-5)
+
+
+def test_one_adversary_at_a_time():
+    with pytest.raises(ConfigError, match="adv_epsilon and universal_radius"):
+        validate_config(METHODS["w2sdefense"][0], {"adv_epsilon": 0.1, "universal_radius": 0.5})

