@@ -264,8 +264,8 @@ class UniversalPerturbation:
     the positions a mask marks, the same vector for every input: a continuous stand-in for a
     trigger, which is one edit that changes the poisoned model's behaviour on *any* input.
 
-    ``radius`` bounds ``||delta||_2`` as a fraction of the mean L2 norm of the block's output on
-    real tokens (measured once, on the first batch it sees). ``ascend(grad)`` is one normalised
+    ``radius`` bounds ``||delta||_2`` as a fraction of the median L2 norm of the block's output
+    at the marked positions (measured once, on the first batch it sees). ``ascend(grad)`` is one normalised
     gradient step of ``step_fraction * radius`` followed by the projection onto the ball.
     Inside ``applied(model, positions)`` a forward hook adds ``delta * positions``; a forward
     whose length differs from the mask's (a cached generation step) is left alone."""
@@ -301,9 +301,10 @@ class UniversalPerturbation:
         if pos is None or hidden.shape[:2] != pos.shape:
             return output
         if self.delta is None:  # the first batch fixes the scale and the random start
-            m = pos.unsqueeze(-1).to(hidden.dtype)
-            norms = hidden.detach().norm(dim=-1, keepdim=True)
-            self.bound = self.radius * float((norms * m).sum() / m.sum().clamp_min(1))
+            norms = hidden.detach().norm(dim=-1)[pos.bool()]
+            # the median: decoders keep a few "attention sink" positions whose norm is many
+            # times the others', which would dominate a mean
+            self.bound = self.radius * float(norms.median()) if norms.numel() else 0.0
             g = torch.Generator().manual_seed(self.seed)
             start = torch.randn(hidden.shape[-1], generator=g)
             self.delta = (start * 0.1 * self.bound / start.norm()).to(hidden).requires_grad_(True)

@@ -157,7 +157,7 @@ class W2SConfig(TrainConfig):
         description="Ours, not in the paper (default 0: off): the distillation term is also "
         "computed with one vector delta added to the residual stream after block "
         "universal_layer at every prompt token (every real token for classification), the same "
-        "vector for all inputs, kept at this fraction of the block output's mean norm and moved "
+        "vector for all inputs, kept at this fraction of the block output's median norm and moved "
         "up the gradient of the student's divergence from the teacher at every step: a "
         "continuous stand-in for a trigger, which is one edit that changes any input",
     )
