@@ -267,7 +267,7 @@ class UniversalPerturbation:
     ``radius`` bounds ``||delta||_2`` as a fraction of the median L2 norm of the block's output
     at the marked positions (measured once, on the first batch it sees). ``ascend(grad)`` is one normalised
     gradient step of ``step_fraction * radius`` followed by the projection onto the ball.
-    Inside ``applied(model, positions)`` a forward hook adds ``delta * positions``; a forward
+    Inside ``applied(positions)`` the block's output gets ``delta * positions``; a forward
     whose length differs from the mask's (a cached generation step) is left alone."""
 
     def __init__(
@@ -286,6 +286,7 @@ class UniversalPerturbation:
                 f"universal_layer={layer}: the model has {len(blocks)} transformer blocks",
                 hint=f"use a block index from 0 to {len(blocks) - 1}, or leave it unset (a third of the depth)",
             )
+        self.blocks = blocks
         self.block = blocks[self.layer]
         self.radius = radius
         self.step_fraction = step_fraction
@@ -295,7 +296,8 @@ class UniversalPerturbation:
         self._positions: torch.Tensor | None = None
         self.warmup_divergence: list[float] = []  # filled by W2SDefense's warm-up
 
-    def _hook(self, _module: torch.nn.Module, _args: Any, output: Any) -> Any:
+    def shift(self, output: Any) -> Any:
+        """The block's output with ``delta`` added at the marked positions."""
         hidden = output[0] if isinstance(output, tuple) else output
         pos = self._positions
         if pos is None or hidden.shape[:2] != pos.shape:
@@ -313,12 +315,19 @@ class UniversalPerturbation:
 
     @contextmanager
     def applied(self, positions: torch.Tensor) -> Iterator[None]:
+        """Within the block, forwards of the model carry ``delta`` at ``positions``.
+
+        The block is swapped for a wrapper that adds ``delta`` to its output, rather than given
+        a forward hook: with activation checkpointing the block's forward is replayed in the
+        backward pass, after this context has exited; the wrapper's addition sits outside the
+        checkpointed call, so its gradient never depends on what the replay does with hooks."""
+        blocks = self.blocks
         self._positions = positions
-        handle = self.block.register_forward_hook(self._hook)
+        blocks[self.layer] = _ShiftedBlock(self.block, self)
         try:
             yield
         finally:
-            handle.remove()
+            blocks[self.layer] = self.block
             self._positions = None
 
     @torch.no_grad()
@@ -332,6 +341,18 @@ class UniversalPerturbation:
         length = float(self.delta.norm())
         if length > self.bound:
             self.delta *= self.bound / length
+
+
+class _ShiftedBlock(torch.nn.Module):
+    """A transformer block whose output the owning ``UniversalPerturbation`` shifts."""
+
+    def __init__(self, block: torch.nn.Module, owner: UniversalPerturbation):
+        super().__init__()
+        self.block = block
+        object.__setattr__(self, "owner", owner)  # not a submodule
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.owner.shift(self.block(*args, **kwargs))
 
 
 # ---------------------------------------------------------------- activation checkpointing

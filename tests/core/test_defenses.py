@@ -651,3 +651,24 @@ def test_universal_adversary_is_off_by_default_and_adds_a_term_when_on(task):
 def test_one_adversary_at_a_time():
     with pytest.raises(ConfigError, match="adv_epsilon and universal_radius"):
         validate_config(METHODS["w2sdefense"][0], {"adv_epsilon": 0.1, "universal_radius": 0.5})
+
+
+def test_universal_perturbation_gradient_is_the_same_with_activation_checkpointing():
+    """With checkpointing the block's forward is replayed in the backward pass, after the
+    perturbation's context has exited; the gradient reaching delta is the same as without."""
+    from sanitizer.defenses.common import UniversalPerturbation, activation_checkpointing
+
+    grads = []
+    for checkpointing in (False, True):
+        lm = _divergent_student("generation")
+        lm.model.train()
+        batch = make_batch(lm, _gen_rows(3), 32)
+        marked = (batch["labels"] == -100) & batch["attention_mask"].bool()
+        uni = UniversalPerturbation(lm.model, layer=1, radius=0.5, seed=0)
+        with activation_checkpointing(lm.model, checkpointing):
+            with uni.applied(marked):
+                out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out.logits.float().pow(2).mean().backward()
+        assert uni.delta.grad is not None and float(uni.delta.grad.norm()) > 0
+        grads.append(uni.delta.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
