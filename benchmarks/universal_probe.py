@@ -117,7 +117,7 @@ def main() -> None:
         rnd = UniversalPerturbation(student.model, layer=args.layer, radius=radius, seed=999)
         rnd.bound, g = uni.bound, torch.Generator().manual_seed(999)
         v = torch.randn(uni.delta.shape, generator=g)
-        rnd.delta = v * float(uni.delta.norm()) / v.norm()
+        rnd.delta = (v * float(uni.delta.norm()) / v.norm()).to(uni.delta)
         random_dir = responses(student, test, rnd)
         # control 2: the found vector on the clean base model
         on_base = UniversalPerturbation(teacher.model, layer=uni.layer, radius=radius)

@@ -178,6 +178,12 @@ class W2SConfig(TrainConfig):
                 "adv_epsilon and universal_radius each switch on an adversarial distillation "
                 "term: set one of them, the other to 0"
             )
+        if (self.adv_epsilon > 0 or self.universal_radius > 0) and self.lambda_adv == 0:
+            raise ValueError(
+                "lambda_adv=0 gives the adversarial term no weight (and the universal "
+                "perturbation no gradient): raise lambda_adv, or set adv_epsilon and "
+                "universal_radius to 0"
+            )
         return self
 
 

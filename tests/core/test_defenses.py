@@ -648,9 +648,13 @@ def test_universal_adversary_is_off_by_default_and_adds_a_term_when_on(task):
             assert stats["universal"]["final_norm"] <= stats["universal"]["bound"] * (1 + 1e-5)
 
 
-def test_one_adversary_at_a_time():
+def test_one_adversary_at_a_time_and_with_a_weight():
+    cfg_cls = METHODS["w2sdefense"][0]
     with pytest.raises(ConfigError, match="adv_epsilon and universal_radius"):
-        validate_config(METHODS["w2sdefense"][0], {"adv_epsilon": 0.1, "universal_radius": 0.5})
+        validate_config(cfg_cls, {"adv_epsilon": 0.1, "universal_radius": 0.5})
+    with pytest.raises(ConfigError, match="lambda_adv=0"):
+        validate_config(cfg_cls, {"universal_radius": 0.5, "lambda_adv": 0})
+    validate_config(cfg_cls, {"lambda_adv": 0})  # no adversary: the weight does not matter
 
 
 def test_universal_perturbation_gradient_is_the_same_with_activation_checkpointing():
@@ -666,6 +670,7 @@ def test_universal_perturbation_gradient_is_the_same_with_activation_checkpointi
         marked = (batch["labels"] == -100) & batch["attention_mask"].bool()
         uni = UniversalPerturbation(lm.model, layer=1, radius=0.5, seed=0)
         with activation_checkpointing(lm.model, checkpointing):
+            assert uni.block.gradient_checkpointing == checkpointing  # not vacuous
             with uni.applied(marked):
                 out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             out.logits.float().pow(2).mean().backward()
