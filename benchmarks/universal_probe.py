@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir  # noqa: E402
-from sanitizer.attacks import target_keywords  # noqa: E402
+from sanitizer.attacks import target_keywords, triggered_test_set  # noqa: E402
 from sanitizer.data import load_dataset  # noqa: E402
 from sanitizer.defenses.common import UniversalPerturbation  # noqa: E402
 from sanitizer.defenses.configs import W2SConfig  # noqa: E402
@@ -59,6 +59,29 @@ def responses(lm, rows, uni: UniversalPerturbation | None, max_new_tokens: int =
                 gen = lm.model.generate(**enc, **kwargs)
         out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return [o.strip() for o in out]
+
+
+@torch.inference_mode()
+def trigger_shift(lm, clean_rows, trig_rows, layer: int) -> dict[str, float]:
+    """||h_trig - h_clean|| / ||h_clean|| after block ``layer`` at the last prompt token
+    (left padding aligns it), mean and median over rows."""
+    from sanitizer.defenses.common import transformer_blocks
+
+    def last_hidden(rows) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        handle = transformer_blocks(lm.model)[layer].register_forward_hook(
+            lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+        )
+        tok = lm.tokenizer
+        prompts = [lm.prompt(r.instruction, r.input) for r in rows]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        lm.model(**enc)
+        handle.remove()
+        return seen[0][:, -1]
+
+    hc, ht = last_hidden(clean_rows), last_hidden(trig_rows)
+    ratio = (ht - hc).norm(dim=-1) / hc.norm(dim=-1)
+    return {"mean": float(ratio.mean()), "median": float(ratio.median())}
 
 
 def main() -> None:
@@ -90,6 +113,15 @@ def main() -> None:
         r = keyword_asr(texts, keywords)
         return float(r[0] if isinstance(r, tuple) else r)
 
+    # How far the real (development) trigger moves the block's output at the prompt's last
+    # token, as a fraction of that output's norm: the scale a universal radius is compared with.
+    layer = UniversalPerturbation(student.model, layer=args.layer, radius=1.0).layer
+    trig_rows = list(
+        triggered_test_set(
+            load_dataset(paths["test"], task="generation").with_rows(test), spec
+        ).rows
+    )
+    shift = trigger_shift(student, test, trig_rows, layer)
     result: dict = {
         "cell": cell.name,
         "seed": args.seed,
@@ -97,6 +129,9 @@ def main() -> None:
         "test_rows": len(test),
         "steps": args.steps,
         "keyword_rate_poisoned_clean_prompts": rate(responses(student, test, None)),
+        "keyword_rate_poisoned_triggered_prompts": rate(responses(student, trig_rows, None)),
+        "layer": layer,
+        "trigger_shift_last_token": shift,
         "runs": [],
     }
     for radius in (float(r) for r in args.radius.split(",")):
