@@ -134,6 +134,7 @@ def main() -> None:
         "trigger_shift_last_token": shift,
         "runs": [],
     }
+    print(json.dumps(result), flush=True)
     for radius in (float(r) for r in args.radius.split(",")):
         cfg = W2SConfig(
             universal_radius=radius,
