@@ -174,6 +174,31 @@ def universal_warmup(
     return trace
 
 
+def _add_adversarial_terms(
+    lm: LoadedModel,
+    batch: Batch,
+    cfg: W2SConfig,
+    loss: torch.Tensor,
+    terms: dict[str, float],
+    kd: torch.Tensor,
+    h0: torch.Tensor | None,
+    uni: UniversalPerturbation | None,
+    positions: torch.Tensor,
+    kd_of_logits: Any,
+) -> torch.Tensor:
+    """``loss`` plus the adversarial distillation term that is on: the FGSM step from ``h0``
+    (``adv_epsilon``) or the universal perturbation ``uni``; its value goes into ``terms``."""
+    if h0 is not None:
+        kd_adv = adversarial_kd(lm, batch, h0, kd, positions, kd_of_logits, cfg.adv_epsilon)
+        terms["kd_adv"] = float(kd_adv.detach())
+        loss = loss + cfg.lambda_adv * kd_adv
+    if uni is not None:
+        kd_uni = universal_kd(lm, batch, uni, positions, kd_of_logits)
+        terms["kd_universal"] = float(kd_uni.detach())
+        loss = loss + cfg.lambda_adv * kd_uni
+    return loss
+
+
 def _train_teacher(
     holder: LoadedModel,
     train_rows: Sequence[Any],
@@ -314,6 +339,8 @@ def _classification_step(
     targets: dict[str, tuple[torch.Tensor, torch.Tensor]],
     uni: UniversalPerturbation | None = None,
 ):
+    parts = _classification_adv_parts(cfg, targets)
+
     def step_loss(
         lm: LoadedModel, batch: Batch, rows: Sequence[Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -340,23 +367,10 @@ def _classification_step(
             fa = (diff.pow(2) * mask).sum() / mask.sum()
         loss = cfg.lambda_ce * ce + cfg.lambda_kd * kd + cfg.lambda_fa * fa
         terms = {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
-        if h0 is not None:  # every real token may be perturbed
-            kd_adv = adversarial_kd(
-                lm,
-                batch,
-                h0,
-                kd,
-                batch["attention_mask"],
-                lambda logits: kd_loss(logits, t_logits, cfg.temperature),
-                cfg.adv_epsilon,
+        if h0 is not None or uni is not None:  # every real token may be perturbed
+            loss = _add_adversarial_terms(
+                lm, batch, cfg, loss, terms, kd, h0, uni, *parts(batch, rows)
             )
-            loss = loss + cfg.lambda_adv * kd_adv
-            terms["kd_adv"] = float(kd_adv.detach())
-        if uni is not None:
-            positions, kd_of_logits = _classification_adv_parts(cfg, targets)(batch, rows)
-            kd_uni = universal_kd(lm, batch, uni, positions, kd_of_logits)
-            loss = loss + cfg.lambda_adv * kd_uni
-            terms["kd_universal"] = float(kd_uni.detach())
         return loss, terms
 
     return step_loss
@@ -418,6 +432,8 @@ def _generation_step(
     proj: nn.Linear,
     uni: UniversalPerturbation | None = None,
 ):
+    parts = _generation_adv_parts(cfg, teacher)
+
     def step_loss(lm: LoadedModel, batch: Batch, rows: Sequence[Any]):
         h0 = _input_embeds(lm, batch, cfg)
         out = _student_forward(lm, batch, h0)
@@ -444,24 +460,10 @@ def _generation_step(
         )
         loss = cfg.lambda_ce * ce + cfg.lambda_kd * kd + cfg.lambda_fa * fa
         terms = {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
-        if h0 is not None:  # the prompt only: the response tokens are the teacher-forced target
-            prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
-            kd_adv = adversarial_kd(
-                lm,
-                batch,
-                h0,
-                kd,
-                prompt,
-                lambda logits: kd_loss(logits[:, :-1][resp].float(), t_logits, cfg.temperature),
-                cfg.adv_epsilon,
+        if h0 is not None or uni is not None:  # the prompt only: the response is the target
+            loss = _add_adversarial_terms(
+                lm, batch, cfg, loss, terms, kd, h0, uni, *parts(batch, rows, t_logits)
             )
-            loss = loss + cfg.lambda_adv * kd_adv
-            terms["kd_adv"] = float(kd_adv.detach())
-        if uni is not None:
-            positions, kd_of_logits = _generation_adv_parts(cfg, teacher)(batch, rows, t_logits)
-            kd_uni = universal_kd(lm, batch, uni, positions, kd_of_logits)
-            loss = loss + cfg.lambda_adv * kd_uni
-            terms["kd_universal"] = float(kd_uni.detach())
         return loss, terms
 
     return step_loss

@@ -523,15 +523,24 @@ def test_adversarial_kd_steps_up_the_divergence_at_the_marked_positions_only(tas
         assert (~perturb & mask).any(), "the test batch must hold response tokens"
 
 
-@pytest.mark.parametrize("task", ["classification", "generation"])
-def test_adversarial_kd_is_off_by_default_and_adds_a_term_when_on(task):
+def _two_step_w2s(task: str):
+    """Hyperparameters and rows for a two-step W2SDefense run on a tiny model."""
     hp = {"epochs": 1, "max_steps": 2, "batch_size": 4, "learning_rate": 1e-2}
     if task == "generation":
         hp |= {"teacher_model": "tiny/llama", "teacher_epochs": 1}
-        rows, dev = _gen_rows(8), _gen_rows(4)
-    else:
-        hp |= {"teacher_model": "tiny/teacher", "teacher_epochs": 1}
-        rows, dev = _rows(8), _rows(4, seed=1)
+        return hp, _gen_rows(8), _gen_rows(4)
+    hp |= {"teacher_model": "tiny/teacher", "teacher_epochs": 1}
+    return hp, _rows(8), _rows(4, seed=1)
+
+
+def _defense_steps(stats):
+    """The loss terms of every defense (student) step."""
+    return [h["losses"] for h in stats["history"] if h.get("phase") == "defense" and "losses" in h]
+
+
+@pytest.mark.parametrize("task", ["classification", "generation"])
+def test_adversarial_kd_is_off_by_default_and_adds_a_term_when_on(task):
+    hp, rows, dev = _two_step_w2s(task)
     cfg_cls, run = METHODS["w2sdefense"]
     for eps, expect in ((0.0, False), (0.05, True)):
         torch.manual_seed(0)
@@ -539,9 +548,7 @@ def test_adversarial_kd_is_off_by_default_and_adds_a_term_when_on(task):
         seen, handle = _capture_embeds(lm)
         stats = run(lm, rows, dev, validate_config(cfg_cls, hp | {"adv_epsilon": eps}))
         handle.remove()
-        steps = [
-            h["losses"] for h in stats["history"] if h.get("phase") == "defense" and "losses" in h
-        ]
+        steps = _defense_steps(stats)
         assert len(steps) == 2
         assert all(("kd_adv" in s) == expect for s in steps)
         assert bool(seen) == expect  # off: the student reads input_ids, as before
@@ -622,13 +629,7 @@ def test_universal_perturbation_moves_the_marked_positions_only_and_skips_other_
 
 @pytest.mark.parametrize("task", ["classification", "generation"])
 def test_universal_adversary_is_off_by_default_and_adds_a_term_when_on(task):
-    hp = {"epochs": 1, "max_steps": 2, "batch_size": 4, "learning_rate": 1e-2}
-    if task == "generation":
-        hp |= {"teacher_model": "tiny/llama", "teacher_epochs": 1}
-        rows, dev = _gen_rows(8), _gen_rows(4)
-    else:
-        hp |= {"teacher_model": "tiny/teacher", "teacher_epochs": 1}
-        rows, dev = _rows(8), _rows(4, seed=1)
+    hp, rows, dev = _two_step_w2s(task)
     cfg_cls, run = METHODS["w2sdefense"]
     for radius, expect in ((0.0, False), (0.5, True)):
         torch.manual_seed(0)
@@ -637,9 +638,7 @@ def test_universal_adversary_is_off_by_default_and_adds_a_term_when_on(task):
             cfg_cls, hp | {"universal_radius": radius, "universal_warmup_steps": 3}
         )
         stats = run(lm, rows, dev, cfg)
-        steps = [
-            h["losses"] for h in stats["history"] if h.get("phase") == "defense" and "losses" in h
-        ]
+        steps = _defense_steps(stats)
         assert len(steps) == 2
         assert all(("kd_universal" in s) == expect for s in steps)
         assert ("universal" in stats) == expect
