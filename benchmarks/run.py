@@ -339,6 +339,21 @@ def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str
         print(f"[{cell.name} s{seed}] {name}: after {comp['metrics']['after']}", flush=True)
 
 
+def _timing_conditions(load_before: tuple[float, float, float], isolated: bool) -> dict[str, Any]:
+    """What the run's wall time was measured under: torch threads, the 1-minute load average at
+    the start and end, and whether the operator ran it alone on the machine (``--isolated``, a
+    claim the load averages let a reader check). Only isolated runs enter the cost table."""
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load1_start": round(load_before[0], 2),
+        "load1_end": round(os.getloadavg()[0], 2),
+        "isolated": isolated,
+    }
+
+
 def _write_result(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -346,7 +361,9 @@ def _write_result(path: Path, result: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") -> None:
+def run_cell(
+    cell: Cell, seeds: list[int], methods: list[str], tag: str = "", isolated: bool = False
+) -> None:
     from sanitizer.data import load_dataset
     from sanitizer.pipeline import run_sanitize
 
@@ -379,6 +396,7 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
             )
             print(f"[{cell.name} s{seed}] {method}{tag} ...", flush=True)
             t = time.monotonic()
+            load_before = os.getloadavg()
             try:
                 report = run_sanitize(
                     job,
@@ -396,6 +414,7 @@ def run_cell(cell: Cell, seeds: list[int], methods: list[str], tag: str = "") ->
                 "seed": seed,
                 "attack_adapter": attack_info,
                 "wall_s": time.monotonic() - t,
+                "timing": _timing_conditions(load_before, isolated),
                 "report": report,
             }
             _write_result(res_path, result)
@@ -499,7 +518,51 @@ def _summary(rows: Rows) -> list[str]:
             floor = f" (FTR {mean(ftrs):.1f})" if len(ftrs) == len(after) else ""
             cols.append(f"{a_asr:.1f}{floor} / {d_ca:+.1f} [{len(after)}]{mark}")
         out.append(f"| {cell} | " + " | ".join(cols) + " |")
-    return [*out, "", "## All rows", ""]
+    return [*out, ""]
+
+
+def _cost_table(rows: Rows) -> list[str]:
+    """The cost bar (W2SDefense ≤ 1.5×, CROW ≤ 2.5× finetune's wall time) from runs made with
+    ``--isolated`` only: per cell and seed, the three default methods each timed alone on the
+    machine, so the ratio compares like with like (the `× ft` column of the full table mixes
+    runs made under different loads)."""
+    iso: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for (cell, method), rs in rows.items():
+        if method not in METHODS:
+            continue
+        for r in rs:
+            if "metrics" in r["report"] and r.get("timing", {}).get("isolated"):
+                iso.setdefault((cell, r["seed"]), {})[method] = r
+    out = [
+        "## Cost, each method timed alone",
+        "",
+        "Defense wall time (`timings.defense_s`: training, per-epoch clean-dev evaluation and, for",
+        "W2SDefense, its teacher) of runs made with `--isolated`: nothing else ran on the machine,",
+        "and the 1-minute load average at each run's start and end is recorded in its JSON.",
+        "Bar: W2SDefense ≤ 1.5×, CROW ≤ 2.5× finetune on the same cell and seed.",
+        "",
+    ]
+    if not iso:
+        return [*out, "No isolated runs recorded yet.", ""]
+    out += [
+        "| cell | seed | threads | finetune s | W2SDefense s (× ft) | CROW s (× ft) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (cell, seed), by in sorted(iso.items()):
+        ft = by.get("finetune")
+        ft_s = ft["report"]["timings"]["defense_s"] if ft else None
+        cols = [f"{ft_s:.0f}" if ft_s else "not run"]
+        for m, bar in (("w2sdefense", 1.5), ("crow", 2.5)):
+            if m not in by:
+                cols.append("not run")
+                continue
+            s = by[m]["report"]["timings"]["defense_s"]
+            ratio = s / ft_s if ft_s else None
+            mark = "" if ratio is None else (" ✔" if ratio <= bar else " ✘")
+            cols.append(f"{s:.0f}" + (f" ({ratio:.2f}×){mark}" if ratio else ""))
+        threads = next(iter(by.values()))["timing"]["torch_threads"]
+        out.append(f"| {cell} | {seed} | {threads} | " + " | ".join(cols) + " |")
+    return [*out, ""]
 
 
 def build_table(dev: bool = False) -> None:
@@ -541,7 +604,7 @@ def build_table(dev: bool = False) -> None:
         return f"{c['attack_rows']}/{c['clean_rows']}/{c['test_rows']}"
 
     if not dev:
-        lines[-2:-2] = _summary(rows)
+        lines[-2:-2] = [*_summary(rows), *_cost_table(rows), "## All rows", ""]
     cells = sorted({k[0] for k in rows})
     for cell in cells:
         methods = _methods(rows, cell)
@@ -629,6 +692,11 @@ def main() -> None:
     ap.add_argument(
         "--hp", default="{}", help='JSON {"method": {...}} overriding the cell hyperparameters'
     )
+    ap.add_argument(
+        "--isolated",
+        action="store_true",
+        help="say that nothing else runs on the machine: the rows' wall times enter the cost table",
+    )
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--list", action="store_true", help="list the cells")
     args = ap.parse_args()
@@ -654,7 +722,13 @@ def main() -> None:
     for cell in cells:
         for m, hp in extra.items():
             cell.hyperparameters[m] = {**cell.hyperparameters.get(m, {}), **hp}
-        run_cell(cell, [int(s) for s in args.seeds.split(",")], args.methods.split(","), args.tag)
+        run_cell(
+            cell,
+            [int(s) for s in args.seeds.split(",")],
+            args.methods.split(","),
+            args.tag,
+            isolated=args.isolated,
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""benchmarks/run.py's cost table: only runs made alone (``--isolated``) enter it, paired with
+the finetune run of the same cell and seed, and each ratio is checked against its bar."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+RUN_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+
+
+def _run_module() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_run", RUN_PY)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up while being built
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(method: str, seed: int, defense_s: float, isolated: bool) -> dict[str, Any]:
+    return {
+        "method": method,
+        "seed": seed,
+        "timing": {"isolated": isolated, "torch_threads": 2},
+        "report": {
+            "metrics": {"after": {"attack_success_rate": 0.0, "clean_accuracy": 0.9}},
+            "timings": {"defense_s": defense_s},
+        },
+    }
+
+
+def test_cost_table_pairs_isolated_runs_of_one_seed_and_marks_the_bar() -> None:
+    run = _run_module()
+    rows = {
+        ("cell-a", "finetune"): [
+            _row("finetune", 2, 100.0, True),
+            _row("finetune", 0, 10.0, False),
+        ],
+        ("cell-a", "w2sdefense"): [_row("w2sdefense", 2, 140.0, True)],
+        ("cell-a", "crow"): [_row("crow", 2, 260.0, True), _row("crow", 0, 999.0, False)],
+        # a variant is never a default row, even when isolated
+        ("cell-a", "crow-alpha11"): [_row("crow-alpha11", 2, 1.0, True)],
+    }
+    lines = run._cost_table(rows)
+    table = [line for line in lines if line.startswith("| cell-a")]
+    assert table == ["| cell-a | 2 | 2 | 100 | 140 (1.40×) ✔ | 260 (2.60×) ✘ |"]
+
+
+def test_cost_table_ignores_runs_made_under_load() -> None:
+    run = _run_module()
+    rows = {
+        ("cell-a", "finetune"): [_row("finetune", 0, 100.0, False)],
+        ("cell-a", "crow"): [_row("crow", 0, 120.0, False)],
+    }
+    lines = run._cost_table(rows)
+    assert "No isolated runs recorded yet." in lines
+    assert not [line for line in lines if line.startswith("| cell-a")]
