@@ -41,15 +41,23 @@ def _hf_cache_candidates(model_id: str, revision: str | None) -> list[Path]:
     return sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def resolve_model(model_id: str, revision: str | None = None) -> Path:
-    """Return the local folder of ``model_id``; raise UnknownModelError if it is not there."""
-    local = Path(model_id)
-    if local.is_absolute() and (local / "config.json").is_file():
-        return local
+def resolve_model(model_id: str, revision: str | None = None, *, local_paths: bool = True) -> Path:
+    """Return the local folder of ``model_id``; raise UnknownModelError if it is not there.
+
+    A folder path (absolute or relative to the working directory) holding a ``config.json`` is
+    taken when ``local_paths`` is true; a name that is also a valid id ('org/name') is looked up
+    in the model store and the HF cache first, so a stray folder of that name in the working
+    directory never shadows an installed model. The service passes false, so a REST client
+    names models by id only and never reaches into the server's disk."""
+    local = Path(model_id).expanduser()
+    is_local = local_paths and (local / "config.json").is_file()
     if not _ID_RE.match(model_id):
+        if is_local:
+            return local.resolve()
         raise UnknownModelError(
             f"'{model_id}' is not a valid model id",
-            hint="use a Hugging Face id like 'org/name' made of letters, digits, '.', '_' and '-'",
+            hint="use a Hugging Face id like 'org/name' made of letters, digits, '.', '_' and '-'"
+            + (" or a folder that holds a config.json" if local_paths else ""),
         )
     folder = model_store_dir() / _folder_name(model_id)
     if (folder / "config.json").is_file():
@@ -57,6 +65,8 @@ def resolve_model(model_id: str, revision: str | None = None) -> Path:
     for cand in _hf_cache_candidates(model_id, revision):
         if (cand / "config.json").is_file():
             return cand
+    if is_local:
+        return local.resolve()
     available = ", ".join(list_models()) or "none"
     raise UnknownModelError(
         f"base model '{model_id}' is not available on this server (available: {available})",

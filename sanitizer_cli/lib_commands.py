@@ -209,6 +209,8 @@ def attack(
         )
     except SanitizerError as exc:
         _fail(exc)
+    except ValueError as exc:  # pydantic validation of the attack or its training settings
+        _fail(exc)
     typer.echo(
         json.dumps(info, indent=2, default=str)
         if json_out

@@ -136,13 +136,13 @@ def _check_inputs(
         )
     config = _check_config(body)
     try:
-        resolve_model(body.base_model, body.base_revision)
+        resolve_model(body.base_model, body.base_revision, local_paths=False)
     except SanitizerError as exc:
         raise from_library(exc, field="base_model") from exc
     teacher = getattr(config, "teacher_model", None)
     if teacher:
         try:
-            resolve_model(teacher)
+            resolve_model(teacher, local_paths=False)
         except SanitizerError as exc:
             raise from_library(exc, field="hyperparameters.teacher_model") from exc
     ev = body.evaluation

@@ -203,7 +203,7 @@ class CrowConfig(TrainConfig):
         True, description="Ours: average over real tokens only (released code: all positions)"
     )
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
-    schedule: str = "cosine"  # type: ignore[assignment]
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, lt=1.0)
     batch_size: int = Field(8, ge=1, le=1024)
     lora_r: int | None = Field(8, ge=1, le=4096)

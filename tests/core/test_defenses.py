@@ -124,6 +124,13 @@ def test_config_errors_name_the_field():
         validate_config(cfg_cls, {"learning_rat": 1e-3})
     assert "learning_rat" in exc.value.message
     assert "learning_rate" in (exc.value.hint or "")
+    # every method's schedule is one of the three the loop implements (a typo is refused,
+    # not run as some other schedule)
+    for name, (cls, *_) in METHODS.items():
+        with pytest.raises(ConfigError) as exc:
+            validate_config(cls, {"schedule": "cosin"})
+        assert "schedule" in exc.value.message, name
+    assert validate_config(cfg_cls, {}).schedule == "cosine"
 
 
 def test_defaults_follow_methods_md():

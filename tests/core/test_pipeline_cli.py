@@ -281,6 +281,25 @@ def test_bad_input_is_one_line_and_exit_3(env, tmp_path):
         str(tmp_path / "o"),
     )
     assert r.returncode == 3 and "alpha" in r.stderr
+    # a training setting out of range: one line naming the field, not a traceback
+    r = _cli(
+        env,
+        "attack",
+        "--base-model",
+        "tiny/bert",
+        "--data",
+        str(env["train"]),
+        "--task",
+        "classification",
+        "--attack",
+        "badnet",
+        "--epochs",
+        "0",
+        "--out",
+        str(tmp_path / "a"),
+    )
+    assert r.returncode == 3 and "epochs" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
 
 
 def _vm_hwm_mb() -> float | None:

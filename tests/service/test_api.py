@@ -393,6 +393,12 @@ def test_job_input_errors(api, assets):
         api.post("/v1/jobs", json=job_body(ds, base_model="nobody/nothing")), 422, "unknown_model"
     )
     assert body["field"] == "base_model" and "tiny/bert" in body["detail"]
+    # a folder on the server's disk is not a model id, even when it holds a model
+    store_folder = assets["store"] / "tiny--bert"
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, base_model=str(store_folder))), 422, "unknown_model"
+    )
+    assert body["field"] == "base_model" and "not a valid model id" in body["detail"]
     problem(api.post("/v1/jobs", json=job_body("file_missing")), 404, "file_not_found")
     other_ad = up(api, "o.zip", assets["other_adapter"].read_bytes(), "adapter").json()["id"]
     body = problem(
