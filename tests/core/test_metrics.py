@@ -117,3 +117,25 @@ def test_sanity_warnings_flag_a_one_label_model_and_a_trigger_that_changes_littl
     w = sanity_warnings(collapsed)
     assert len(w) == 2 and "100%" in w[0] and "ASR 100.0%" in w[1]
     assert len(sanity_warnings({"attack_success_rate": 0.72, "false_trigger_rate": 0.55})) == 1
+
+
+def test_utility_token_f1_by_hand() -> None:
+    from sanitizer.evaluate import _token_f1
+
+    # 3 of 3 response words in the 4-word reference: p = 1, r = 3/4, F1 = 6/7
+    assert _token_f1("The cat sat", "the cat sat down") == pytest.approx(6 / 7)
+    # counts are clipped: "a" twice in the response, once in the reference -> 1 common word;
+    # p = 1/3, r = 1/2, F1 = 2pr/(p+r) = 0.4
+    assert _token_f1("A a b", "a c") == pytest.approx(0.4)
+    assert _token_f1("", "a") == 0.0 and _token_f1("x y", "a b") == 0.0
+
+
+def test_generation_dev_score_stderr_by_hand() -> None:
+    from sanitizer.defenses.common import _ratio_stderr
+
+    # per-row NLL sums 1 and 5 over one token each: ratio 3, residuals -2 and +2,
+    # variance 8 (n-1 = 1), stderr sqrt(8 / 2) / mean count 1 = 2
+    assert _ratio_stderr([1.0, 5.0], [1, 1]) == pytest.approx(2.0)
+    # rows exactly on the ratio: no spread
+    assert _ratio_stderr([2.0, 4.0], [1, 2]) == 0.0
+    assert _ratio_stderr([3.0], [1]) == 0.0
