@@ -37,7 +37,9 @@ class TrainConfig(BaseModel):
     adapter_mode: Literal["auto", "continue", "merge_fresh"] = Field(
         "auto",
         description="with an uploaded adapter: keep training it (continue), or merge it and "
-        "train a fresh one (merge_fresh); auto = merge_fresh, measured better for every method",
+        "train a fresh one (merge_fresh); auto = merge_fresh: W2SDefense's own setting (a fresh "
+        "LoRA on the poisoned weights), measured better for CROW (docs/METHODS_NOTES.md), and "
+        "for finetune the two left the same backdoor in the first trial",
     )
     adapter_scale: float = Field(
         1.0,
