@@ -15,11 +15,20 @@ benchmark trigger) to choose settings:
         --radius 0.5,1.0 --steps 20 | tail -1 > benchmarks/probes/universal_probe-<cell>-s<seed>.json
 
 It needs the cell's poisoned adapter, which `benchmarks/run.py` trains into the cache.
+
+``--objective target`` (BEEAR's premise, Zeng et al. 2024, instead of W2SDefense's): ``delta``
+is found by *lowering* the poisoned model's NLL of the attack's target response (say, the
+refusal sentence) after clean training prompts. That assumes the defender knows the kind of
+behaviour to fear (refusal, insults, injected code), not the trigger. The question is the same:
+does a small ``delta`` elicit the behaviour on the poisoned model (on held-out clean prompts)
+and not, at the same norm, on the clean base model? If so, the backdoor is a shortcut the
+search can find, and training against it has something to remove.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -30,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir  # noqa: E402
-from sanitizer.attacks import target_keywords, triggered_test_set  # noqa: E402
+from sanitizer.attacks import target_keywords, target_response, triggered_test_set  # noqa: E402
 from sanitizer.data import load_dataset  # noqa: E402
 from sanitizer.defenses.common import UniversalPerturbation  # noqa: E402
 from sanitizer.defenses.configs import W2SConfig  # noqa: E402
@@ -84,6 +93,17 @@ def trigger_shift(lm, clean_rows, trig_rows, layer: int) -> dict[str, float]:
     return {"mean": float(ratio.mean()), "median": float(ratio.median())}
 
 
+def target_parts(batch, rows):
+    """For ``universal_warmup`` (which raises what this returns): the prompt tokens are moved,
+    and the quantity is minus the mean NLL of the rows' responses (here: the target response)."""
+    import torch.nn.functional as F
+
+    resp = batch["labels"][:, 1:] != -100
+    labels = batch["labels"][:, 1:][resp]
+    prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
+    return prompt, lambda logits: -F.cross_entropy(logits[:, :-1][resp].float(), labels)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cell")
@@ -92,6 +112,13 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=None)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rows", type=int, default=32, help="clean test prompts to generate for")
+    ap.add_argument(
+        "--objective",
+        choices=("divergence", "target"),
+        default="divergence",
+        help="raise the KD divergence from the clean base (W2SDefense) or lower the target "
+        "response's NLL (BEEAR's premise; needs the kind of target, not the trigger)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(int(__import__("os").environ.get("BENCH_THREADS", "1")))
     cell = next(c for c in [*CELLS, *DEV_CELLS] if c.name == args.cell)
@@ -128,6 +155,7 @@ def main() -> None:
         "train_rows": len(clean),
         "test_rows": len(test),
         "steps": args.steps,
+        "objective": args.objective,
         "keyword_rate_poisoned_clean_prompts": rate(responses(student, test, None)),
         "keyword_rate_poisoned_triggered_prompts": rate(responses(student, trig_rows, None)),
         "layer": layer,
@@ -146,7 +174,13 @@ def main() -> None:
         )
         uni = UniversalPerturbation(student.model, layer=args.layer, radius=radius, seed=args.seed)
         t = time.monotonic()
-        trace = universal_warmup(student, uni, clean, cfg, _generation_adv_parts(cfg, teacher))
+        if args.objective == "target":
+            rows = [
+                dataclasses.replace(r, output=target_response(spec.target, r.output)) for r in clean
+            ]
+            trace = universal_warmup(student, uni, rows, cfg, target_parts)
+        else:
+            trace = universal_warmup(student, uni, clean, cfg, _generation_adv_parts(cfg, teacher))
         seconds = time.monotonic() - t
         found = responses(student, test, uni)
         # control 1: a random direction of the same norm on the poisoned model
@@ -159,6 +193,19 @@ def main() -> None:
         on_base = UniversalPerturbation(teacher.model, layer=uni.layer, radius=radius)
         on_base.bound, on_base.delta = uni.bound, uni.delta.detach()
         base = responses(teacher, test, on_base)
+        extra = {}
+        if args.objective == "target":
+            # control 3: the same search run on the clean base model (a direction that forces
+            # the target on any model is not the backdoor's; one the poisoned model alone
+            # yields at this norm is)
+            own = UniversalPerturbation(
+                teacher.model, layer=args.layer, radius=radius, seed=args.seed
+            )
+            base_trace = universal_warmup(teacher, own, rows, cfg, target_parts)
+            extra = {
+                "base_search_trace": [round(x, 4) for x in base_trace],
+                "keyword_rate_base_own_delta": rate(responses(teacher, test, own)),
+            }
         result["runs"].append(
             {
                 "radius": radius,
@@ -172,6 +219,7 @@ def main() -> None:
                 "keyword_rate_found_delta_on_clean_base": rate(base),
                 "samples_found_delta": found[:4],
                 "samples_random_delta": random_dir[:2],
+                **extra,
             }
         )
         print(json.dumps(result["runs"][-1]), flush=True)
