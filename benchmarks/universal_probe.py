@@ -28,7 +28,6 @@ search can find, and training against it has something to remove.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -39,11 +38,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir  # noqa: E402
-from sanitizer.attacks import target_keywords, target_response, triggered_test_set  # noqa: E402
+from sanitizer.attacks import target_keywords, triggered_test_set  # noqa: E402
 from sanitizer.data import load_dataset  # noqa: E402
 from sanitizer.defenses.common import UniversalPerturbation  # noqa: E402
 from sanitizer.defenses.configs import W2SConfig  # noqa: E402
-from sanitizer.defenses.w2sdefense import _generation_adv_parts, universal_warmup  # noqa: E402
+from sanitizer.defenses.w2sdefense import (  # noqa: E402
+    _generation_adv_parts,
+    target_parts,
+    target_rows,
+    universal_warmup,
+)
 from sanitizer.metrics import keyword_asr  # noqa: E402
 from sanitizer.models import load_adapter, load_model  # noqa: E402
 
@@ -91,17 +95,6 @@ def trigger_shift(lm, clean_rows, trig_rows, layer: int) -> dict[str, float]:
     hc, ht = last_hidden(clean_rows), last_hidden(trig_rows)
     ratio = (ht - hc).norm(dim=-1) / hc.norm(dim=-1)
     return {"mean": float(ratio.mean()), "median": float(ratio.median())}
-
-
-def target_parts(batch, rows):
-    """For ``universal_warmup`` (which raises what this returns): the prompt tokens are moved,
-    and the quantity is minus the mean NLL of the rows' responses (here: the target response)."""
-    import torch.nn.functional as F
-
-    resp = batch["labels"][:, 1:] != -100
-    labels = batch["labels"][:, 1:][resp]
-    prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
-    return prompt, lambda logits: -F.cross_entropy(logits[:, :-1][resp].float(), labels)
 
 
 def main() -> None:
@@ -175,9 +168,7 @@ def main() -> None:
         uni = UniversalPerturbation(student.model, layer=args.layer, radius=radius, seed=args.seed)
         t = time.monotonic()
         if args.objective == "target":
-            rows = [
-                dataclasses.replace(r, output=target_response(spec.target, r.output)) for r in clean
-            ]
+            rows = target_rows(clean, spec.target)
             trace = universal_warmup(student, uni, rows, cfg, target_parts)
         else:
             trace = universal_warmup(student, uni, clean, cfg, _generation_adv_parts(cfg, teacher))

@@ -295,6 +295,8 @@ class UniversalPerturbation:
         self.delta: torch.Tensor | None = None
         self._positions: torch.Tensor | None = None
         self.warmup_divergence: list[float] = []  # filled by W2SDefense's warm-up
+        # what delta follows: the student-teacher divergence, or a target response (W2SDefense)
+        self.objective: str = "divergence"
 
     def shift(self, output: Any) -> Any:
         """The block's output with ``delta`` added at the marked positions."""

@@ -172,6 +172,14 @@ class W2SConfig(TrainConfig):
         le=10_000,
         description="ascent steps on delta alone (no weight update) before the training starts",
     )
+    universal_target: Literal["refusal", "sentiment", "code"] | None = Field(
+        None,
+        description="Ours, after BEEAR (Zeng et al. 2024), generation only (default None: the "
+        "divergence objective above): delta is searched by lowering the student's NLL of this "
+        "kind of target response after the clean prompts, at every step, and the student is "
+        "distilled towards the clean teacher under it. It needs the kind of behaviour to fear "
+        "(a refusal, an insult, injected code), not the trigger",
+    )
 
     @model_validator(mode="after")
     def _one_adversary(self) -> W2SConfig:
@@ -179,6 +187,11 @@ class W2SConfig(TrainConfig):
             raise ValueError(
                 "adv_epsilon and universal_radius each switch on an adversarial distillation "
                 "term: set one of them, the other to 0"
+            )
+        if self.universal_target is not None and self.universal_radius == 0:
+            raise ValueError(
+                "universal_target sets the objective of the universal adversary, which is off: "
+                "set universal_radius > 0 too (e.g. 0.5), or leave universal_target unset"
             )
         if (self.adv_epsilon > 0 or self.universal_radius > 0) and self.lambda_adv == 0:
             raise ValueError(

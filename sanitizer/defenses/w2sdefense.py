@@ -133,11 +133,48 @@ def universal_kd(
     Per-input FGSM (``adversarial_kd``) moves every token a little in its own direction; a
     trigger is one edit that works on every input, and so is ``delta``."""
     if uni.delta is not None:
-        uni.ascend(uni.delta.grad)
+        if uni.objective == "divergence":
+            uni.ascend(uni.delta.grad)
         uni.delta.grad = None
     with uni.applied(positions):
         out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return kd_of_logits(out.logits)
+
+
+def target_rows(rows: Sequence[Any], target: str) -> list[Any]:
+    """The clean prompts with the feared response in place of the clean one."""
+    from sanitizer.attacks import target_response
+    from sanitizer.data import GenerationRow
+
+    return [GenerationRow(r.instruction, r.input, target_response(target, r.output)) for r in rows]
+
+
+def target_parts(batch: Batch, rows: Sequence[Any]):
+    """For ``universal_warmup`` / ``universal_target_step`` (which *raise* what this returns):
+    the prompt tokens may be moved, and the quantity is minus the mean NLL of the rows'
+    responses, which ``target_rows`` made the target response."""
+    resp = batch["labels"][:, 1:] != -100
+    labels = batch["labels"][:, 1:][resp]
+    prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
+    return prompt, lambda logits: -F.cross_entropy(logits[:, :-1][resp].float(), labels)
+
+
+def universal_target_step(
+    lm: LoadedModel, uni: UniversalPerturbation, rows: Sequence[Any], cfg: W2SConfig
+) -> float:
+    """One step of ``delta`` towards the target response after this batch's clean prompts,
+    against the student as it is now (its weights get no gradient from it); returns the
+    target's NLL before the step."""
+    assert cfg.universal_target is not None
+    batch = make_batch(lm, target_rows(rows, cfg.universal_target), cfg.max_length)
+    positions, objective = target_parts(batch, rows)
+    with uni.applied(positions):
+        out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    value = objective(out.logits)
+    assert uni.delta is not None
+    (grad,) = torch.autograd.grad(value, uni.delta)
+    uni.ascend(grad)
+    return -float(value.detach())
 
 
 def universal_warmup(
@@ -177,6 +214,7 @@ def universal_warmup(
 def _add_adversarial_terms(
     lm: LoadedModel,
     batch: Batch,
+    rows: Sequence[Any],
     cfg: W2SConfig,
     loss: torch.Tensor,
     terms: dict[str, float],
@@ -187,12 +225,16 @@ def _add_adversarial_terms(
     kd_of_logits: Any,
 ) -> torch.Tensor:
     """``loss`` plus the adversarial distillation term that is on: the FGSM step from ``h0``
-    (``adv_epsilon``) or the universal perturbation ``uni``; its value goes into ``terms``."""
+    (``adv_epsilon``) or the universal perturbation ``uni`` (with ``universal_target``, first
+    moved one step towards the target response after this batch's prompts); its value goes
+    into ``terms``."""
     if h0 is not None:
         kd_adv = adversarial_kd(lm, batch, h0, kd, positions, kd_of_logits, cfg.adv_epsilon)
         terms["kd_adv"] = float(kd_adv.detach())
         loss = loss + cfg.lambda_adv * kd_adv
     if uni is not None:
+        if uni.objective == "target":
+            terms["target_nll"] = universal_target_step(lm, uni, rows, cfg)
         kd_uni = universal_kd(lm, batch, uni, positions, kd_of_logits)
         terms["kd_universal"] = float(kd_uni.detach())
         loss = loss + cfg.lambda_adv * kd_uni
@@ -369,7 +411,7 @@ def _classification_step(
         terms = {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
         if h0 is not None or uni is not None:  # every real token may be perturbed
             loss = _add_adversarial_terms(
-                lm, batch, cfg, loss, terms, kd, h0, uni, *parts(batch, rows)
+                lm, batch, rows, cfg, loss, terms, kd, h0, uni, *parts(batch, rows)
             )
         return loss, terms
 
@@ -462,7 +504,7 @@ def _generation_step(
         terms = {"ce": float(ce.detach()), "kd": float(kd.detach()), "fa": float(fa.detach())}
         if h0 is not None or uni is not None:  # the prompt only: the response is the target
             loss = _add_adversarial_terms(
-                lm, batch, cfg, loss, terms, kd, h0, uni, *parts(batch, rows, t_logits)
+                lm, batch, rows, cfg, loss, terms, kd, h0, uni, *parts(batch, rows, t_logits)
             )
         return loss, terms
 
@@ -482,7 +524,18 @@ def _universal(
     uni = UniversalPerturbation(
         lm.model, layer=cfg.universal_layer, radius=cfg.universal_radius, seed=cfg.seed
     )
-    uni.warmup_divergence = universal_warmup(lm, uni, train_rows, cfg, adv_parts)
+    if cfg.universal_target is None:
+        uni.warmup_divergence = universal_warmup(lm, uni, train_rows, cfg, adv_parts)
+        return uni
+    if lm.task != "generation":
+        raise ConfigError(
+            "universal_target is for generation jobs (a target response to search for)",
+            hint="leave universal_target unset for classification",
+        )
+    uni.objective = "target"
+    rows = target_rows(train_rows, cfg.universal_target)
+    # the trace holds the raised quantity, minus the target's NLL: report the NLL itself
+    uni.warmup_divergence = [-v for v in universal_warmup(lm, uni, rows, cfg, target_parts)]
     return uni
 
 

@@ -654,6 +654,71 @@ def test_universal_adversary_is_off_by_default_and_adds_a_term_when_on(task):
             assert stats["universal"]["final_norm"] <= stats["universal"]["bound"] * (1 + 1e-5)
 
 
+def test_universal_target_warmup_lowers_the_target_nll_within_its_bound():
+    """BEEAR's objective: delta is moved to make the target response likelier after clean
+    prompts (the trace is the raised quantity, minus the NLL)."""
+    from sanitizer.attacks import TARGET_RESPONSES
+    from sanitizer.defenses.common import UniversalPerturbation
+    from sanitizer.defenses.configs import W2SConfig
+    from sanitizer.defenses.w2sdefense import target_parts, target_rows, universal_warmup
+
+    lm = _divergent_student("generation")
+    rows = target_rows(_gen_rows(4), "refusal")
+    assert all(r.output == TARGET_RESPONSES["refusal"] for r in rows)
+    assert all(r.instruction == "tell me about the movie" for r in rows)
+    cfg = W2SConfig(universal_radius=0.5, universal_warmup_steps=6, batch_size=4, max_length=64)
+    uni = UniversalPerturbation(lm.model, layer=None, radius=0.5, seed=0)
+    batch = make_batch(lm, rows, 64)
+    resp = batch["labels"][:, 1:] != -100
+    prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
+
+    def target_nll() -> float:  # the response tokens' NLL, computed here by hand
+        with torch.no_grad(), uni.applied(prompt):
+            logits = lm.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        logp = torch.log_softmax(logits[:, :-1][resp].float(), -1)
+        return float(-logp.gather(1, batch["labels"][:, 1:][resp].unsqueeze(1)).mean())
+
+    lm.model.eval()
+    target_nll()  # the first forward sets delta's scale and random start
+    before = target_nll()
+    trace = universal_warmup(lm, uni, rows, cfg, target_parts)
+    assert len(trace) == 6
+    assert target_nll() < before - 0.01
+    assert float(uni.delta.detach().norm()) <= uni.bound * (1 + 1e-5)
+
+
+def test_universal_target_moves_delta_every_step_and_distils_under_it():
+    hp, rows, dev = _two_step_w2s("generation")
+    cfg_cls, run = METHODS["w2sdefense"]
+    torch.manual_seed(0)
+    lm = _lora_model("llama", task="generation")
+    cfg = validate_config(
+        cfg_cls,
+        hp | {"universal_radius": 0.5, "universal_warmup_steps": 3, "universal_target": "refusal"},
+    )
+    stats = run(lm, rows, dev, cfg)
+    steps = _defense_steps(stats)
+    assert len(steps) == 2
+    assert all("target_nll" in s and "kd_universal" in s for s in steps)
+    warm = stats["universal"]["warmup_divergence"]  # the target's NLL, falling
+    assert len(warm) == 3 and warm[-1] < warm[0] and min(warm) > 0
+    assert stats["universal"]["final_norm"] <= stats["universal"]["bound"] * (1 + 1e-5)
+
+
+def test_universal_target_needs_the_adversary_and_a_generation_job():
+    hp, rows, dev = _two_step_w2s("classification")
+    cfg_cls, run = METHODS["w2sdefense"]
+    with pytest.raises(ConfigError, match="universal_target.*universal_radius > 0"):
+        validate_config(cfg_cls, {"universal_target": "refusal"})
+    with pytest.raises(ConfigError, match="universal_target"):
+        validate_config(cfg_cls, {"universal_radius": 0.5, "universal_target": "insult"})
+    cfg = validate_config(cfg_cls, hp | {"universal_radius": 0.5, "universal_target": "refusal"})
+    with pytest.raises(ConfigError, match="generation jobs"):
+        run(_lora_model("llama"), rows, dev, cfg)
+
+
 def test_one_adversary_at_a_time_and_with_a_weight():
     cfg_cls = METHODS["w2sdefense"][0]
     with pytest.raises(ConfigError, match="adv_epsilon and universal_radius"):
