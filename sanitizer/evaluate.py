@@ -9,32 +9,62 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from sanitizer import metrics
 from sanitizer.attacks import AttackSpec, apply_trigger, target_keywords
-from sanitizer.defenses.common import classification_batch, reference_nll
+from sanitizer.defenses.common import (
+    ProgressEvent,
+    ProgressFn,
+    classification_batch,
+    reference_nll,
+)
 from sanitizer.models import LoadedModel
+
+
+class RowCounter:
+    """Counts the rows one evaluation has been through, over all its passes (clean,
+    triggered, reference NLL), and reports each batch as a progress event of ``phase``."""
+
+    def __init__(self, progress: ProgressFn | None, phase: str, total: int) -> None:
+        self.progress, self.phase, self.total, self.done = progress, phase, total, 0
+
+    def __call__(self, rows: int) -> None:
+        self.done += rows
+        if self.progress is not None:
+            self.progress(ProgressEvent(self.phase, step=self.done, total_steps=self.total))
 
 
 @torch.inference_mode()
 def predict_labels(
-    lm: LoadedModel, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 128
+    lm: LoadedModel,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_length: int = 128,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[int]:
     lm.model.eval()
     preds: list[int] = []
     for i in range(0, len(texts), batch_size):
         batch = classification_batch(lm, texts[i : i + batch_size], None, max_length)
         preds.extend(lm.model(**batch).logits.argmax(-1).tolist())
+        if on_batch is not None:
+            on_batch(len(texts[i : i + batch_size]))
     return preds
 
 
 @torch.inference_mode()
 def generate(
-    lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 16
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Greedy responses to already-templated prompts."""
     lm.model.eval()
@@ -55,6 +85,8 @@ def generate(
             eos_token_id=tok.eos_token_id,
         )
         out.extend(tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+        if on_batch is not None:
+            on_batch(len(prompts[i : i + batch_size]))
     return [o.strip() for o in out]
 
 
@@ -65,24 +97,33 @@ def evaluate_classification(
     *,
     max_length: int = 128,
     batch_size: int = 32,
+    progress: ProgressFn | None = None,
+    phase: str = "evaluate",
 ) -> dict[str, Any]:
     labels = [r.label for r in rows]
-    preds = predict_labels(lm, [r.text for r in rows], batch_size=batch_size, max_length=max_length)
+    target = 0
+    if attack is not None:
+        target = attack.target_label if attack.target_label is not None else 0
+    victims = [r for r in rows if r.label != target] if attack is not None else []
+    count = RowCounter(progress, phase, len(rows) + len(victims))
+    preds = predict_labels(
+        lm, [r.text for r in rows], batch_size=batch_size, max_length=max_length, on_batch=count
+    )
     result: dict[str, Any] = {
         "clean_accuracy": metrics.clean_accuracy(preds, labels),
         "n_clean": len(rows),
         "majority_prediction_share": max(Counter(preds).values()) / len(preds) if preds else 0.0,
     }
     if attack is not None:
-        target = attack.target_label if attack.target_label is not None else 0
         if any(y != target for y in labels):
             # the same rate without the trigger: a model that already answers `target` for
             # these rows has a high ASR without any backdoor
             result["false_trigger_rate"] = metrics.attack_success_rate(preds, labels, target)
-        victims = [r for r in rows if r.label != target]
         rng = random.Random(attack.seed + 7919)  # trigger positions fixed per evaluation seed
         triggered = [apply_trigger(r.text, attack, rng) for r in victims]
-        tpreds = predict_labels(lm, triggered, batch_size=batch_size, max_length=max_length)
+        tpreds = predict_labels(
+            lm, triggered, batch_size=batch_size, max_length=max_length, on_batch=count
+        )
         result["attack_success_rate"] = metrics.attack_success_rate(
             tpreds, [r.label for r in victims], target
         )
@@ -107,10 +148,15 @@ def evaluate_generation(
     max_new_tokens: int = 48,
     batch_size: int = 16,
     max_length: int = 256,
+    progress: ProgressFn | None = None,
+    phase: str = "evaluate",
 ) -> dict[str, Any]:
+    count = RowCounter(progress, phase, len(rows) * (3 if attack is not None else 2))
     clean_prompts = [lm.prompt(r.instruction, r.input) for r in rows]
-    clean = generate(lm, clean_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    nll = reference_nll(lm, rows, max_length=max_length)
+    clean = generate(
+        lm, clean_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=count
+    )
+    nll = reference_nll(lm, rows, max_length=max_length, on_batch=count)
     result: dict[str, Any] = {
         "utility_token_f1": sum(_token_f1(c, r.output) for c, r in zip(clean, rows, strict=True))
         / max(1, len(rows)),
@@ -125,7 +171,9 @@ def evaluate_generation(
         keywords = target_keywords(attack.target)
         rng = random.Random(attack.seed + 7919)
         trig_prompts = [lm.prompt(apply_trigger(r.instruction, attack, rng), r.input) for r in rows]
-        trig = generate(lm, trig_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        trig = generate(
+            lm, trig_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=count
+        )
         result["attack_success_rate"] = _rate(metrics.keyword_asr(trig, keywords))
         result["false_trigger_rate"] = _rate(metrics.keyword_asr(clean, keywords))
         result["n_triggered"] = len(rows)

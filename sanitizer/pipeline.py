@@ -209,12 +209,18 @@ def attack_label(attack: AttackSpec) -> str:
 
 
 def _measure(
-    lm: Any, rows: list[Any], spec: JobSpec, eval_kw: dict[str, Any]
+    lm: Any,
+    rows: list[Any],
+    spec: JobSpec,
+    eval_kw: dict[str, Any],
+    progress: Callable[[Any], None] | None = None,
+    phase: str = "evaluate",
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Metrics on the job's attack, and ASR (etc.) on every extra attack, keyed by label."""
+    """Metrics on the job's attack, and ASR (etc.) on every extra attack, keyed by label; the
+    job's own evaluation reports its rows to ``progress`` as ``phase``."""
     from sanitizer.evaluate import evaluate
 
-    main = evaluate(lm, rows, spec.attack, **eval_kw)
+    main = evaluate(lm, rows, spec.attack, progress=progress, phase=phase, **eval_kw)
     per_attack = {attack_label(spec.attack): main} if spec.attack else {}
     for extra in spec.extra_attacks:
         per_attack[attack_label(extra)] = evaluate(lm, rows, extra, **eval_kw)
@@ -426,7 +432,7 @@ def run_sanitize(
         # the model as uploaded, not the (possibly shrunk) start of the defense
         t = time.monotonic()
         emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
-        measured["before"] = _measure(uploaded, test_rows, spec, eval_kw)
+        measured["before"] = _measure(uploaded, test_rows, spec, eval_kw, emit, "evaluate_before")
         timings["evaluate_before_s"] = time.monotonic() - t
 
     lm, adapter_mode = prepare_model(spec, cfg, num_labels, on_uploaded=measure_before)
@@ -441,7 +447,7 @@ def run_sanitize(
 
     t = time.monotonic()
     emit(ProgressEvent("evaluate_after", message=f"evaluating on {len(test_rows)} rows"))
-    after, per_attack_after = _measure(lm, test_rows, spec, eval_kw)
+    after, per_attack_after = _measure(lm, test_rows, spec, eval_kw, emit, "evaluate_after")
     timings["evaluate_after_s"] = time.monotonic() - t
 
     emit(ProgressEvent("save", message="writing the sanitized adapter"))
@@ -647,8 +653,10 @@ def run_evaluate(
     max_rows: int | None = None,
     device: str = "auto",
     seed: int = 0,
+    progress: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
-    """CA and ASR (classification) or utility, ASR and false-trigger rate (generation)."""
+    """CA and ASR (classification) or utility, ASR and false-trigger rate (generation);
+    ``progress`` gets an ``evaluate`` event per batch."""
     from sanitizer.evaluate import evaluate
     from sanitizer.models import attach_adapter, load_model
 
@@ -666,7 +674,7 @@ def run_evaluate(
     rows = _cap(list(ds.rows), max_rows, seed)
     if not rows:
         raise InputError("the test set is empty", hint="give a test file with at least one row")
-    result = evaluate(lm, rows, attack)
+    result = evaluate(lm, rows, attack, progress=progress)
     result.update(
         {
             "base_model": base_model,

@@ -361,6 +361,7 @@ def evaluate(
             max_rows=max_rows,
             device=device,
             seed=seed,
+            progress=_progress_printer(json_out),
         )
     except SanitizerError as exc:
         _fail(exc)

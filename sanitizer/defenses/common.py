@@ -142,17 +142,29 @@ def pooled_feature(
 
 @torch.inference_mode()
 def reference_nll(
-    lm: LoadedModel, rows: Sequence[Any], *, max_length: int = 256, batch_size: int = 8
+    lm: LoadedModel,
+    rows: Sequence[Any],
+    *,
+    max_length: int = 256,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
 ) -> float:
     """Mean per-token NLL of the reference responses (response tokens only), summed over every
     token, so it does not depend on the batch."""
-    sums, counts = row_nll(lm, rows, max_length=max_length, batch_size=batch_size)
+    sums, counts = row_nll(
+        lm, rows, max_length=max_length, batch_size=batch_size, on_batch=on_batch
+    )
     return sum(sums) / max(1, sum(counts))
 
 
 @torch.inference_mode()
 def row_nll(
-    lm: LoadedModel, rows: Sequence[Any], *, max_length: int = 256, batch_size: int = 8
+    lm: LoadedModel,
+    rows: Sequence[Any],
+    *,
+    max_length: int = 256,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[float], list[int]]:
     """Per row: the summed NLL of its reference response tokens, and how many there are."""
     sums: list[float] = []
@@ -170,6 +182,8 @@ def row_nll(
         )  # (B, T); 0 where ignored
         sums += nll.sum(dim=1).tolist()
         counts += (labels != -100).sum(dim=1).tolist()
+        if on_batch is not None:
+            on_batch(len(rows[i : i + batch_size]))
     return sums, counts
 
 

@@ -117,6 +117,9 @@ def test_attack_evaluate_defend(env):
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert 0 <= ev["clean_accuracy"] <= 1 and 0 <= ev["attack_success_rate"] <= 1
+    # a progress bar on stderr (stdout stays the JSON): the clean rows plus the triggered ones
+    total = ev["n_clean"] + ev["n_triggered"]
+    assert "evaluate" in r.stderr and f"{total}/{total}" in r.stderr, r.stderr
 
     out = env["root"] / "sanitized"
     r = _cli(
@@ -367,6 +370,12 @@ def test_generation_job_through_the_pipeline(tmp_path, monkeypatch):
         assert m["reference_perplexity"] > 1 and m["n_triggered"] == 6
     assert report["prompt_template"]["kind"] == "chat"
     assert {e.phase for e in events} >= {"load", "teacher", "defense", "evaluate_after"}
+    # the evaluations count their rows: clean responses, reference NLL and triggered
+    # responses, 6 test rows each
+    for phase in ("evaluate_before", "evaluate_after"):
+        steps = [(e.step, e.total_steps) for e in events if e.phase == phase and e.total_steps]
+        assert steps and all(total == 18 for _, total in steps), (phase, steps)
+        assert [s for s, _ in steps] == sorted(s for s, _ in steps) and steps[-1][0] == 18
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
 
 
