@@ -408,3 +408,31 @@ def test_adapter_scale_job_measures_before_on_the_uploaded_model(env, tmp_path, 
     assert reports[0.0]["metrics"]["before"] == reports[1.0]["metrics"]["before"]
     assert reports[0.0]["adapter_in"]["scale"] == 0.0 and "scale" not in reports[1.0]["adapter_in"]
     assert (tmp_path / "out0.0" / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("method", ["finetune", "crow", "w2sdefense"])
+def test_same_job_twice_same_adapter_bytes_and_metrics(env, tmp_path, monkeypatch, method):
+    """Reproducibility end to end: the same job spec (seed included) run twice gives a
+    byte-identical sanitized adapter and the same metrics, W2SDefense's teacher included."""
+    from sanitizer.attacks import AttackSpec
+    from sanitizer.pipeline import AttackTrainConfig, JobSpec, run_attack, run_sanitize
+
+    monkeypatch.setenv("SANITIZER_MODEL_STORE", env["env"]["SANITIZER_MODEL_STORE"])
+    spec = AttackSpec(name="badnet", target_label=0, poison_rate=0.3, seed=0)
+    run_attack("tiny/bert", env["train"], "classification", spec, tmp_path / "poisoned",
+               AttackTrainConfig(epochs=1, batch_size=16, max_length=32))  # fmt: skip
+    hp = {"epochs": 2, "max_length": 32}
+    if method == "w2sdefense":
+        hp |= {"teacher_model": "tiny/teacher", "teacher_epochs": 1}
+    job = JobSpec(method=method, task="classification", base_model="tiny/bert",
+                  adapter_dir=tmp_path / "poisoned", clean_data=env["clean"],
+                  test_data=env["test"], attack=spec, hyperparameters=hp, seed=11)  # fmt: skip
+    runs = [run_sanitize(job, tmp_path / f"out{i}") for i in range(2)]
+    weights = [(tmp_path / f"out{i}" / "adapter" / "adapter_model.safetensors").read_bytes()
+               for i in range(2)]  # fmt: skip
+    assert weights[0] == weights[1]
+    assert runs[0]["metrics"] == runs[1]["metrics"]
+    # and the seed matters: another seed trains another adapter
+    other = run_sanitize(job.model_copy(update={"seed": 12}), tmp_path / "out-other")
+    other_weights = (tmp_path / "out-other" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert other_weights != weights[0] and other["config"]["seed"] == 12
