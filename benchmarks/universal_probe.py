@@ -194,7 +194,7 @@ def main() -> None:
             )
             base_trace = universal_warmup(teacher, own, rows, cfg, target_parts)
             extra = {
-                "base_search_trace": [round(x, 4) for x in base_trace],
+                "base_target_nll_trace": [round(-x, 4) for x in base_trace],
                 "keyword_rate_base_own_delta": rate(responses(teacher, test, own)),
             }
         result["runs"].append(
@@ -203,7 +203,10 @@ def main() -> None:
                 "layer": uni.layer,
                 "bound": uni.bound,
                 "delta_norm": float(uni.delta.norm()),
-                "divergence_trace": [round(x, 4) for x in trace],
+                # the quantity searched: the KD divergence (raised), or the target's NLL (lowered)
+                ("divergence_trace" if args.objective == "divergence" else "target_nll_trace"): [
+                    round(x if args.objective == "divergence" else -x, 4) for x in trace
+                ],
                 "search_seconds": round(seconds, 1),
                 "keyword_rate_found_delta": rate(found),
                 "keyword_rate_random_delta": rate(random_dir),

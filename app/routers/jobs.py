@@ -194,7 +194,9 @@ def _check_inputs(
 def _check_config(body: JobCreate) -> Any:
     """The method's validated config, exactly as the worker will build it (torch-free)."""
     try:
-        return config_for(body.method, {"seed": body.seed, **body.hyperparameters})
+        cfg = config_for(body.method, {"seed": body.seed, **body.hyperparameters})
+        cfg.check_task(body.task)
+        return cfg
     except ConfigError as exc:
         cause = exc.__cause__
         errors = (

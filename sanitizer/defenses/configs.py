@@ -19,6 +19,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def check_task(self, task: str) -> None:
+        """Raise ConfigError when a setting does not apply to ``task`` (the job knows its task,
+        the config does not): called by the API at submission and by the method at its start."""
+
     epochs: int = Field(5, ge=1, le=100, description="passes over the clean training set")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
     batch_size: int = Field(16, ge=1, le=1024)
@@ -160,8 +164,9 @@ class W2SConfig(TrainConfig):
         "computed with one vector delta added to the residual stream after block "
         "universal_layer at every prompt token (every real token for classification), the same "
         "vector for all inputs, kept at this fraction of the block output's median norm and moved "
-        "up the gradient of the student's divergence from the teacher at every step: a "
-        "continuous stand-in for a trigger, which is one edit that changes any input",
+        "up the gradient of the student's divergence from the teacher at every step (or, with "
+        "universal_target, towards that target response): a continuous stand-in for a trigger, "
+        "which is one edit that changes any input",
     )
     universal_layer: int | None = Field(
         None, ge=0, description="block after which delta is added; None: a third of the depth"
@@ -178,8 +183,18 @@ class W2SConfig(TrainConfig):
         "divergence objective above): delta is searched by lowering the student's NLL of this "
         "kind of target response after the clean prompts, at every step, and the student is "
         "distilled towards the clean teacher under it. It needs the kind of behaviour to fear "
-        "(a refusal, an insult, injected code), not the trigger",
+        "(a refusal, an insult, injected code), not the trigger. Costs one more forward and "
+        "backward per step than the divergence objective. For 'code' the target is the whole "
+        "clean answer with the injected line, so the search is weakest there",
     )
+
+    def check_task(self, task: str) -> None:
+        if self.universal_target is not None and task != "generation":
+            raise ConfigError(
+                f"universal_target='{self.universal_target}' is for generation jobs (a target "
+                f"response to search for); this job's task is {task}",
+                hint="leave universal_target unset for a classification job",
+            )
 
     @model_validator(mode="after")
     def _one_adversary(self) -> W2SConfig:

@@ -126,9 +126,11 @@ def universal_kd(
     kd_of_logits: Any,
 ) -> torch.Tensor:
     """Ours: the distillation term with the universal perturbation ``uni`` in the residual
-    stream at ``positions``. ``delta`` first takes one step up the gradient the previous step's
-    backward left on it (free adversarial training: the ascent costs no extra pass), so it keeps
-    following the direction in which the student, as it is now, leaves the clean teacher most.
+    stream at ``positions``. With the divergence objective ``delta`` first takes one step up the
+    gradient the previous step's backward left on it (free adversarial training: the ascent
+    costs no extra pass), so it keeps following the direction in which the student, as it is
+    now, leaves the clean teacher most; with the target objective it was already moved by
+    ``universal_target_step`` and that gradient is dropped.
 
     Per-input FGSM (``adversarial_kd``) moves every token a little in its own direction; a
     trigger is one edit that works on every input, and so is ``delta``."""
@@ -527,11 +529,6 @@ def _universal(
     if cfg.universal_target is None:
         uni.warmup_divergence = universal_warmup(lm, uni, train_rows, cfg, adv_parts)
         return uni
-    if lm.task != "generation":
-        raise ConfigError(
-            "universal_target is for generation jobs (a target response to search for)",
-            hint="leave universal_target unset for classification",
-        )
     uni.objective = "target"
     rows = target_rows(train_rows, cfg.universal_target)
     # the trace holds the raised quantity, minus the target's NLL: report the NLL itself
@@ -550,6 +547,7 @@ def run(
     **_: Any,
 ) -> dict[str, Any]:
     """Train a clean teacher, then the LoRA attached to ``lm`` against it."""
+    cfg.check_task(lm.task)  # before the teacher: a setting that cannot apply fails at once
     if lm.task == "classification":
         holder, teacher, tstats = train_classification_teacher(
             lm, train_rows, dev_rows, cfg, progress, should_cancel
@@ -588,6 +586,9 @@ def run(
         )
     if uni is not None:
         stats["universal"] = {
+            # divergence: the KD divergence it climbed; target: the target response's NLL
+            "objective": uni.objective,
+            "target": cfg.universal_target,
             "layer": uni.layer,
             "bound": uni.bound,
             "warmup_divergence": uni.warmup_divergence,

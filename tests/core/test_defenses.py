@@ -701,10 +701,49 @@ def test_universal_target_moves_delta_every_step_and_distils_under_it():
     stats = run(lm, rows, dev, cfg)
     steps = _defense_steps(stats)
     assert len(steps) == 2
-    assert all("target_nll" in s and "kd_universal" in s for s in steps)
+    assert all("kd_universal" in s and s["target_nll"] > 0 for s in steps)
+    assert stats["universal"]["objective"] == "target"
     warm = stats["universal"]["warmup_divergence"]  # the target's NLL, falling
     assert len(warm) == 3 and warm[-1] < warm[0] and min(warm) > 0
     assert stats["universal"]["final_norm"] <= stats["universal"]["bound"] * (1 + 1e-5)
+
+
+def test_universal_target_step_moves_delta_toward_the_target_and_kd_does_not():
+    """In target mode delta follows the target response only: one step lowers that batch's
+    target NLL; the distillation term's backward leaves a gradient on delta that is dropped."""
+    from sanitizer.defenses.common import UniversalPerturbation
+    from sanitizer.defenses.w2sdefense import (
+        target_parts,
+        target_rows,
+        universal_kd,
+        universal_target_step,
+    )
+
+    lm = _divergent_student("generation")
+    lm.model.eval()
+    rows = _gen_rows(4)
+    cfg = validate_config(
+        METHODS["w2sdefense"][0],
+        {"universal_radius": 0.5, "universal_target": "refusal", "max_length": 64},
+    )
+    uni = UniversalPerturbation(lm.model, layer=None, radius=0.5, seed=0)
+    uni.objective = "target"
+    first = universal_target_step(lm, uni, rows, cfg)  # creates delta, then one step
+    d0 = uni.delta.detach().clone()
+    nll = [universal_target_step(lm, uni, rows, cfg) for _ in range(3)]
+    assert first > 0 and nll[-1] < first  # each value is the NLL before that step
+    assert not torch.equal(uni.delta.detach(), d0)
+    # the KD term: a gradient on delta from the training backward is not followed
+    batch = make_batch(lm, rows, 64)
+    prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
+    uni.delta.grad = torch.ones_like(uni.delta)
+    before = uni.delta.detach().clone()
+    out = universal_kd(lm, batch, uni, prompt, lambda logits: logits.float().pow(2).mean())
+    assert torch.equal(uni.delta.detach(), before) and uni.delta.grad is None
+    out.backward()
+    assert uni.delta.grad is not None  # it flowed, and the next step drops it
+    assert target_rows(rows, "refusal")[0].instruction == rows[0].instruction
+    assert target_parts(make_batch(lm, target_rows(rows, "refusal"), 64), rows)[0].any()
 
 
 def test_universal_target_needs_the_adversary_and_a_generation_job():

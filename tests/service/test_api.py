@@ -399,6 +399,14 @@ def test_job_input_errors(api, assets):
         api.post("/v1/jobs", json=job_body(ds, base_model=str(store_folder))), 422, "unknown_model"
     )
     assert body["field"] == "base_model" and "not a valid model id" in body["detail"]
+    # a setting that cannot apply to the job's task is refused at submission, not minutes in
+    hp = {"teacher_model": "tiny/teacher", "universal_radius": 0.1, "universal_target": "refusal"}
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, method="w2sdefense", hyperparameters=hp)),
+        422,
+        "invalid_config",
+    )
+    assert body["field"] == "hyperparameters" and "generation jobs" in body["detail"]
     problem(api.post("/v1/jobs", json=job_body("file_missing")), 404, "file_not_found")
     other_ad = up(api, "o.zip", assets["other_adapter"].read_bytes(), "adapter").json()["id"]
     body = problem(
