@@ -96,6 +96,34 @@ def add_job(s: Any, job_id: str, *, running: bool = False, **fields: Any) -> Any
     return job
 
 
+@pytest.mark.parametrize("where", ["base_model", "teacher_model"])
+def test_worker_refuses_a_model_given_as_a_folder(service_env, assets, where):
+    """The API takes model ids only; a job row naming a folder on the worker's disk (written
+    some other way) fails with unknown_model instead of loading whatever that folder holds."""
+    from jobstore.db import session_scope, upgrade
+    from jobstore.models import Job
+    from workers.runner import run_job
+
+    folder = str(assets["store"] / "tiny--bert")  # a real model folder, by absolute path
+    upgrade()
+    with session_scope() as s:
+        if where == "base_model":
+            add_job(s, "job_p", base_model=folder)
+        else:
+            add_job(
+                s,
+                "job_p",
+                base_model="tiny/bert",
+                method="w2sdefense",
+                spec={"hyperparameters": {"teacher_model": folder}},
+            )
+    assert run_job("job_p", 1) == "failed"
+    with session_scope() as s:
+        job = s.get(Job, "job_p")
+        assert job.status == "failed" and job.error_code == "unknown_model", job.error_message
+        assert "not a valid model id" in job.error_message
+
+
 def test_reaper_requeues_then_fails_stale_jobs(service_env):
     from jobstore.db import session_factory, session_scope, upgrade
     from jobstore.jobs import reap
