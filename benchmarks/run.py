@@ -467,11 +467,19 @@ def _poisoned(rows: Rows, cell: str) -> list[dict[str, Any]]:
     return max((_finished(rows, cell, m) for m in _methods(rows, cell)), key=len, default=[])
 
 
-def _meets_bar(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> bool:
+def _ca_change(runs: list[dict[str, Any]]) -> float:
+    """Mean CA (utility) change of a method's runs, each against its own ``before``: the poisoned
+    model of the same seed, so a method run on fewer seeds than the cell's ``none`` row is not
+    compared with other seeds' poisoned models."""
+    m = [r["report"]["metrics"] for r in runs]
+    return statistics.mean(_ca(x["after"]) - _ca(x["before"]) for x in m)
+
+
+def _meets_bar(runs: list[dict[str, Any]]) -> bool:
     """The issue's bar: mean ASR ≤ 5% and mean CA (utility) at most 1 point below the poisoned
-    model's (1e-9 absorbs float error at exactly 1 point)."""
-    drop = statistics.mean(_ca(b) for b in before) - statistics.mean(_ca(a) for a in after)
-    return statistics.mean(_asr(a) for a in after) <= 0.05 + 1e-9 and drop <= 0.01 + 1e-9
+    model's, seed by seed (1e-9 absorbs float error at exactly 1 point)."""
+    asr = statistics.mean(_asr(r["report"]["metrics"]["after"]) for r in runs)
+    return asr <= 0.05 + 1e-9 and _ca_change(runs) >= -0.01 - 1e-9
 
 
 def _summary(rows: Rows) -> list[str]:
@@ -481,8 +489,9 @@ def _summary(rows: Rows) -> list[str]:
     out = [
         "## The minimum matrix against the bar",
         "",
-        "Default rows only (no variants, no `-old-selection` rows); ASR / CA change in points,",
-        "mean over the seeds in brackets. ✔ = ASR ≤ 5% and CA drop ≤ 1 point; ✘ = missed.",
+        "Default rows only (no variants, no `-old-selection` rows); ASR / CA change in points",
+        "(each run against the poisoned model of its own seed), mean over the seeds in brackets.",
+        "✔ = ASR ≤ 5% and CA drop ≤ 1 point; ✘ = missed.",
         "A defense's FTR (its ASR formula on untriggered inputs, where recorded) is the floor its",
         "ASR cannot go below: a model that errs on 8% of clean positives reads ≥ 8% ASR with no",
         "backdoor at all (see Metrics below).",
@@ -509,11 +518,11 @@ def _summary(rows: Rows) -> list[str]:
                 cols.append("not run")
                 continue
             after = [r["report"]["metrics"]["after"] for r in runs]
-            a_asr, d_ca = mean([_asr(a) for a in after]), mean([_ca(a) for a in after]) - b_ca
+            a_asr, d_ca = mean([_asr(a) for a in after]), 100 * _ca_change(runs)
             if m == "finetune":
                 cols.append(f"{a_asr:.1f} [{len(after)}]")
                 continue
-            mark = (" ✔" if _meets_bar(before, after) else " ✘") if bar else ""
+            mark = (" ✔" if _meets_bar(runs) else " ✘") if bar else ""
             ftrs = [a["false_trigger_rate"] for a in after if "false_trigger_rate" in a]
             floor = f" (FTR {mean(ftrs):.1f})" if len(ftrs) == len(after) else ""
             cols.append(f"{a_asr:.1f}{floor} / {d_ca:+.1f} [{len(after)}]{mark}")
@@ -630,7 +639,7 @@ def build_table(dev: bool = False) -> None:
             if method in COMPARATORS:
                 met = "comparator"
             elif attacked and base != "finetune":
-                met = "met" if _meets_bar(before, after) else "missed"
+                met = "met" if _meets_bar(good) else "missed"
             wall = statistics.mean(r["report"]["timings"]["defense_s"] for r in good)
             ratio = f"{wall / ft_s:.1f}" if ft_s and base not in ("finetune", *COMPARATORS) else "–"
             lines.append(

@@ -58,3 +58,29 @@ def test_cost_table_ignores_runs_made_under_load() -> None:
     lines = run._cost_table(rows)
     assert "No isolated runs recorded yet." in lines
     assert not [line for line in lines if line.startswith("| cell-a")]
+
+
+def _paired(seed: int, before_ca: float, after_ca: float, after_asr: float) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "report": {
+            "metrics": {
+                "before": {"attack_success_rate": 0.99, "clean_accuracy": before_ca},
+                "after": {"attack_success_rate": after_asr, "clean_accuracy": after_ca},
+            }
+        },
+    }
+
+
+def test_the_bar_compares_each_run_with_the_poisoned_model_of_its_own_seed() -> None:
+    """A defense run on seed 0 only, in a cell whose poisoned model was also measured on seed 1
+    (by another method): its CA change is against seed 0's poisoned model alone. Against the
+    two-seed mean (0.85) the 2-point drop below would read as a 3-point gain and pass."""
+    run = _run_module()
+    defended = [_paired(0, before_ca=0.90, after_ca=0.88, after_asr=0.01)]
+    assert abs(run._ca_change(defended) - (-0.02)) < 1e-12
+    assert not run._meets_bar(defended)
+    kept = [_paired(0, 0.90, 0.895, 0.01), _paired(1, 0.80, 0.81, 0.05)]
+    assert abs(run._ca_change(kept) - 0.0025) < 1e-12
+    assert run._meets_bar(kept)
+    assert not run._meets_bar([_paired(0, 0.90, 0.90, 0.06)])  # ASR above 5%
