@@ -592,7 +592,7 @@ def run(
             "layer": uni.layer,
             "bound": uni.bound,
             "warmup_divergence": uni.warmup_divergence,
-            "final_norm": None if uni.delta is None else float(uni.delta.norm()),
+            "final_norm": None if uni.delta is None else float(uni.delta.detach().norm()),
         }
     stats["teacher"] = {k: v for k, v in tstats.items() if k != "history"}
     stats["history"] = tstats.get("history", []) + stats["history"]
