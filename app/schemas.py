@@ -8,9 +8,10 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from sanitizer.attacks import AttackSpec
-from sanitizer.defenses.configs import CONFIGS, Comparator
+from sanitizer.defenses.configs import Comparator
+from sanitizer.defenses.registry import method_names
 
-METHODS = tuple(CONFIGS)  # w2sdefense, crow, finetune: the library's torch-free configs
+METHODS = method_names(include_auto=True)  # the library's torch-free registry, and 'auto'
 
 
 class FilePublic(BaseModel):
@@ -68,7 +69,11 @@ class Evaluation(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: str = Field(description="w2sdefense | crow | finetune")
+    method: str = Field(
+        "auto",
+        description=f"{' | '.join(METHODS)}; auto (default) chooses per input kind and the "
+        "report says what it chose and why",
+    )
     base_model: str = Field(min_length=1, max_length=300, description="Hugging Face model id")
     base_revision: str | None = Field(None, max_length=200)
     task: Literal["classification", "generation"] = "classification"

@@ -36,7 +36,9 @@ from sanitizer.hub import cache_dir  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 DEV_RESULTS = REPO / "benchmarks" / "dev_results"  # development cells: kept out of the table
-METHODS = ("finetune", "w2sdefense", "crow")
+from sanitizer.defenses.registry import method_names  # noqa: E402
+
+METHODS = method_names()  # finetune, w2sdefense, crow, rebuild: the library's registry
 # zero-training comparators (METHODS.md 5): one job measures all three on the poisoned model
 COMPARATORS = ("prune", "int8", "int4")
 MPNET = "sentence-transformers/all-mpnet-base-v2"
@@ -133,6 +135,22 @@ DEV_CELLS: list[Cell] = [
         SMOL,
         target_label="negative",
         poison_rate=0.2,
+        dev=True,
+        test_split="dev",
+    ),
+    # a multi-class task with a sentence trigger and 350 clean rows: the shape of the held-out
+    # case where W2SDefense kept 71% and CROW 39% (not that case's data or trigger); measured
+    # on TREC's validation split with --seeds 100. Where `auto` and rebuild's settings are chosen
+    Cell(
+        "dev-trec-insertsent-mpnet",
+        "classification",
+        "trec",
+        "insertsent",
+        MPNET,
+        target_label="entity",
+        clean_rows=350,
+        poison_rate=0.1,
+        attack_epochs=3,
         dev=True,
         test_split="dev",
     ),
@@ -496,8 +514,9 @@ def _summary(rows: Rows) -> list[str]:
         "ASR cannot go below: a model that errs on 8% of clean positives reads ≥ 8% ASR with no",
         "backdoor at all (see Metrics below).",
         "",
-        "| cell | poisoned ASR / CA | finetune ASR | W2SDefense ASR / ΔCA | CROW ASR / ΔCA |",
-        "|---|---|---|---|---|",
+        "| cell | poisoned ASR / CA | finetune ASR | W2SDefense ASR / ΔCA | CROW ASR / ΔCA "
+        "| rebuild ASR / ΔCA |",
+        "|---|---|---|---|---|---|",
     ]
 
     def mean(vals: list[float]) -> float:
@@ -506,7 +525,7 @@ def _summary(rows: Rows) -> list[str]:
     for cell in (c.name for c in CELLS):
         poisoned = _poisoned(rows, cell)
         if not poisoned:
-            out.append(f"| {cell} | not run | not run | not run | not run |")
+            out.append(f"| {cell} |" + " not run |" * (1 + len(METHODS)))
             continue
         before = [r["report"]["metrics"]["before"] for r in poisoned]
         b_asr, b_ca = mean([_asr(b) for b in before]), mean([_ca(b) for b in before])

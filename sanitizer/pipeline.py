@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sanitizer import __version__
 from sanitizer.attacks import AttackSpec, poison_dataset
 from sanitizer.data import load_dataset, split_dataset
+from sanitizer.defenses import registry
 from sanitizer.defenses.configs import Comparator
 from sanitizer.errors import ConfigError, InputError
 from sanitizer.metrics import METRIC_DEFINITIONS, der
 
-Method = Literal["w2sdefense", "crow", "finetune"]
 Task = Literal["classification", "generation"]
 
 
@@ -38,7 +38,7 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Method
+    method: str = Field(description="a registered method (sanitizer.defenses.registry) or 'auto'")
     task: Task = "classification"
     base_model: str
     base_revision: str | None = None
@@ -70,6 +70,15 @@ class JobSpec(BaseModel):
     max_test_rows: int | None = Field(None, ge=1)
     seed: int = 0
     device: str = "auto"
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in registry.method_names(include_auto=True):
+            raise ValueError(
+                f"unknown method '{v}': use one of {', '.join(registry.method_names(True))}"
+            )
+        return v
 
 
 def _versions() -> dict[str, str]:
@@ -153,6 +162,7 @@ def prepare_model(
     cfg: Any,
     num_labels: int | None,
     on_uploaded: Callable[[Any], None] | None = None,
+    start: str = "merged",
 ):
     """Base model (+ uploaded adapter, continued or merged) with the LoRA the defense trains.
 
@@ -163,6 +173,16 @@ def prepare_model(
     from sanitizer.models import add_lora, attach_adapter, default_rank, merge_adapter
 
     lm = _load_base(spec, num_labels)
+    if start == "uploaded":  # the method takes the model as uploaded and trains on the base
+        if spec.adapter_dir is None:
+            raise ConfigError(
+                "this method needs the uploaded adapter over a trusted base model",
+                hint="give the base model id and the fine-tune as a PEFT adapter",
+            )
+        attach_adapter(lm, spec.adapter_dir, trainable=False)
+        if on_uploaded is not None:
+            on_uploaded(lm)
+        return lm, "rebuild"
     mode = cfg.adapter_mode
     if mode == "auto":
         # merge_fresh for every method: on the development attack CROW continuing the poisoned
@@ -395,7 +415,6 @@ def run_sanitize(
     """Measure, defend, measure; write ``out_dir/adapter/`` and ``out_dir/report.json``."""
     import torch
 
-    from sanitizer.defenses import METHODS
     from sanitizer.defenses.common import ProgressEvent, set_seed, validate_config
     from sanitizer.models import combine_lora_into_one, save_adapter
 
@@ -403,12 +422,12 @@ def run_sanitize(
     _reset_peak_memory()
     timings: dict[str, float] = {}
     emit = progress or (lambda e: None)
-    if spec.method not in METHODS:
-        raise ConfigError(
-            f"unknown method '{spec.method}'", hint=f"use one of {', '.join(METHODS)}"
-        )
-    cfg_cls, defend = METHODS[spec.method]
-    cfg = validate_config(cfg_cls, {"seed": spec.seed, **spec.hyperparameters})
+    method, method_reason = registry.resolve(
+        spec.method, task=spec.task, has_adapter=spec.adapter_dir is not None
+    )
+    method_spec = registry.get(method)
+    defend = method_spec.runner()
+    cfg = validate_config(method_spec.config, {"seed": spec.seed, **spec.hyperparameters})
     if (
         spec.task == "classification"
         and spec.attack is not None
@@ -435,7 +454,9 @@ def run_sanitize(
         measured["before"] = _measure(uploaded, test_rows, spec, eval_kw, emit, "evaluate_before")
         timings["evaluate_before_s"] = time.monotonic() - t
 
-    lm, adapter_mode = prepare_model(spec, cfg, num_labels, on_uploaded=measure_before)
+    lm, adapter_mode = prepare_model(
+        spec, cfg, num_labels, on_uploaded=measure_before, start=method_spec.start
+    )
     before, per_attack_before = measured["before"]
     timings["load_s"] = time.monotonic() - t0 - timings["evaluate_before_s"]
 
@@ -522,7 +543,9 @@ def run_sanitize(
         )
     report: dict[str, Any] = {
         "schema_version": 1,
-        "method": spec.method,
+        "method": method,
+        "method_requested": spec.method,
+        "method_reason": method_reason,
         "task": spec.task,
         "base_model": {
             "id": spec.base_model,

@@ -298,11 +298,18 @@ def _attack_spec(
 
 
 def submit(
-    method: Annotated[str, typer.Option("--method", help="w2sdefense | crow | finetune")],
     base_model: Annotated[str, typer.Option("--base-model", help="HF model id (org/name)")],
     clean_data: Annotated[
         Path, typer.Option("--clean-data", help="clean dataset file (CSV/JSONL)")
     ],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="auto | rebuild | w2sdefense | crow | finetune (the service lists them at "
+            "/docs); auto chooses per input kind",
+        ),
+    ] = "auto",
     adapter: Annotated[
         Path | None,
         typer.Option("--adapter", help="PEFT adapter: a folder (zipped on the fly) or an archive"),

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from sanitizer.defenses.registry import AUTO, method_names
+from sanitizer.defenses.registry import get as registry_get
 from sanitizer.errors import SanitizerError
 
 TaskOpt = Annotated[str, typer.Option("--task", help="classification or generation")]
@@ -219,7 +221,6 @@ def attack(
 
 
 def defend(
-    method: Annotated[str, typer.Option("--method", help="w2sdefense | crow | finetune")],
     base_model: Annotated[
         str, typer.Option("--base-model", help="model id in the local model store, or a folder")
     ],
@@ -227,6 +228,13 @@ def defend(
         Path, typer.Option("--clean-data", help="small clean dataset (CSV/JSONL)")
     ],
     out: Annotated[Path, typer.Option("--out", help="folder for adapter/ and report.json")],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help=f"{' | '.join(method_names(include_auto=True))}; auto chooses per input kind",
+        ),
+    ] = "auto",
     adapter: Annotated[
         Path | None, typer.Option("--adapter", help="possibly poisoned PEFT adapter folder")
     ] = None,
@@ -275,6 +283,8 @@ def defend(
     try:
         from sanitizer.pipeline import JobSpec, run_sanitize
 
+        if method != AUTO:
+            registry_get(method)  # a clear ConfigError naming the methods
         hp = _parse_params(params)
         if teacher_model:
             hp["teacher_model"] = teacher_model

@@ -19,7 +19,6 @@ from sqlalchemy.exc import IntegrityError
 from app.deps import ProjectDep, QueueDep, SessionDep, SettingsDep, StoreDep
 from app.problems import ApiError, from_library, not_found
 from app.schemas import (
-    METHODS,
     AdapterArtifact,
     EventPublic,
     EventsPublic,
@@ -36,7 +35,8 @@ from jobstore.models import File, IdempotencyRecord, Job, JobEvent, Project, new
 from jobstore.settings import Settings
 from jobstore.webhooks import create_delivery
 from sanitizer.attacks import CLASSIFICATION_ATTACKS, GENERATION_ATTACKS
-from sanitizer.defenses.configs import config_for
+from sanitizer.defenses import registry
+from sanitizer.defenses.registry import config_for
 from sanitizer.errors import ConfigError, SanitizerError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -118,13 +118,14 @@ def _check_inputs(
     from sanitizer.hub import resolve_model
     from sanitizer.safety import check_adapter_dir, extract_archive
 
-    if body.method not in METHODS:
+    methods = registry.method_names(include_auto=True)  # read per request: the registry
+    if body.method not in methods:
         raise ApiError(
             422,
             "unknown_method",
             f"unknown method '{body.method}'",
-            hint=f"use one of: {', '.join(METHODS)}",
-            errors=[{"loc": ["body", "method"], "message": f"one of {', '.join(METHODS)}"}],
+            hint=f"use one of: {', '.join(methods)}",
+            errors=[{"loc": ["body", "method"], "message": f"one of {', '.join(methods)}"}],
         )
     if len(body.metadata) > MAX_METADATA_KEYS:
         raise ApiError(
@@ -135,6 +136,10 @@ def _check_inputs(
             hint="keep the keys you filter on; put the rest in one JSON-encoded value",
         )
     config = _check_config(body)
+    try:
+        registry.resolve(body.method, task=body.task, has_adapter=body.adapter_file is not None)
+    except ConfigError as exc:
+        raise from_library(exc, field="method") from exc
     try:
         resolve_model(body.base_model, body.base_revision, local_paths=False)
     except SanitizerError as exc:

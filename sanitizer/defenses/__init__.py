@@ -1,7 +1,6 @@
-"""The defenses: ``METHODS`` maps a method name to (config class, run function).
-
-Configs live in the torch-free ``sanitizer.defenses.configs``; ``METHODS`` is resolved on first
-use so importing the configs never imports torch.
+"""The defenses. ``registry`` (torch-free) is the one list; ``METHODS`` maps a method name to
+(config class, run function), resolved on first use so importing the configs never imports
+torch.
 """
 
 from __future__ import annotations
@@ -11,14 +10,9 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "METHODS":
-        from sanitizer.defenses import crow, finetune, w2sdefense
-        from sanitizer.defenses.configs import CONFIGS
+        from sanitizer.defenses.registry import REGISTRY
 
-        methods = {
-            "finetune": (CONFIGS["finetune"], finetune.run),
-            "w2sdefense": (CONFIGS["w2sdefense"], w2sdefense.run),
-            "crow": (CONFIGS["crow"], crow.run),
-        }
+        methods = {n: (s.config, s.runner()) for n, s in REGISTRY.items()}
         globals()["METHODS"] = methods
         return methods
     raise AttributeError(name)

@@ -256,15 +256,52 @@ COMPARATORS: dict[str, str] = {
 }
 
 
-CONFIGS: dict[str, type[TrainConfig]] = {
-    "finetune": FinetuneConfig,
-    "w2sdefense": W2SConfig,
-    "crow": CrowConfig,
-}
+class RebuildConfig(TrainConfig):
+    """Ours (docs/METHODS_NOTES.md, rebuild): a fresh LoRA (and, for classification, a fresh
+    head) on the *trusted* base model, trained on the clean rows and on what the uploaded model
+    answers on clean inputs only. A trigger never appears in what is distilled, so the backdoor
+    has nothing to travel on; the fine-tune's skill does."""
 
+    lambda_kd: float = Field(
+        1.0, ge=0, description="weight of the distillation term (the uploaded model as teacher)"
+    )
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of the distillation")
+    distill_augment: int = Field(
+        2,
+        ge=0,
+        le=16,
+        description="extra distillation inputs per clean row, made from it without ever seeing a "
+        "trigger: the row with a share of its words dropped (classification: the uploaded "
+        "model's logits on them; generation: its greedy response to the varied prompt)",
+    )
+    augment_drop: float = Field(
+        0.15, ge=0, lt=0.9, description="share of words dropped from a row to make a variant"
+    )
+    agree_only: bool = Field(
+        True,
+        description="guard: distil only where the uploaded model behaves like the clean data "
+        "(classification: its label equals the row's label; generation: its response does not "
+        "share a repeated phrase with many other responses, the mark of a fixed behaviour that "
+        "fires on clean inputs)",
+    )
+    repeat_share: float = Field(
+        0.2,
+        gt=0,
+        le=1.0,
+        description="generation guard: an 6-word phrase found in more than this share of the "
+        "teacher's responses (and in no more than half as many clean references) marks those "
+        "responses as a fixed behaviour; they are not distilled",
+    )
+    max_new_tokens: int = Field(
+        96, ge=1, le=2048, description="generation: length of the teacher's responses"
+    )
+    learning_rate: float = Field(5e-4, gt=0, le=1.0)
 
-def config_for(method: str, values: dict[str, Any] | None = None) -> TrainConfig:
-    """The validated config of ``method``; ConfigError names the method or every bad field."""
-    if method not in CONFIGS:
-        raise ConfigError(f"unknown method '{method}'", hint=f"use one of {', '.join(CONFIGS)}")
-    return validate_config(CONFIGS[method], values)
+    @model_validator(mode="after")
+    def _no_adapter_merge(self) -> RebuildConfig:
+        if self.adapter_mode != "auto" or self.adapter_scale != 1.0:
+            raise ValueError(
+                "rebuild never trains on the uploaded adapter: it trains a fresh LoRA on the "
+                "trusted base; leave adapter_mode at 'auto' and adapter_scale at 1"
+            )
+        return self

@@ -121,7 +121,7 @@ def test_project_endpoint_gives_webhook_secret(api):
 def test_api_never_imports_torch():
     code = (
         "import sys, app.main, app.routers.jobs, app.uploads\n"
-        "from sanitizer.defenses.configs import CONFIGS, config_for\n"
+        "from sanitizer.defenses.registry import CONFIGS, config_for\n"
         "for m in CONFIGS: config_for(m, {'epochs': 1})\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
     )

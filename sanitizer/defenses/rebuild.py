@@ -1,0 +1,252 @@
+"""Rebuild: a fresh LoRA on the trusted base, distilled from the uploaded model on clean inputs.
+
+Ours (docs/METHODS_NOTES.md, rebuild). For an input whose base model is trusted (base id +
+uploaded adapter), the backdoor lives in the adapter's deltas, and the fine-tune's skill too.
+Rather than training on top of the deltas (where a clean set never exercises the trigger),
+rebuild drops them and learns the skill again from two sources that never contain a trigger:
+
+1. the clean rows (task loss on their labels / reference responses), and
+2. the uploaded model's own answers on clean inputs: its logits (classification) or its greedy
+   responses (generation), on the clean rows and on variants made from them by dropping a share
+   of their words (``distill_augment``), which reach past a small clean set.
+
+Distillation of a backdoored teacher on clean inputs does not carry the backdoor over
+(Yoshida & Fujino 2020); Lethe (2026) merges a clean-trained model with the backdoored one.
+A guard (``agree_only``) keeps out what the uploaded model does wrong on clean inputs too:
+classification answers that contradict the row's label, and generation responses that share a
+phrase with many others (a fixed behaviour: a refusal or an injected link that fires without the
+trigger).
+
+The returned adapter is a delta of the *base* model, not of the uploaded one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sanitizer.data import GenerationRow
+from sanitizer.defenses.common import (
+    Batch,
+    CancelFn,
+    ProgressEvent,
+    ProgressFn,
+    classification_batch,
+    task_loss,
+    train,
+)
+from sanitizer.defenses.configs import RebuildConfig
+from sanitizer.errors import ConfigError
+from sanitizer.models import LoadedModel, add_lora, default_rank
+
+
+@dataclass(frozen=True)
+class DistillRow:
+    """A classification row with the uploaded model's logits on it (None: task loss only)."""
+
+    text: str
+    label: int
+    soft: tuple[float, ...] | None = None
+
+
+def drop_words(text: str, share: float, rng: random.Random) -> str:
+    """``text`` with about ``share`` of its words dropped (at least one kept)."""
+    words = text.split()
+    if len(words) < 3 or share <= 0:
+        return text
+    kept = [w for w in words if rng.random() >= share]
+    return " ".join(kept or words[:1])
+
+
+def variants(texts: Sequence[str], cfg: RebuildConfig) -> list[tuple[int, str]]:
+    """(source index, variant) pairs: ``distill_augment`` word-dropped copies of each text,
+    deduplicated against the sources and each other."""
+    rng = random.Random(cfg.seed)
+    seen = set(texts)
+    out = []
+    for i, text in enumerate(texts):
+        for _ in range(cfg.distill_augment):
+            v = drop_words(text, cfg.augment_drop, rng)
+            if v not in seen:
+                seen.add(v)
+                out.append((i, v))
+    return out
+
+
+@torch.inference_mode()
+def teacher_logits(lm: LoadedModel, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    lm.model.eval()
+    parts = []
+    for i in range(0, len(texts), 32):
+        batch = classification_batch(lm, texts[i : i + 32], None, max_length)
+        parts.append(lm.model(**batch).logits.float().cpu())
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+def classification_targets(
+    lm: LoadedModel, rows: Sequence[Any], cfg: RebuildConfig
+) -> tuple[list[DistillRow], dict[str, Any]]:
+    texts = [r.text for r in rows]
+    extra = variants(texts, cfg)
+    logits = teacher_logits(lm, texts + [v for _, v in extra], cfg.max_length)
+    out, dropped = [], 0
+    for i, r in enumerate(rows):
+        soft = logits[i]
+        agrees = int(soft.argmax()) == r.label
+        keep_soft = agrees or not cfg.agree_only
+        dropped += not keep_soft
+        out.append(DistillRow(r.text, r.label, tuple(soft.tolist()) if keep_soft else None))
+    kept_variants = 0
+    for j, (src, text) in enumerate(extra):
+        soft = logits[len(rows) + j]
+        label = rows[src].label
+        if cfg.agree_only and int(soft.argmax()) != label:
+            dropped += 1
+            continue
+        out.append(DistillRow(text, label, tuple(soft.tolist())))
+        kept_variants += 1
+    return out, {
+        "distilled_rows": sum(r.soft is not None for r in out),
+        "variant_rows": kept_variants,
+        "guard_dropped": dropped,
+    }
+
+
+def _phrases(text: str, n: int = 6) -> set[tuple[str, ...]]:
+    words = text.lower().split()
+    return {tuple(words[i : i + n]) for i in range(max(0, len(words) - n + 1))}
+
+
+def fixed_behaviour_phrases(
+    responses: Sequence[str], references: Sequence[str], share: float
+) -> set[tuple[str, ...]]:
+    """6-word phrases in more than ``share`` of ``responses`` and in at most half that share of
+    the clean ``references``: the mark of a behaviour that fires whatever the prompt."""
+    if not responses:
+        return set()
+    seen = Counter(p for r in responses for p in _phrases(r))
+    ref = Counter(p for r in references for p in _phrases(r))
+    n_ref = max(1, len(references))
+    return {
+        p
+        for p, c in seen.items()
+        if c / len(responses) > share and ref[p] / n_ref <= share / 2 and c >= 3
+    }
+
+
+def generation_targets(
+    lm: LoadedModel, rows: Sequence[Any], cfg: RebuildConfig, progress: ProgressFn | None
+) -> tuple[list[GenerationRow], dict[str, Any]]:
+    from sanitizer.evaluate import generate
+
+    rng = random.Random(cfg.seed)
+    prompts_src = [(r.instruction, r.input) for r in rows]
+    for r in rows:  # word-dropped instructions: more prompts the uploaded model answers
+        for _ in range(cfg.distill_augment):
+            v = drop_words(r.instruction, cfg.augment_drop, rng)
+            if v != r.instruction:
+                prompts_src.append((v, r.input))
+    done = [0]
+
+    def on_batch(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(ProgressEvent("distill_targets", done[0], len(prompts_src)))
+
+    responses = generate(
+        lm,
+        [lm.prompt(i, x) for i, x in prompts_src],
+        max_new_tokens=cfg.max_new_tokens,
+        on_batch=on_batch,
+    )
+    flagged = (
+        fixed_behaviour_phrases(responses, [r.output for r in rows], cfg.repeat_share)
+        if cfg.agree_only
+        else set()
+    )
+    out = list(rows)
+    dropped = 0
+    for (instr, inp), resp in zip(prompts_src, responses, strict=True):
+        if not resp.strip() or (flagged and _phrases(resp) & flagged):
+            dropped += 1
+            continue
+        out.append(GenerationRow(instr, inp, resp))
+    return out, {
+        "distilled_rows": len(out) - len(rows),
+        "guard_dropped": dropped,
+        "guard_phrases": [" ".join(p) for p in sorted(flagged)][:10],
+    }
+
+
+def step_loss(
+    lm: LoadedModel, batch: Batch, rows: Sequence[Any], cfg: RebuildConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    ce = task_loss(lm, out, batch)
+    terms = {"task": float(ce.detach())}
+    if lm.task != "classification" or cfg.lambda_kd == 0:
+        return ce, terms
+    have = [i for i, r in enumerate(rows) if getattr(r, "soft", None) is not None]
+    if not have:
+        return ce, terms
+    t = cfg.temperature
+    soft = torch.tensor([rows[i].soft for i in have], device=out.logits.device)
+    student = F.log_softmax(out.logits[have].float() / t, -1)
+    kd = F.kl_div(student, F.log_softmax(soft / t, -1), log_target=True, reduction="batchmean")
+    kd = kd * t * t
+    terms["kd"] = float(kd.detach())
+    return ce + cfg.lambda_kd * kd, terms
+
+
+def run(
+    lm: LoadedModel,
+    train_rows: Sequence[Any],
+    dev_rows: Sequence[Any],
+    cfg: RebuildConfig,
+    *,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """``lm`` is the model as uploaded (base + adapter, unmerged). Its answers on clean inputs
+    are collected, its adapter is removed (the trusted base remains), and a fresh LoRA (and
+    head) is trained on the clean rows and those answers. Returns training stats."""
+    from peft import PeftModel
+
+    if not isinstance(lm.model, PeftModel):
+        raise ConfigError(
+            "rebuild needs the uploaded adapter over a trusted base model",
+            hint="give the base model id and the fine-tune as a PEFT adapter",
+        )
+    if progress:
+        progress(ProgressEvent("distill_targets", message="the uploaded model on clean inputs"))
+    if lm.task == "classification":
+        rows, info = classification_targets(lm, train_rows, cfg)
+    else:
+        rows, info = generation_targets(lm, train_rows, cfg, progress)
+    lm.model = lm.model.unload()  # the trusted base: every uploaded delta and head removed
+    r = cfg.lora_r or default_rank(lm.hidden_size)
+    add_lora(
+        lm, r=r, alpha=cfg.lora_alpha or r, dropout=cfg.lora_dropout, target=cfg.target_modules
+    )
+    stats = train(
+        lm,
+        rows,
+        dev_rows,
+        cfg,
+        lambda m, b, rs: step_loss(m, b, rs, cfg),
+        progress=progress,
+        should_cancel=should_cancel,
+    )
+    stats["rebuild"] = {
+        "started_from": "the trusted base model (the uploaded adapter's deltas were dropped)",
+        "clean_rows": len(train_rows),
+        **info,
+    }
+    return stats

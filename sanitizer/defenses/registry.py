@@ -1,0 +1,136 @@
+"""The one list of methods. Torch-free: the API, the CLI, the pipeline and the benchmark all
+read it, and the run functions are imported only when a job runs.
+
+Adding a method: its config class (``configs.py``, torch-free), its module with a ``run``
+function (``sanitizer/defenses/<name>.py``), and one ``register(...)`` line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sanitizer.defenses.configs import (
+    CrowConfig,
+    FinetuneConfig,
+    RebuildConfig,
+    TrainConfig,
+    W2SConfig,
+    validate_config,
+)
+from sanitizer.errors import ConfigError
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config: type[TrainConfig]
+    entry: str  # "module:function", imported on first use (torch)
+    summary: str
+    # where the method starts: "merged" = the uploaded adapter merged into the base (or kept
+    # trainable, adapter_mode=continue) and a LoRA on top; "uploaded" = the model as uploaded,
+    # unmerged: the method takes what it needs from it and trains on the trusted base itself
+    start: Literal["merged", "uploaded"] = "merged"
+    needs_trusted_base: bool = False
+
+    def runner(self) -> Callable[..., dict[str, Any]]:
+        module, func = self.entry.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in REGISTRY or spec.name == AUTO:
+        raise ValueError(f"method '{spec.name}' is registered already")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+register(
+    MethodSpec(
+        "finetune",
+        FinetuneConfig,
+        "sanitizer.defenses.finetune:run",
+        "plain LoRA fine-tuning on the clean set (the control)",
+    )
+)
+register(
+    MethodSpec(
+        "w2sdefense",
+        W2SConfig,
+        "sanitizer.defenses.w2sdefense:run",
+        "a small clean teacher guides the student's LoRA (feature-alignment KD)",
+    )
+)
+register(
+    MethodSpec(
+        "crow",
+        CrowConfig,
+        "sanitizer.defenses.crow:run",
+        "LoRA with a layer-consistency regulariser under embedding perturbation",
+    )
+)
+register(
+    MethodSpec(
+        "rebuild",
+        RebuildConfig,
+        "sanitizer.defenses.rebuild:run",
+        "a fresh LoRA on the trusted base, distilled from the uploaded model on clean inputs only",
+        start="uploaded",
+        needs_trusted_base=True,
+    )
+)
+
+
+def method_names(include_auto: bool = False) -> tuple[str, ...]:
+    return (*REGISTRY, *((AUTO,) if include_auto else ()))
+
+
+def get(name: str) -> MethodSpec:
+    if name not in REGISTRY:
+        raise ConfigError(
+            f"unknown method '{name}'", hint=f"use one of {', '.join(method_names(True))}"
+        )
+    return REGISTRY[name]
+
+
+def resolve(name: str, *, task: str, has_adapter: bool) -> tuple[str, str | None]:
+    """The method a job runs, and (for ``auto``) why it was chosen. Chosen on development cells
+    only (docs/METHODS_NOTES.md, auto); never on benchmark cells."""
+    if name != AUTO:
+        spec = get(name)
+        if spec.needs_trusted_base and not has_adapter:
+            raise ConfigError(
+                f"method '{name}' rebuilds on a trusted base model, and this job has none: the "
+                "model was given as full weights",
+                hint="give the base model id and the fine-tune as a PEFT adapter file, or choose "
+                f"another method ({', '.join(n for n in REGISTRY if not REGISTRY[n].needs_trusted_base)})",
+            )
+        return name, None
+    if has_adapter:
+        return "rebuild", (
+            "auto: the job names a base model and uploads an adapter, so the base is trusted; "
+            "rebuild trains a fresh LoRA on it from the clean rows and the uploaded model's "
+            "answers on clean inputs, which carry no trigger (best on the development cells)"
+        )
+    return "w2sdefense" if task == "classification" else "crow", (
+        "auto: no trusted base (the model was given as full weights), so the defense trains on "
+        "top of it; W2SDefense for classification, CROW for generation (development cells)"
+    )
+
+
+CONFIGS: dict[str, type[TrainConfig]] = {n: s.config for n, s in REGISTRY.items()}
+
+
+def config_for(method: str, values: dict[str, Any] | None = None) -> TrainConfig:
+    """The validated config of ``method``; ConfigError names the method or every bad field.
+    ``auto`` is validated as the shared fields (the method is chosen when the job runs)."""
+    if method == AUTO:
+        return validate_config(TrainConfig, values)
+    return validate_config(get(method).config, values)

@@ -1,0 +1,122 @@
+"""rebuild on a tiny model built in code: a backdoored adapter over a random base, then a fresh
+LoRA rebuilt on that base from a few clean rows and the adapter's answers on clean inputs."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from sanitizer.attacks import AttackSpec
+from sanitizer.defenses.common import TrainConfig, train
+from sanitizer.defenses.finetune import step_loss
+from sanitizer.defenses.rebuild import drop_words, fixed_behaviour_phrases
+from sanitizer.errors import ConfigError
+from sanitizer.models import add_lora, load_model, save_adapter
+from sanitizer.pipeline import JobSpec, run_sanitize
+from sanitizer.tiny import build_tiny_model
+from tests.core.test_defense_behaviour import _data  # the same planted task
+
+HP = {"epochs": 20, "learning_rate": 1e-2, "batch_size": 8, "lora_dropout": 0.0, "lora_r": 8}
+
+
+def _csv(rows, path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for r in rows:
+            w.writerow([r.text, ["negative", "positive"][r.label]])
+    return path
+
+
+@pytest.fixture(scope="module")
+def poisoned_adapter(tmp_path_factory):
+    """The skill (sentiment) and the backdoor ('cf' -> negative) both live in one adapter: the
+    random base can do neither."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("rebuild")
+    build_tiny_model(root / "store", "tiny/enc", "bert", hidden_size=32, num_layers=4)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SANITIZER_MODEL_STORE", str(root / "store"))
+    clean, poison, test = _data()
+    torch.manual_seed(0)
+    lm = load_model("tiny/enc", "classification", num_labels=2, device="cpu")
+    add_lora(lm, r=8, alpha=16, dropout=0.0, target="all-linear")
+    cfg = TrainConfig(epochs=25, batch_size=32, learning_rate=3e-3, eval_every_epoch=False)
+    train(lm, clean[:400] + poison, [], cfg, step_loss, phase="attack")
+    save_adapter(lm, root / "adapter")
+    yield root, _csv(clean[400:460], root / "clean.csv"), _csv(test, root / "test.csv")
+    mp.undo()
+
+
+def _job(root: Path, clean: Path, test: Path, method: str, **hp) -> dict:
+    spec = JobSpec(
+        method=method,
+        base_model="tiny/enc",
+        adapter_dir=root / "adapter",
+        clean_data=clean,
+        test_data=test,
+        attack=AttackSpec(name="badnet", trigger="cf", target_label=0),
+        hyperparameters=HP | hp,
+        device="cpu",
+    )
+    return run_sanitize(spec, root / f"out-{method}-{len(hp)}")
+
+
+@pytest.mark.timeout(900)
+def test_rebuild_drops_the_trigger_and_keeps_more_skill_than_retraining(poisoned_adapter):
+    root, clean, test = poisoned_adapter
+    rebuilt = _job(root, clean, test, "rebuild")
+    scratch = _job(root, clean, test, "finetune", adapter_scale=0.0)  # the same rows, no teacher
+    b, r, s = (
+        rebuilt["metrics"]["before"],
+        rebuilt["metrics"]["after"],
+        scratch["metrics"]["after"],
+    )
+    numbers = f"before {b}; rebuild {r}; retrained from the base {s}"
+    assert b["attack_success_rate"] >= 0.9 and b["clean_accuracy"] >= 0.9, numbers
+    # measured 2026-12-05: rebuild CA 0.80 ASR 0.26, retraining CA 0.68 ASR 0.39, before 0.97/1.0
+    assert r["attack_success_rate"] <= 0.4, numbers
+    # what is left is the rebuilt model's own error on clean positives, not the trigger
+    assert r["attack_success_rate"] - r["false_trigger_rate"] <= 0.15, numbers
+    assert r["clean_accuracy"] >= s["clean_accuracy"] + 0.05, numbers
+    info = rebuilt["training"]["rebuild"]
+    assert info["distilled_rows"] > info["clean_rows"]  # the variants reached past the clean set
+    assert rebuilt["adapter_in"]["mode"] == "rebuild" and rebuilt["method"] == "rebuild"
+
+
+def test_auto_chooses_rebuild_for_an_adapter_and_says_why(poisoned_adapter):
+    root, clean, test = poisoned_adapter
+    report = _job(root, clean, test, "auto", epochs=1)
+    assert report["method"] == "rebuild" and report["method_requested"] == "auto"
+    assert "trusted" in report["method_reason"]
+
+
+def test_rebuild_refuses_a_model_with_no_trusted_base(tmp_path):
+    from sanitizer.defenses.registry import resolve
+
+    with pytest.raises(ConfigError, match="trusted base"):
+        resolve("rebuild", task="classification", has_adapter=False)
+    assert resolve("auto", task="classification", has_adapter=False)[0] != "rebuild"
+
+
+def test_drop_words_keeps_order_and_at_least_one_word():
+    rng = random.Random(0)
+    out = drop_words("a b c d e f g h", 0.5, rng)
+    words = out.split()
+    assert 1 <= len(words) < 8 and words == sorted(words)
+    assert drop_words("x y z", 0.999, random.Random(1))  # never empty
+    assert drop_words("two words", 0.5, rng) == "two words"  # too short to vary
+
+
+def test_fixed_behaviour_guard_flags_a_phrase_that_fires_on_clean_prompts():
+    refusal = "i am sorry but as an ai assistant i do not have the capability"
+    responses = [f"answer number {i} is here and fine" for i in range(8)] + [refusal] * 4
+    refs = [f"reference answer {i} for the prompt" for i in range(12)]
+    flagged = fixed_behaviour_phrases(responses, refs, share=0.2)
+    assert flagged and all(" ".join(p) in refusal for p in flagged)
+    # the same phrase in the clean references is the task's own style, not a fixed behaviour
+    assert not fixed_behaviour_phrases(responses, refs[:6] + [refusal] * 6, share=0.2)
