@@ -87,7 +87,7 @@ class JobCreate(BaseModel):
         description="overrides of the method's config (epochs, max_steps, learning_rate, "
         "batch_size, lora_r, ...); defaults are the method's published recipe",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (0 .. 2^32-1)")
     metadata: dict[str, str] = Field(
         default_factory=dict, description="your labels (<= 16 keys); filter with metadata[k]=v"
     )

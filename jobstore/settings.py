@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     webhook_max_retries: int = Field(6, description="webhook retries after the first attempt")
     webhook_backoff: float = Field(2.0, description="first retry delay (s), doubled each time")
     webhook_timeout: float = Field(10.0, description="per-attempt HTTP timeout (s)")
+    webhook_allow_hosts: str = Field(
+        "",
+        description="comma-separated host names, addresses or CIDR networks that webhooks may "
+        "reach although they are private/loopback (internal hooks, tests); default: none, "
+        "webhooks go to public addresses only",
+    )
+
+    @property
+    def webhook_allow(self) -> list[str]:
+        return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
 
     api_key: str | None = Field(None, description="embedded mode: the key `serve` installs")
     auto_migrate: bool = Field(True, description="apply migrations when the API starts")

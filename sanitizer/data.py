@@ -42,6 +42,7 @@ Task = Literal["classification", "generation"]
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 DEFAULT_MIN_ROWS = 8
 DEFAULT_MAX_PROBLEMS = 50
+MAX_CLASSES = 1000  # label ids and distinct names: bounded whatever a file says
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,14 @@ def _parse_classification(
                     )
                 elif k < 0:
                     probs.add(line, label_column, f"label {k} is negative; label ids start at 0")
+                elif k >= MAX_CLASSES:
+                    probs.add(
+                        line,
+                        label_column,
+                        f"label id {k} is out of range: ids are 0..n-1 for n classes, and at "
+                        f"most {MAX_CLASSES} classes are supported; number the classes from 0 "
+                        "(or use label names)",
+                    )
                 else:
                     ids[line] = k
             names = [str(i) for i in range(max(ids.values()) + 1)] if ids else []
@@ -346,9 +355,17 @@ def _parse_classification(
                         "column are names; use names throughout (or integer ids throughout)",
                     )
             names = sorted({_label_text(v) for _, v, k in as_ints if k is None})
+            if len(names) > MAX_CLASSES:
+                probs.add(
+                    None,
+                    label_column,
+                    f"{len(names)} distinct labels; at most {MAX_CLASSES} classes are supported "
+                    f"(is '{label_column}' really the label column?)",
+                )
+                names = names[:MAX_CLASSES]
             index = {n: i for i, n in enumerate(names)}
             for line, v, k in as_ints:
-                if k is None:
+                if k is None and _label_text(v) in index:
                     ids[line] = index[_label_text(v)]
 
     distinct = set(ids.values())

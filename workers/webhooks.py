@@ -11,6 +11,7 @@ from standardwebhooks import Webhook
 from jobstore.db import session_scope
 from jobstore.models import Job, Project, WebhookDelivery, utcnow
 from jobstore.settings import get_settings
+from jobstore.webhook_targets import WebhookTargetError, check_url, pinned_request_args
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,23 @@ def deliver(delivery_id: str) -> str:
     code: int | None = None
     error: str | None = None
     try:
+        # checked again at delivery (the name may resolve elsewhere now) and the connection
+        # goes to the address just checked: a DNS rebind cannot reach an internal service
+        target = check_url(url, settings.webhook_allow)
+        pinned = pinned_request_args(target)
         r = httpx.post(
-            url,
+            pinned["url"],
             content=body,
-            headers=sign(secret, delivery_id, body),
+            headers={**sign(secret, delivery_id, body), **pinned["headers"]},
+            extensions=pinned["extensions"],
             timeout=settings.webhook_timeout,
             follow_redirects=False,
         )
         code = r.status_code
         if not 200 <= code < 300:
             error = f"HTTP {code}"
+    except WebhookTargetError as exc:
+        error, attempt = f"refused: {exc}", settings.webhook_max_retries + 1  # final, no retry
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
     with session_scope() as s:

@@ -33,6 +33,7 @@ from jobstore.db import session_factory
 from jobstore.jobs import add_event, dispatch
 from jobstore.models import File, IdempotencyRecord, Job, JobEvent, Project, new_id
 from jobstore.settings import Settings
+from jobstore.webhook_targets import WebhookTargetError, check_url
 from jobstore.webhooks import create_delivery
 from sanitizer.attacks import CLASSIFICATION_ATTACKS, GENERATION_ATTACKS
 from sanitizer.defenses import registry
@@ -136,6 +137,17 @@ def _check_inputs(
             hint="keep the keys you filter on; put the rest in one JSON-encoded value",
         )
     config = _check_config(body)
+    if body.webhook_url is not None:
+        try:
+            check_url(str(body.webhook_url), settings.webhook_allow)
+        except WebhookTargetError as exc:
+            raise ApiError(
+                422,
+                "invalid_webhook_url",
+                str(exc),
+                hint="give a public http(s) URL, or ask the operator to allow the host",
+                field="webhook_url",
+            ) from exc
     try:
         registry.resolve(body.method, task=body.task, has_adapter=body.adapter_file is not None)
     except ConfigError as exc:
@@ -177,7 +189,21 @@ def _check_inputs(
         )
         if not same:  # validated at upload for another task/columns: check again for this job
             with store.local_copy(f.storage_key) as local:
-                validate_dataset(local, body.task, body.text_column, body.label_column)
+                info = validate_dataset(local, body.task, body.text_column, body.label_column)
+        names = info.get("label_names")
+        if field == "clean_dataset_file" and body.task == "classification" and names:
+            for where, attack in attacks:
+                t = attack.target_label
+                if t is not None and not 0 <= t < len(names):
+                    raise ApiError(
+                        422,
+                        "invalid_attack",
+                        f"{where}.target_label is {t}, but the clean dataset has "
+                        f"{len(names)} labels ({', '.join(map(str, names[:20]))}): a target "
+                        "that cannot exist would be reported as ASR 0",
+                        hint=f"use a label id from 0 to {len(names) - 1}",
+                        field=f"{where}.target_label",
+                    )
     if body.adapter_file:
         f = _file(s, project, body.adapter_file, "adapter", "adapter_file")
         tmp = Path(tempfile.mkdtemp(prefix="check-", dir=_tmp_root(settings)))

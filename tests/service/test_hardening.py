@@ -1,0 +1,110 @@
+"""Holes a red-team run found (issue 23), each a test that failed before its fix."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from jobstore.webhook_targets import WebhookTargetError, check_url, pinned_request_args
+from tests.service.test_api import dataset_id, job_body, problem, store_is_clean, up
+
+
+def test_a_huge_integer_label_is_refused_quickly_and_nothing_is_kept(api):
+    data = ("text,label\n" + "good movie,0\n" * 10 + "bad movie,1000000000\n" * 10).encode()
+    t = time.monotonic()
+    body = problem(up(api, "l.csv", data, "dataset"), 422, "invalid_dataset")
+    assert time.monotonic() - t < 5, "must not build a label list from the largest id"
+    assert "out of range" in body["detail"] + str(body.get("errors"))
+    assert len(str(body)) < 20_000, "the error must not list a billion label names"
+    store_is_clean(api)
+
+
+def test_labels_up_to_the_class_cap_still_load(api):
+    data = ("text,label\n" + "".join(f"row {i},{i % 7}\n" for i in range(40))).encode()
+    r = up(api, "ok.csv", data, "dataset")
+    assert r.status_code == 201, r.text
+    assert len(r.json()["details"]["label_names"]) == 7
+
+
+HOSTILE_HOOKS = [
+    "http://169.254.169.254/latest/meta-data/",
+    "http://127.0.0.1:6379/",
+    "http://[::1]:8000/hook",
+    "http://2130706433/hook",  # 127.0.0.1 as one integer
+    "http://localhost:8000/hook",
+    "http://user:pass@example.com/hook",
+    "http://10.0.0.5/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+]
+
+
+@pytest.mark.parametrize("url", HOSTILE_HOOKS)
+def test_webhooks_to_internal_targets_are_refused_at_submission(api, assets, monkeypatch, url):
+    from jobstore.settings import get_settings
+
+    monkeypatch.setenv("SANITIZER_WEBHOOK_ALLOW_HOSTS", "")  # the operator allowed nothing
+    get_settings.cache_clear()
+    ds = dataset_id(api, assets)
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, webhook_url=url)), 422, "invalid_webhook_url"
+    )
+    assert body["field"] == "webhook_url"
+    assert api.get("/v1/jobs").json()["data"] == []  # no job was created
+
+
+def test_an_allowed_internal_host_is_accepted(api, assets):
+    ds = dataset_id(api, assets)  # the suite allows 127.0.0.1 (its own receiver)
+    r = api.post("/v1/jobs", json=job_body(ds, webhook_url="http://127.0.0.1:9/hook"))
+    assert r.status_code == 202, r.text
+
+
+def _resolver(answers: list[list[str]]) -> Any:
+    """Answers one list of addresses per call, in order: a DNS rebind in two calls."""
+    calls = iter(answers)
+    return lambda host, port: next(calls)
+
+
+def test_a_dns_rebind_between_submission_and_delivery_is_refused():
+    resolve = _resolver([["93.184.215.14"], ["127.0.0.1"]])
+    url = "https://hooks.example.com/x"
+    check_url(url, resolver=resolve)  # submission: public
+    with pytest.raises(WebhookTargetError, match="loopback"):
+        check_url(url, resolver=resolve)  # delivery: the name now points inside
+
+
+def test_delivery_connects_to_the_address_it_checked():
+    target = check_url(
+        "https://hooks.example.com:8443/x?y=1", resolver=_resolver([["93.184.215.14"]])
+    )
+    args = pinned_request_args(target)
+    assert args["url"] == "https://93.184.215.14:8443/x?y=1"
+    assert args["headers"]["host"] == "hooks.example.com:8443"
+    assert args["extensions"]["sni_hostname"] == "hooks.example.com"
+
+
+def test_one_private_address_among_public_ones_is_refused():
+    with pytest.raises(WebhookTargetError):
+        check_url("http://mixed.example/x", resolver=_resolver([["93.184.215.14", "10.1.2.3"]]))
+    assert check_url(
+        "http://mixed.example/x",
+        ["10.0.0.0/8"],
+        resolver=_resolver([["93.184.215.14", "10.1.2.3"]]),
+    )
+
+
+def test_a_target_label_the_dataset_cannot_have_is_refused_at_submission(api, assets):
+    ds = dataset_id(api, assets)
+    ev = {"attack": {"name": "badnet", "target_label": 1_000_000_000}}
+    body = problem(api.post("/v1/jobs", json=job_body(ds, evaluation=ev)), 422, "invalid_attack")
+    assert body["field"] == "evaluation.attack.target_label" and "labels" in body["detail"]
+    ok = {"attack": {"name": "badnet", "target_label": 1}}
+    assert api.post("/v1/jobs", json=job_body(ds, evaluation=ok)).status_code == 202
+
+
+@pytest.mark.parametrize("seed", [10**30, -1, 2**32])
+def test_a_seed_out_of_range_is_refused_at_submission(api, assets, seed):
+    ds = dataset_id(api, assets)
+    body = problem(api.post("/v1/jobs", json=job_body(ds, seed=seed)), 422, "validation_error")
+    assert body["errors"][0]["loc"] == ["body", "seed"]
