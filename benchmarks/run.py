@@ -38,7 +38,8 @@ RESULTS = REPO / "benchmarks" / "results"
 DEV_RESULTS = REPO / "benchmarks" / "dev_results"  # development cells: kept out of the table
 from sanitizer.defenses.registry import method_names  # noqa: E402
 
-METHODS = method_names()  # finetune, w2sdefense, crow, rebuild: the library's registry
+METHODS = method_names()  # finetune, w2sdefense, crow, rebuild, unlearn: the registry
+_TITLES = {"w2sdefense": "W2SDefense", "crow": "CROW"}
 # zero-training comparators (METHODS.md 5): one job measures all three on the poisoned model
 COMPARATORS = ("prune", "int8", "int4")
 MPNET = "sentence-transformers/all-mpnet-base-v2"
@@ -514,9 +515,10 @@ def _summary(rows: Rows) -> list[str]:
         "ASR cannot go below: a model that errs on 8% of clean positives reads ≥ 8% ASR with no",
         "backdoor at all (see Metrics below).",
         "",
-        "| cell | poisoned ASR / CA | finetune ASR | W2SDefense ASR / ΔCA | CROW ASR / ΔCA "
-        "| rebuild ASR / ΔCA |",
-        "|---|---|---|---|---|---|",
+        "| cell | poisoned ASR / CA | finetune ASR | "
+        + " | ".join(f"{_TITLES.get(m, m)} ASR / ΔCA" for m in METHODS if m != "finetune")
+        + " |",
+        "|---" * (2 + len(METHODS)) + "|",
     ]
 
     def mean(vals: list[float]) -> float:

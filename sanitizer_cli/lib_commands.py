@@ -388,7 +388,62 @@ def evaluate(
                 typer.echo(f"{k}: {result[k]:.4f}")
 
 
+def scan(
+    base_model: Annotated[
+        str, typer.Option("--base-model", help="model id in the local model store, or a folder")
+    ],
+    clean_data: Annotated[
+        Path, typer.Option("--clean-data", help="clean labelled rows (CSV/JSONL)")
+    ],
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", help="possibly poisoned PEFT adapter folder")
+    ] = None,
+    text_column: Annotated[str, typer.Option("--text-column")] = "text",
+    label_column: Annotated[str, typer.Option("--label-column")] = "label",
+    trigger_len: Annotated[int, typer.Option("--trigger-len", help="tokens per trigger")] = 3,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="flip rate above which the model is flagged")
+    ] = 0.8,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Device = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    fail_on_detection: Annotated[
+        bool, typer.Option("--fail-on-detection", help="exit 1 when a backdoor is detected")
+    ] = False,
+) -> None:
+    """Look for a backdoor with no trigger knowledge (classification): short triggers that turn
+    clean inputs into one label, ranked by the share of clean rows they flip."""
+    try:
+        from sanitizer.scan import ScanConfig, run_scan
+
+        result = run_scan(
+            base_model,
+            clean_data,
+            adapter_dir=adapter,
+            text_column=text_column,
+            label_column=label_column,
+            cfg=ScanConfig(trigger_len=trigger_len, threshold=threshold, seed=seed),
+            device=device,
+        )
+    except SanitizerError as exc:
+        _fail(exc)
+    if json_out:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        typer.echo(
+            f"verdict: {result['verdict']} (top flip rate {result['score']:.1%}, "
+            f"threshold {result['threshold']:.0%})"
+        )
+        for c in result["candidates"][:5]:
+            typer.echo(
+                f"  '{c['trigger']}' -> {c['target_name']}: flips {c['flip_rate']:.1%} of clean rows"
+            )
+    if fail_on_detection and result["verdict"] == "backdoor":
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("scan")(scan)
     app.command("attack")(attack)
     app.command("defend")(defend)
     app.command("evaluate")(evaluate)

@@ -17,6 +17,7 @@ from sanitizer.defenses.configs import (
     FinetuneConfig,
     RebuildConfig,
     TrainConfig,
+    UnlearnConfig,
     W2SConfig,
     validate_config,
 )
@@ -84,6 +85,15 @@ register(
         "a fresh LoRA on the trusted base, distilled from the uploaded model on clean inputs only",
         start="uploaded",
         needs_trusted_base=True,
+    )
+)
+register(
+    MethodSpec(
+        "unlearn",
+        UnlearnConfig,
+        "sanitizer.defenses.unlearn:run",
+        "scan for short triggers with no trigger knowledge, then train the found ones away "
+        "(classification)",
     )
 )
 

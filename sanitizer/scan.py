@@ -1,0 +1,310 @@
+"""Scan a classifier for a backdoor with no trigger knowledge: search for a few tokens that,
+inserted into clean inputs, turn them into one label.
+
+For each candidate target label, a gradient-guided discrete search (HotFlip / GCG style: the
+gradient of the target loss with respect to a one-hot trigger ranks replacement tokens, a batch
+of single-token swaps is tried, the best kept) looks for ``trigger_len`` tokens that flip the
+clean inputs of the other labels to it. A model with a backdoor has such a short trigger that
+flips nearly all of them; a clean model needs far more than a few tokens for that. Each found
+trigger is then measured as text: inserted at a random word position of held-out clean rows,
+the share of those the model gets right without it that it flips to the target (the flip rate).
+
+Evidence from two directions: the search (how low the target loss goes) and the text-level flip
+rate on rows the search never saw. The verdict is the top flip rate against ``threshold``.
+Torch; never reads the attack spec.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sanitizer.models import LoadedModel
+
+
+@dataclass
+class ScanConfig:
+    trigger_len: int = 3
+    steps: int = 24  # swap rounds per target label
+    top_k: int = 24  # replacement tokens per position from the gradient
+    swaps: int = 24  # candidate swaps tried per round
+    search_rows: int = 24  # clean rows the search optimises on
+    eval_rows: int = 200  # clean rows the found trigger is measured on (others)
+    restarts: int = 2  # independent searches on the most susceptible label
+    threshold: float = 0.8  # flip rate above which the model is flagged
+    max_length: int = 64
+    seed: int = 0
+
+
+@dataclass
+class Candidate:
+    trigger: str
+    token_ids: list[int]
+    target_label: int
+    target_name: str
+    flip_rate: float
+    search_loss: float
+
+
+@dataclass
+class ScanResult:
+    verdict: str  # "backdoor" | "clean"
+    score: float  # the top flip rate
+    threshold: float
+    target_label: int | None
+    target_name: str | None
+    candidates: list[Candidate] = field(default_factory=list)
+    per_label: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _vocab_mask(lm: LoadedModel) -> torch.Tensor:
+    """Tokens a trigger may use: not special, and decoding to something with a letter or digit."""
+    tok = lm.tokenizer
+    size = lm.model.get_input_embeddings().weight.shape[0]
+    ok = torch.zeros(size, dtype=torch.bool)
+    special = set(tok.all_special_ids)
+    vocab = tok.get_vocab()
+    for piece, i in vocab.items():
+        if i >= size or i in special:
+            continue
+        text = tok.convert_tokens_to_string([piece]).strip()
+        ok[i] = bool(text) and any(ch.isalnum() for ch in text) and len(text) <= 20
+    return ok
+
+
+def _encode(lm: LoadedModel, texts: Sequence[str], max_length: int, n: int) -> list[list[int]]:
+    enc = lm.tokenizer(list(texts), truncation=True, max_length=max_length - n)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def _assemble(
+    lm: LoadedModel, rows: list[list[int]], trig: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and the trigger's first position per row: the trigger goes
+    after a leading special token (CLS/BOS) or first; padding on the tokenizer's side."""
+    tok = lm.tokenizer
+    special = set(tok.all_special_ids)
+    seqs, starts = [], []
+    for ids in rows:
+        at = 1 if ids and ids[0] in special else 0
+        seqs.append(ids[:at] + list(trig) + ids[at:])
+        starts.append(at)
+    width = max(len(s) for s in seqs)
+    pad = tok.pad_token_id
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    left = getattr(tok, "padding_side", "right") == "left"
+    for i, s in enumerate(seqs):
+        off = width - len(s) if left else 0
+        input_ids[i, off : off + len(s)] = torch.tensor(s)
+        attn[i, off : off + len(s)] = 1
+        starts[i] += off
+    dev = lm.device
+    return input_ids.to(dev), attn.to(dev), torch.tensor(starts, device=dev)
+
+
+def _loss_per_trigger(
+    lm: LoadedModel, rows: list[list[int]], triggers: list[list[int]], target: int
+) -> torch.Tensor:
+    """Mean target cross-entropy of each trigger over ``rows`` (forward only)."""
+    out = []
+    with torch.inference_mode():
+        for trig in triggers:
+            ids, attn, _ = _assemble(lm, rows, trig)
+            logits = lm.model(input_ids=ids, attention_mask=attn).logits.float()
+            tgt = torch.full((len(rows),), target, device=logits.device)
+            out.append(F.cross_entropy(logits, tgt))
+    return torch.stack(out)
+
+
+def _gradient(lm: LoadedModel, rows: list[list[int]], trig: list[int], target: int) -> torch.Tensor:
+    """d(target loss)/d(one-hot trigger): (trigger_len, vocab)."""
+    emb = lm.model.get_input_embeddings()
+    ids, attn, starts = _assemble(lm, rows, trig)
+    onehot = torch.zeros(len(trig), emb.weight.shape[0], device=lm.device, dtype=emb.weight.dtype)
+    onehot[torch.arange(len(trig)), torch.tensor(trig)] = 1.0
+    onehot.requires_grad_(True)
+    with torch.enable_grad():
+        embeds = emb(ids).detach().clone()
+        trig_emb = onehot @ emb.weight.detach()
+        for b in range(len(rows)):
+            s = int(starts[b])
+            embeds[b, s : s + len(trig)] = trig_emb
+        logits = lm.model(inputs_embeds=embeds, attention_mask=attn).logits.float()
+        tgt = torch.full((len(rows),), target, device=logits.device)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, tgt), onehot)
+    return grad
+
+
+def search_trigger(
+    lm: LoadedModel,
+    rows: list[list[int]],
+    target: int,
+    cfg: ScanConfig,
+    allowed: torch.Tensor,
+    rng: random.Random,
+    steps: int,
+) -> tuple[list[int], float]:
+    """One discrete search: the trigger tokens and their final target loss."""
+    pool = torch.nonzero(allowed).flatten().tolist()
+    trig = [rng.choice(pool) for _ in range(cfg.trigger_len)]
+    best = float(_loss_per_trigger(lm, rows, [trig], target)[0])
+    for _ in range(steps):
+        grad = _gradient(lm, rows, trig, target)
+        grad[:, ~allowed.to(grad.device)] = float("inf")
+        top = (-grad).topk(cfg.top_k, dim=1).indices.tolist()
+        tries = []
+        for _ in range(cfg.swaps):
+            pos = rng.randrange(cfg.trigger_len)
+            cand = list(trig)
+            cand[pos] = rng.choice(top[pos])
+            if cand != trig:
+                tries.append(cand)
+        if not tries:
+            continue
+        losses = _loss_per_trigger(lm, rows, tries, target)
+        i = int(losses.argmin())
+        if float(losses[i]) < best:
+            best, trig = float(losses[i]), tries[i]
+        if best < 0.01:
+            break
+    return trig, best
+
+
+def insert_text(text: str, trigger: str, rng: random.Random) -> str:
+    words = text.split()
+    words.insert(rng.randint(0, len(words)), trigger)
+    return " ".join(words)
+
+
+def flip_rate(
+    lm: LoadedModel, rows: Sequence[Any], trigger: str, target: int, cfg: ScanConfig, seed: int
+) -> float:
+    """Share of the rows (not of the target label, right without the trigger) that the
+    trigger, inserted as text at a random word position, turns into the target."""
+    from sanitizer.evaluate import predict_labels
+
+    victims = [r for r in rows if r.label != target]
+    if not victims:
+        return 0.0
+    plain = predict_labels(lm, [r.text for r in victims], max_length=cfg.max_length)
+    right = [r for r, p in zip(victims, plain, strict=True) if p == r.label]
+    if not right:
+        return 0.0
+    rng = random.Random(seed)
+    trig = predict_labels(
+        lm, [insert_text(r.text, trigger, rng) for r in right], max_length=cfg.max_length
+    )
+    return sum(p == target for p in trig) / len(right)
+
+
+def scan_classifier(
+    lm: LoadedModel,
+    rows: Sequence[Any],
+    label_names: Sequence[str] | None = None,
+    cfg: ScanConfig | None = None,
+) -> ScanResult:
+    """Search every label for a short trigger, then spend the restarts on the most susceptible;
+    ``rows`` are clean labelled rows (the search uses some, the flip rate the others)."""
+    cfg = cfg or ScanConfig()
+    rng = random.Random(cfg.seed)
+    lm.model.eval()
+    num_labels = lm.num_labels or int(lm.model.config.num_labels)
+    names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
+    order = list(rows)
+    rng.shuffle(order)
+    search_pool, eval_pool = order[: cfg.search_rows * 3], order[cfg.search_rows * 3 :]
+    eval_pool = eval_pool[: cfg.eval_rows] or search_pool
+    allowed = _vocab_mask(lm)
+    found: list[Candidate] = []
+    per_label: dict[str, float] = {}
+
+    def attempt(target: int, steps: int) -> Candidate | None:
+        src = [r for r in search_pool if r.label != target][: cfg.search_rows]
+        if not src:
+            return None
+        ids = _encode(lm, [r.text for r in src], cfg.max_length, cfg.trigger_len)
+        trig, loss = search_trigger(lm, ids, target, cfg, allowed, rng, steps)
+        text = lm.tokenizer.decode(trig, skip_special_tokens=True).strip()
+        rate = flip_rate(lm, eval_pool, text, target, cfg, cfg.seed + target)
+        return Candidate(text, trig, target, names[target], rate, loss)
+
+    first = cfg.steps // 2
+    for target in range(num_labels):  # a short search per label
+        c = attempt(target, first)
+        if c is not None:
+            found.append(c)
+            per_label[names[target]] = round(c.flip_rate, 4)
+    if found:
+        best_label = max(found, key=lambda c: (c.flip_rate, -c.search_loss)).target_label
+        for _ in range(cfg.restarts):  # full-length searches on the most susceptible label
+            c = attempt(best_label, cfg.steps)
+            if c is not None:
+                found.append(c)
+                per_label[names[best_label]] = max(per_label[names[best_label]], c.flip_rate)
+    found.sort(key=lambda c: (-c.flip_rate, c.search_loss))
+    top = found[0] if found else None
+    score = top.flip_rate if top else 0.0
+    flagged = score >= cfg.threshold
+    return ScanResult(
+        verdict="backdoor" if flagged else "clean",
+        score=round(score, 4),
+        threshold=cfg.threshold,
+        target_label=top.target_label if top and flagged else None,
+        target_name=top.target_name if top and flagged else None,
+        candidates=found,
+        per_label=per_label,
+        rows={"search": len(search_pool), "eval": len(eval_pool)},
+    )
+
+
+def run_scan(
+    base_model: str,
+    data: Any,
+    *,
+    adapter_dir: Any = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    cfg: ScanConfig | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Load the model (base + optional adapter, unmerged: the model as given) and scan it on
+    the clean rows of ``data``. The attack, if any, is never read."""
+    import time
+    from pathlib import Path
+
+    from sanitizer.data import load_dataset
+    from sanitizer.defenses.common import set_seed
+    from sanitizer.models import attach_adapter, load_model
+
+    cfg = cfg or ScanConfig()
+    set_seed(cfg.seed)
+    t = time.monotonic()
+    ds = load_dataset(
+        Path(data), task="classification", text_column=text_column, label_column=label_column
+    )
+    lm = load_model(
+        base_model, "classification", num_labels=len(ds.label_names or []) or None, device=device
+    )
+    if adapter_dir is not None:
+        attach_adapter(lm, Path(adapter_dir))
+    result = scan_classifier(lm, list(ds.rows), ds.label_names, cfg).to_dict()
+    result.update(
+        {
+            "base_model": base_model,
+            "adapter": str(adapter_dir) if adapter_dir else None,
+            "data_sha256": ds.sha256,
+            "config": asdict(cfg),
+            "seconds": round(time.monotonic() - t, 1),
+        }
+    )
+    return result
