@@ -325,9 +325,9 @@ class Jobs:
     def _create(
         self,
         *,
-        method: str,
         base_model: str,
         clean_dataset_file: str | FileObject,
+        method: str = "auto",
         task: str = "classification",
         adapter_file: str | FileObject | None = None,
         base_revision: str | None = None,

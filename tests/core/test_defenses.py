@@ -787,3 +787,24 @@ def test_universal_perturbation_gradient_is_the_same_with_activation_checkpointi
         assert uni.delta.grad is not None and float(uni.delta.grad.norm()) > 0
         grads.append(uni.delta.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_rebuild_on_generation_distils_responses_and_trains_a_fresh_lora():
+    """The uploaded model (a LoRA on tiny/llama) answers the clean prompts; its adapter is
+    dropped and a fresh one is trained on the clean rows and those answers."""
+    from peft import PeftModel
+
+    lm = _lora_model("llama", task="generation")
+    uploaded = next(p for n, p in lm.model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        uploaded.add_(0.5)  # an uploaded adapter that is not the identity
+    cfg = validate_config(
+        METHODS["rebuild"][0],
+        {"epochs": 1, "batch_size": 4, "max_new_tokens": 6, "distill_augment": 1},
+    )
+    stats = METHODS["rebuild"][1](lm, _gen_rows(8), _gen_rows(4), cfg)
+    info = stats["rebuild"]
+    assert info["distilled_rows"] + info["guard_dropped"] >= 8  # every clean prompt was answered
+    assert stats["steps"] >= 2 and isinstance(lm.model, PeftModel)
+    fresh = [p for n, p in lm.model.named_parameters() if "lora_B" in n]
+    assert all(float(p.abs().max()) < 0.5 for p in fresh), "the uploaded LoRA was not dropped"
