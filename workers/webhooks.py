@@ -56,14 +56,13 @@ def deliver(delivery_id: str) -> str:
         # goes to the address just checked: a DNS rebind cannot reach an internal service
         target = check_url(url, settings.webhook_allow)
         pinned = pinned_request_args(target)
-        r = httpx.post(
-            pinned["url"],
-            content=body,
-            headers={**sign(secret, delivery_id, body), **pinned["headers"]},
-            extensions=pinned["extensions"],
-            timeout=settings.webhook_timeout,
-            follow_redirects=False,
-        )
+        with httpx.Client(timeout=settings.webhook_timeout, follow_redirects=False) as http:
+            r = http.post(
+                pinned["url"],
+                content=body,
+                headers={**sign(secret, delivery_id, body), **pinned["headers"]},
+                extensions=pinned["extensions"],
+            )
         code = r.status_code
         if not 200 <= code < 300:
             error = f"HTTP {code}"

@@ -108,3 +108,37 @@ def test_a_seed_out_of_range_is_refused_at_submission(api, assets, seed):
     ds = dataset_id(api, assets)
     body = problem(api.post("/v1/jobs", json=job_body(ds, seed=seed)), 422, "validation_error")
     assert body["errors"][0]["loc"] == ["body", "seed"]
+
+
+def test_a_pinned_delivery_reaches_the_checked_address_with_the_original_host():
+    import http.server
+    import threading
+
+    import httpx
+
+    seen: dict[str, str] = {}
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            seen["host"] = self.headers["host"]
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    try:
+        target = check_url(
+            f"http://hooks.internal:{port}/x", ["127.0.0.1"], resolver=_resolver([["127.0.0.1"]])
+        )
+        args = pinned_request_args(target)
+        with httpx.Client() as c:
+            r = c.post(
+                args["url"], content=b"{}", headers=args["headers"], extensions=args["extensions"]
+            )
+        assert r.status_code == 204 and seen["host"] == f"hooks.internal:{port}"
+    finally:
+        srv.shutdown()
