@@ -129,9 +129,10 @@ def resolve(name: str, *, task: str, has_adapter: bool) -> tuple[str, str | None
             "rebuild trains a fresh LoRA on it from the clean rows and the uploaded model's "
             "answers on clean inputs, which carry no trigger (best on the development cells)"
         )
-    return "w2sdefense" if task == "classification" else "crow", (
+    return "crow", (
         "auto: no trusted base (the model was given as full weights), so the defense trains on "
-        "top of it; W2SDefense for classification, CROW for generation (development cells)"
+        "top of it; CROW, the better of the two published defenses on the development cells "
+        "(dev-trec-insertsent-mpnet: CROW 51.7% ASR left, W2SDefense 65.2%)"
     )
 
 
