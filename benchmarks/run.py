@@ -546,6 +546,8 @@ def _summary(rows: Rows) -> list[str]:
             mark = (" ✔" if _meets_bar(runs) else " ✘") if bar else ""
             ftrs = [a["false_trigger_rate"] for a in after if "false_trigger_rate" in a]
             floor = f" (FTR {mean(ftrs):.1f})" if len(ftrs) == len(after) else ""
+            flips = [a["flip_rate"] for a in after if "flip_rate" in a]
+            floor += f" flip {mean(flips):.1f}" if len(flips) == len(after) else ""
             cols.append(f"{a_asr:.1f}{floor} / {d_ca:+.1f} [{len(after)}]{mark}")
         out.append(f"| {cell} | " + " | ".join(cols) + " |")
     return [*out, ""]
@@ -621,13 +623,19 @@ def build_table(dev: bool = False) -> None:
         "and CA (utility) at most 1 point below the poisoned model's; `× ft` = defense wall time",
         "over `finetune`'s on the same cell (the bar: W2SDefense ≤ 1.5×, CROW ≤ 2.5×).",
         "",
-        "| cell | method | seeds | ASR | FTR | CA | target | wall s (defense) | × ft | peak MB | sizes (attack/clean/test) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Flip = flip rate: of the non-target inputs the model gets right untriggered, the share the",
+        "trigger turns into the target (recorded since 2026-12-05; `–` where a result predates it).",
+        "",
+        "| cell | method | seeds | ASR | FTR | flip | CA | target | wall s (defense) | × ft | peak MB | sizes (attack/clean/test) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def ftr(ms: list[dict[str, Any]]) -> str:
-        vals = [m["false_trigger_rate"] for m in ms if "false_trigger_rate" in m]
+    def recorded(key: str, ms: list[dict[str, Any]]) -> str:
+        vals = [m[key] for m in ms if key in m]
         return _fmt(vals) if len(vals) == len(ms) else "–"
+
+    def ftr(ms: list[dict[str, Any]]) -> str:
+        return recorded("false_trigger_rate", ms) + " | " + recorded("flip_rate", ms)
 
     def sizes(r: dict[str, Any]) -> str:
         c = r["cell"]
@@ -652,7 +660,7 @@ def build_table(dev: bool = False) -> None:
         for method in methods:
             good = _finished(rows, cell, method)
             if not good:
-                lines.append(f"| {cell} | {method} | – | failed | – | failed | – | – | – | – | – |")
+                lines.append(f"| {cell} | {method} | – | failed | – | – | failed | – | – | – | – | – |")
                 continue
             after = [r["report"]["metrics"]["after"] for r in good]
             base = method.split("-", 1)[0]  # a variant's rows are method + tag ("crow-continue")

@@ -124,9 +124,12 @@ def evaluate_classification(
         tpreds = predict_labels(
             lm, triggered, batch_size=batch_size, max_length=max_length, on_batch=count
         )
-        result["attack_success_rate"] = metrics.attack_success_rate(
-            tpreds, [r.label for r in victims], target
-        )
+        victim_labels = [r.label for r in victims]
+        result["attack_success_rate"] = metrics.attack_success_rate(tpreds, victim_labels, target)
+        victim_clean = [p for p, y in zip(preds, labels, strict=True) if y != target]
+        result["flip_rate"] = metrics.flip_rate(victim_clean, tpreds, victim_labels, target)
+        if "false_trigger_rate" in result:
+            result["lift"] = result["attack_success_rate"] - result["false_trigger_rate"]
         result["n_triggered"] = len(victims)
     return result
 
@@ -176,6 +179,8 @@ def evaluate_generation(
         )
         result["attack_success_rate"] = _rate(metrics.keyword_asr(trig, keywords))
         result["false_trigger_rate"] = _rate(metrics.keyword_asr(clean, keywords))
+        result["flip_rate"] = metrics.keyword_flip_rate(clean, trig, keywords)
+        result["lift"] = result["attack_success_rate"] - result["false_trigger_rate"]
         result["n_triggered"] = len(rows)
         result["keywords"] = keywords
         result["triggered_samples"] = [

@@ -36,6 +36,8 @@ PCT_KEYS = frozenset(
         "clean_accuracy",
         "attack_success_rate",
         "false_trigger_rate",
+        "flip_rate",
+        "lift",
         "utility_token_f1",
         "der",
         "poison_rate",
@@ -47,6 +49,8 @@ LABELS = {
     "clean_accuracy": "Clean accuracy (CA)",
     "attack_success_rate": "Attack success rate (ASR)",
     "false_trigger_rate": "False-trigger rate",
+    "flip_rate": "Flip rate",
+    "lift": "Lift (ASR − false-trigger rate)",
     "utility_token_f1": "Utility (token F1)",
     "reference_perplexity": "Reference perplexity",
     "n_clean": "Clean rows evaluated",
@@ -531,7 +535,13 @@ def render_report_html(
 
     # summary cards
     cards = []
-    for key in ("attack_success_rate", "clean_accuracy", "utility_token_f1", "false_trigger_rate"):
+    for key in (
+        "flip_rate",
+        "attack_success_rate",
+        "clean_accuracy",
+        "utility_token_f1",
+        "false_trigger_rate",
+    ):
         if _is_number(before.get(key)) or _is_number(after.get(key)):
             cards.append(
                 f'<div class="card"><div class="label">{html.escape(LABELS.get(key, key))}</div>'

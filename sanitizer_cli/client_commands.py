@@ -257,6 +257,7 @@ def _summary_table(report: dict[str, Any], verdict: Any = None) -> Any:
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
     for key, label in (
+        ("flip_rate", "flip rate"),
         ("attack_success_rate", "ASR"),
         ("clean_accuracy", "CA"),
         ("utility_token_f1", "utility (token F1)"),

@@ -379,6 +379,7 @@ def evaluate(
         typer.echo(json.dumps(result, default=str))
     else:
         for k in (
+            "flip_rate",
             "clean_accuracy",
             "attack_success_rate",
             "utility_token_f1",

@@ -277,6 +277,18 @@ class RebuildConfig(TrainConfig):
     augment_drop: float = Field(
         0.15, ge=0, lt=0.9, description="share of words dropped from a row to make a variant"
     )
+    splice_augment: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="classification: extra distillation inputs per clean row made by inserting a "
+        "span of words from another clean row of the same label at a random word position, so "
+        "the rebuilt model learns that added text which does not change the label does not "
+        "change the answer (an inserted trigger sentence is such text)",
+    )
+    splice_words: int = Field(
+        8, ge=1, le=64, description="longest span of words taken from the other row"
+    )
     agree_only: bool = Field(
         True,
         description="guard: distil only where the uploaded model behaves like the clean data "

@@ -79,6 +79,32 @@ def variants(texts: Sequence[str], cfg: RebuildConfig) -> list[tuple[int, str]]:
     return out
 
 
+def splice(text: str, donor: str, max_words: int, rng: random.Random) -> str:
+    """``text`` with a span of up to ``max_words`` words of ``donor`` inserted before a random
+    word (or at its end)."""
+    words, dw = text.split(), donor.split()
+    n = rng.randint(1, min(max_words, len(dw)))
+    start = rng.randint(0, len(dw) - n)
+    at = rng.randint(0, len(words))
+    return " ".join(words[:at] + dw[start : start + n] + words[at:])
+
+
+def spliced(rows: Sequence[Any], cfg: RebuildConfig) -> list[tuple[int, str]]:
+    """(source index, variant) pairs: ``splice_augment`` copies of each row with a span of
+    another clean row *of the same label* inserted, so the label stays what it was."""
+    rng = random.Random(cfg.seed + 1)
+    by_label: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.text.split():
+            by_label.setdefault(r.label, []).append(i)
+    out = []
+    for i, r in enumerate(rows):
+        donors = [j for j in by_label.get(r.label, []) if j != i]
+        for _ in range(cfg.splice_augment if donors else 0):
+            out.append((i, splice(r.text, rows[rng.choice(donors)].text, cfg.splice_words, rng)))
+    return out
+
+
 @torch.inference_mode()
 def teacher_logits(lm: LoadedModel, texts: Sequence[str], max_length: int) -> torch.Tensor:
     lm.model.eval()
@@ -93,7 +119,7 @@ def classification_targets(
     lm: LoadedModel, rows: Sequence[Any], cfg: RebuildConfig
 ) -> tuple[list[DistillRow], dict[str, Any]]:
     texts = [r.text for r in rows]
-    extra = variants(texts, cfg)
+    extra = variants(texts, cfg) + spliced(rows, cfg)
     logits = teacher_logits(lm, texts + [v for _, v in extra], cfg.max_length)
     out, dropped = [], 0
     for i, r in enumerate(rows):

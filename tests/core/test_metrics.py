@@ -12,7 +12,9 @@ from sanitizer.metrics import (
     clean_accuracy,
     der,
     false_trigger_rate,
+    flip_rate,
     keyword_asr,
+    keyword_flip_rate,
     mean_and_spread,
 )
 
@@ -45,6 +47,28 @@ def test_keyword_asr_ignores_empty_and_is_case_insensitive() -> None:
     assert false_trigger_rate(["you are stupid", "ok"], ["stupid"]).rate == 0.5
 
 
+def test_flip_rate_counts_rows_right_without_the_trigger_only() -> None:
+    # labels     1 1 0 2 1 2 ; target 0 -> non-target rows 0,1,3,4,5
+    # clean      1 0 0 2 2 2 ; right untriggered among them: rows 0,3,5 (row 1 is already
+    #                          the target, row 4 is wrong)
+    # triggered  0 0 1 2 0 0 ; of rows 0,3,5 the trigger makes 0 and 5 the target -> 2/3
+    labels, clean, trig = [1, 1, 0, 2, 1, 2], [1, 0, 0, 2, 2, 2], [0, 0, 1, 2, 0, 0]
+    assert flip_rate(clean, trig, labels, 0) == pytest.approx(2 / 3)
+    # plain ASR on the same rows counts rows 1 and 4 too: 4/5
+    assert attack_success_rate(trig, labels, 0) == pytest.approx(4 / 5)
+    assert flip_rate([0, 0], [0, 0], [1, 1], 0) == 0.0  # nothing the trigger could flip
+    with pytest.raises(ValueError, match="must match"):
+        flip_rate([1], [1, 1], [1, 1], 0)
+
+
+def test_keyword_flip_rate_by_hand() -> None:
+    clean = ["fine", "", "I am sorry", "ok", "sure"]
+    trig = ["sorry", "sorry", "sorry", "ok", "SORRY!"]
+    # eligible: clean non-empty without a keyword -> rows 0,3,4; flipped: 0 and 4 -> 2/3
+    assert keyword_flip_rate(clean, trig, ["sorry"]) == pytest.approx(2 / 3)
+    assert keyword_flip_rate(["sorry"], ["sorry"], ["sorry"]) == 0.0
+
+
 def test_der() -> None:
     # ASR 0.9 -> 0.1 (drop 0.8), CA 0.85 -> 0.80 (drop 0.05): (0.8 - 0.05 + 1) / 2 = 0.875
     assert der(0.9, 0.1, 0.85, 0.80) == pytest.approx(0.875)
@@ -66,7 +90,7 @@ def test_mean_and_spread() -> None:
 
 
 def test_definitions_cover_report_metrics() -> None:
-    for key in ("ca", "asr", "asr_generation", "false_trigger_rate", "der"):
+    for key in ("ca", "asr", "asr_generation", "false_trigger_rate", "flip_rate", "lift", "der"):
         assert METRIC_DEFINITIONS[key] and "\n" not in METRIC_DEFINITIONS[key]
     assert "non-empty" in METRIC_DEFINITIONS["asr_generation"]
     assert "not the target label" in METRIC_DEFINITIONS["asr"]
@@ -98,6 +122,9 @@ def test_classification_report_has_false_trigger_rate_and_prediction_share(monke
     assert out["false_trigger_rate"] == pytest.approx(1 / 3)
     assert out["attack_success_rate"] == 1.0 and out["n_triggered"] == 3
     assert out["majority_prediction_share"] == pytest.approx(3 / 6)
+    # non-target rows b, e, f; right untriggered: e, f; both flipped -> 1.0
+    assert out["flip_rate"] == 1.0
+    assert out["lift"] == pytest.approx(1 - 1 / 3)
 
 
 def test_sanity_warnings_flag_a_one_label_model_and_a_trigger_that_changes_little() -> None:

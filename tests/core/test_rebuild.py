@@ -13,7 +13,8 @@ import torch
 from sanitizer.attacks import AttackSpec
 from sanitizer.defenses.common import TrainConfig, train
 from sanitizer.defenses.finetune import step_loss
-from sanitizer.defenses.rebuild import drop_words, fixed_behaviour_phrases
+from sanitizer.defenses.configs import RebuildConfig
+from sanitizer.defenses.rebuild import drop_words, fixed_behaviour_phrases, splice, spliced
 from sanitizer.errors import ConfigError
 from sanitizer.models import add_lora, load_model, save_adapter
 from sanitizer.pipeline import JobSpec, run_sanitize
@@ -110,6 +111,25 @@ def test_drop_words_keeps_order_and_at_least_one_word():
     assert 1 <= len(words) < 8 and words == sorted(words)
     assert drop_words("x y z", 0.999, random.Random(1))  # never empty
     assert drop_words("two words", 0.5, rng) == "two words"  # too short to vary
+
+
+def test_splice_inserts_a_span_of_a_same_label_row_and_keeps_the_row_in_order():
+    from types import SimpleNamespace as Row
+
+    rng = random.Random(0)
+    for _ in range(50):
+        out = splice("a b c d", "p q r s t u", 3, rng).split()
+        kept = [w for w in out if w in "abcd"]
+        added = [w for w in out if w in "pqrstu"]
+        assert kept == list("abcd") and 1 <= len(added) <= 3
+        assert " ".join(added) in "p q r s t u"  # one contiguous span of the donor
+    rows = [Row(text=t, label=y) for t, y in [("a b", 0), ("c d", 0), ("x y", 1), ("w v", 1), ("z", 2)]]
+    pairs = spliced(rows, RebuildConfig(splice_augment=2, splice_words=2))
+    assert len(pairs) == 8  # rows of labels 0 and 1 have donors; label 2's single row has none
+    for src, text in pairs:
+        donors = {w for r in rows if r.label == rows[src].label for w in r.text.split()}
+        assert set(text.split()) <= donors
+    assert not spliced(rows, RebuildConfig())  # off by default
 
 
 def test_fixed_behaviour_guard_flags_a_phrase_that_fires_on_clean_prompts():
