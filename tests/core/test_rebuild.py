@@ -12,8 +12,8 @@ import torch
 
 from sanitizer.attacks import AttackSpec
 from sanitizer.defenses.common import TrainConfig, train
-from sanitizer.defenses.finetune import step_loss
 from sanitizer.defenses.configs import RebuildConfig
+from sanitizer.defenses.finetune import step_loss
 from sanitizer.defenses.rebuild import drop_words, fixed_behaviour_phrases, splice, spliced
 from sanitizer.errors import ConfigError
 from sanitizer.models import add_lora, load_model, save_adapter
