@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from sanitizer.attacks import AttackSpec
 from sanitizer.defenses.configs import Comparator
@@ -38,6 +39,37 @@ class Evaluation(BaseModel):
     """How ASR/CA are measured before and after the defense."""
 
     model_config = ConfigDict(extra="forbid")
+
+    # attack.target_label may be a label *name* ("negative"): it is kept here, keyed by the
+    # attack's field path, and resolved against the clean dataset's labels at submission
+    target_label_names: SkipJsonSchema[dict[str, str]] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label_names(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        data.pop("target_label_names", None)  # never from the request
+        names: dict[str, str] = {}
+
+        def take(where: str, attack: object) -> object:
+            if not isinstance(attack, dict):
+                return attack
+            t = attack.get("target_label")
+            if isinstance(t, str) and not t.strip().isdigit():
+                names[where] = t
+                return {**attack, "target_label": 0}  # placeholder until resolved
+            return attack
+
+        data["attack"] = take("evaluation.attack", data.get("attack"))
+        extra = data.get("extra_attacks")
+        if isinstance(extra, list):
+            data["extra_attacks"] = [
+                take(f"evaluation.extra_attacks.{i}", a) for i, a in enumerate(extra)
+            ]
+        data["target_label_names"] = names
+        return data
 
     test_dataset_file: str | None = Field(
         None, description="dataset file id; default: the clean set's held-out dev split"

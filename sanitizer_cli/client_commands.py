@@ -323,6 +323,12 @@ def submit(
         Path | None,
         typer.Option("--test-data", "--eval", help="test dataset used to measure ASR/CA"),
     ] = None,
+    text_column: Annotated[
+        str, typer.Option("--text-column", help="CSV/JSONL column holding the text")
+    ] = "text",
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="CSV/JSONL column holding the label")
+    ] = "label",
     attack: Annotated[
         str | None, typer.Option("--attack", help="attack to measure ASR with (e.g. badnet)")
     ] = None,
@@ -401,7 +407,9 @@ def submit(
     attack_spec = _attack_spec(attack, trigger, target_label, target)
     policy = _policy(max_asr, max_ca_drop)
     wait = wait or not policy.is_empty() or download is not None or report_html is not None
-    say = (lambda m: None) if (quiet or json_out) else (lambda m: err.print(m, markup=False))
+    # progress goes to stderr, so it is shown with --json too (a CI log sees the job id and the
+    # phases, and stdout stays one JSON document); --quiet is the only silence
+    say = (lambda m: None) if quiet else (lambda m: err.print(m, markup=False))
 
     result: dict[str, Any] = {}
     with _handle_errors(), _client(url, api_key, http_timeout) as client:
@@ -412,7 +420,12 @@ def submit(
             ("test_dataset_file", test_data, "dataset"),
         ):
             if path is not None:
-                f = client.files.upload(path, purpose=purpose)
+                columns = (
+                    {"task": task, "text_column": text_column, "label_column": label_column}
+                    if purpose == "dataset"
+                    else {}
+                )
+                f = client.files.upload(path, purpose=purpose, **columns)
                 say(f"uploaded {path} → {f.id} (sha256 {f.sha256[:12]}…, verified)")
                 files[name] = f.id
         job: Job = client.jobs.create(
@@ -429,6 +442,14 @@ def submit(
             hyperparameters=hyperparameters or None,
             metadata=meta or None,
             **files,
+            **{
+                k: v
+                for k, v, default in (
+                    ("text_column", text_column, "text"),
+                    ("label_column", label_column, "label"),
+                )
+                if v != default
+            },
         )
         say(f"job {job.id} {job.status}")
         result["job"] = job.raw
@@ -440,7 +461,7 @@ def submit(
             raise typer.Exit(EXIT_OK)
 
         try:
-            with ProgressView(enabled=not (quiet or json_out)) as view:
+            with ProgressView(enabled=not quiet) as view:
                 job = client.jobs.wait(
                     job.id, timeout=timeout, poll_interval=poll_interval, on_progress=view
                 )

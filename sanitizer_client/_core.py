@@ -253,9 +253,13 @@ class Files:
         purpose: str | None = None,
         *,
         filename: str | None = None,
+        task: str | None = None,
+        text_column: str | None = None,
+        label_column: str | None = None,
     ) -> Gen[FileObject]:
         """Upload a file; ``purpose`` defaults to ``adapter`` for a folder or an archive
-        (.zip/.tar/.tar.gz/.tgz) and ``dataset`` otherwise."""
+        (.zip/.tar/.tar.gz/.tgz) and ``dataset`` otherwise. A dataset is checked on upload
+        with ``task`` (detected when left out) and the named text/label columns."""
         src = Path(path)
         if not src.exists():
             raise SanitizerClientError(f"{src} does not exist")
@@ -273,7 +277,18 @@ class Files:
             resp = yield Call(
                 "POST",
                 "/v1/files",
-                data={"purpose": purpose},
+                data={
+                    "purpose": purpose,
+                    **{
+                        k: v
+                        for k, v in (
+                            ("task", task),
+                            ("text_column", text_column),
+                            ("label_column", label_column),
+                        )
+                        if v is not None
+                    },
+                },
                 upload=Upload("file", name, upload_path),
             )
             obj = FileObject.from_dict(resp.body)

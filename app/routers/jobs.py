@@ -20,6 +20,7 @@ from app.deps import ProjectDep, QueueDep, SessionDep, SettingsDep, StoreDep
 from app.problems import ApiError, from_library, not_found
 from app.schemas import (
     AdapterArtifact,
+    Evaluation,
     EventPublic,
     EventsPublic,
     JobCreate,
@@ -35,7 +36,7 @@ from jobstore.models import File, IdempotencyRecord, Job, JobEvent, Project, new
 from jobstore.settings import Settings
 from jobstore.webhook_targets import WebhookTargetError, check_url
 from jobstore.webhooks import create_delivery
-from sanitizer.attacks import CLASSIFICATION_ATTACKS, GENERATION_ATTACKS
+from sanitizer.attacks import CLASSIFICATION_ATTACKS, GENERATION_ATTACKS, AttackSpec
 from sanitizer.defenses import registry
 from sanitizer.defenses.registry import config_for
 from sanitizer.errors import ConfigError, SanitizerError
@@ -111,10 +112,48 @@ def _file(s: SessionDep, project: Project, file_id: str, purpose: str, field: st
     return f
 
 
+def _resolve_label_names(
+    body: JobCreate, ev: Evaluation, names: list[str] | None
+) -> tuple[JobCreate, list[tuple[str, AttackSpec]]]:
+    """``body`` with every target label given by name replaced by its id in the clean
+    dataset's labels, and the (field, attack) pairs of the result."""
+    resolved: dict[str, int] = {}
+    for where, name in ev.target_label_names.items():
+        if not names or name not in names:
+            known = ", ".join(f"{i}={n}" for i, n in enumerate((names or [])[:50]))
+            raise ApiError(
+                422,
+                "invalid_attack",
+                f"{where}.target_label '{name}' is not a label of the clean dataset"
+                + (f" (its labels: {known})" if known else " (it has no label names)"),
+                hint="give one of the dataset's label names or its id",
+                field=f"{where}.target_label",
+            )
+        resolved[where] = names.index(name)
+
+    def fix(where: str, a: AttackSpec) -> AttackSpec:
+        return a.model_copy(update={"target_label": resolved[where]}) if where in resolved else a
+
+    new_ev = ev.model_copy(
+        update={
+            "attack": fix("evaluation.attack", ev.attack) if ev.attack else None,
+            "extra_attacks": [
+                fix(f"evaluation.extra_attacks.{i}", a) for i, a in enumerate(ev.extra_attacks)
+            ],
+            "target_label_names": {},
+        }
+    )
+    new_body = body.model_copy(update={"evaluation": new_ev})
+    attacks = [("evaluation.attack", new_ev.attack)] if new_ev.attack else []
+    attacks += [(f"evaluation.extra_attacks.{i}", a) for i, a in enumerate(new_ev.extra_attacks)]
+    return new_body, attacks
+
+
 def _check_inputs(
     body: JobCreate, s: SessionDep, project: Project, settings: Settings, store: StoreDep
-) -> None:
-    """Everything that can be checked without torch, so bad jobs fail now with a 4xx."""
+) -> JobCreate:
+    """Everything that can be checked without torch, so bad jobs fail now with a 4xx.
+    Returns the body as it is stored: target labels given by name resolved to ids."""
     from app.uploads import validate_dataset
     from sanitizer.hub import resolve_model
     from sanitizer.safety import check_adapter_dir, extract_archive
@@ -191,6 +230,10 @@ def _check_inputs(
             with store.local_copy(f.storage_key) as local:
                 info = validate_dataset(local, body.task, body.text_column, body.label_column)
         names = info.get("label_names")
+        if field == "clean_dataset_file" and ev and ev.target_label_names:
+            body, attacks = _resolve_label_names(
+                body, ev, names if body.task == "classification" else None
+            )
         if field == "clean_dataset_file" and body.task == "classification" and names:
             for where, attack in attacks:
                 t = attack.target_label
@@ -220,6 +263,7 @@ def _check_inputs(
             raise from_library(exc, field="adapter_file") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    return body
 
 
 def _check_config(body: JobCreate) -> Any:
@@ -254,7 +298,10 @@ def _tmp_root(settings: Settings) -> Path:
 
 
 def _request_hash(body: JobCreate) -> str:
-    canon = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = body.model_dump(mode="json")
+    if body.evaluation and body.evaluation.target_label_names:  # excluded from dumps
+        data["target_label_names"] = body.evaluation.target_label_names
+    canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -296,7 +343,7 @@ def create_job(
                 202,
                 headers={"Idempotent-Replayed": "true"},
             )
-    _check_inputs(body, s, project, settings, store)
+    body = _check_inputs(body, s, project, settings, store)
     spec = body.model_dump(mode="json")
     job = Job(
         id=new_id("job"),

@@ -86,6 +86,7 @@ class StubState:
     faults: dict[tuple[str, str], list[tuple[int, str | None]]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     wrong_upload_sha: bool = False
+    upload_fields: dict[str, dict[str, str]] = field(default_factory=dict)  # file id -> form
     tamper: str | None = None  # "body" | "manifest" | "extra_file" | "no_header"
     adapter_files: dict[str, bytes] = field(
         default_factory=lambda: {
@@ -143,6 +144,7 @@ def create_app(state: StubState) -> Starlette:
             "created_at": "2026-01-01T00:00:00Z",
         }
         state.files[fid], state.blobs[fid] = obj, data
+        state.upload_fields[fid] = {k: str(v) for k, v in form.items() if k != "file"}
         return JSONResponse(obj, 201)
 
     async def file_item(request: Request) -> Response:

@@ -102,6 +102,41 @@ def test_human_output_shows_table_and_progress_log(stub: tuple[str, Any], datase
     assert "uploaded" in out.stderr
 
 
+def test_json_mode_still_logs_the_job_and_its_phases_on_stderr(
+    stub: tuple[str, Any], dataset: Path
+) -> None:
+    """Issue 26 item 3: `--wait --json > report.json` was silent for the whole job."""
+    url, state = stub
+    out = submit(url, dataset, "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    (job_id,) = state.jobs
+    assert json.loads(out.stdout)["job"]["id"] == job_id  # stdout stays one JSON document
+    assert f"job {job_id}" in out.stderr and "defense 1/3" in out.stderr
+    quiet = submit(url, dataset, "--wait", "--json", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_submit_names_the_dataset_columns_like_the_api(
+    stub: tuple[str, Any], tmp_path: Path
+) -> None:
+    """Issue 26 item 2: an error told the user to pass --text-column, which submit lacked."""
+    url, state = stub
+    data = tmp_path / "reviews.csv"
+    data.write_text("review,sentiment\ngreat film,positive\ndull film,negative\n")
+    out = submit(url, data, "--text-column", "review", "--label-column", "sentiment")
+    assert out.returncode == 0, out.stderr
+    (job,) = state.jobs.values()
+    req = job["request"]
+    assert (req["text_column"], req["label_column"]) == ("review", "sentiment")
+    fields = state.upload_fields[req["clean_dataset_file"]]
+    assert fields == {
+        "purpose": "dataset",
+        "task": "classification",
+        "text_column": "review",
+        "label_column": "sentiment",
+    }
+
+
 def test_submit_without_wait_prints_job_id(stub: tuple[str, Any], dataset: Path) -> None:
     url, state = stub
     out = submit(url, dataset)

@@ -123,7 +123,9 @@ def test_splice_inserts_a_span_of_a_same_label_row_and_keeps_the_row_in_order():
         added = [w for w in out if w in "pqrstu"]
         assert kept == list("abcd") and 1 <= len(added) <= 3
         assert " ".join(added) in "p q r s t u"  # one contiguous span of the donor
-    rows = [Row(text=t, label=y) for t, y in [("a b", 0), ("c d", 0), ("x y", 1), ("w v", 1), ("z", 2)]]
+    rows = [
+        Row(text=t, label=y) for t, y in [("a b", 0), ("c d", 0), ("x y", 1), ("w v", 1), ("z", 2)]
+    ]
     pairs = spliced(rows, RebuildConfig(splice_augment=2, splice_words=2))
     assert len(pairs) == 8  # rows of labels 0 and 1 have donors; label 2's single row has none
     for src, text in pairs:

@@ -142,3 +142,28 @@ def test_a_pinned_delivery_reaches_the_checked_address_with_the_original_host():
         assert r.status_code == 204 and seen["host"] == f"hooks.internal:{port}"
     finally:
         srv.shutdown()
+
+
+def test_a_target_label_may_be_given_by_name_and_is_stored_as_its_id(api, assets):
+    """Issue 26 item 1: the README's `--target-label negative` reached the API as a name."""
+    rows = "".join(
+        f"film {i} was {'great' if i % 2 else 'dull'},{'positive' if i % 2 else 'negative'}\n"
+        for i in range(30)
+    )
+    r = up(api, "named.csv", ("text,label\n" + rows).encode(), "dataset")
+    assert r.status_code == 201, r.text
+    names = r.json()["details"]["label_names"]
+    ds = r.json()["id"]
+    ev = {"attack": {"name": "badnet", "target_label": "positive"}}
+    created = api.post("/v1/jobs", json=job_body(ds, evaluation=ev))
+    assert created.status_code == 202, created.text
+    stored = api.get(f"/v1/jobs/{created.json()['id']}").json()["evaluation"]["attack"]
+    assert stored["target_label"] == names.index("positive") == 1 - names.index("negative")
+    bad = {"attack": {"name": "badnet", "target_label": "neutral"}}
+    body = problem(api.post("/v1/jobs", json=job_body(ds, evaluation=bad)), 422, "invalid_attack")
+    assert body["field"] == "evaluation.attack.target_label"
+    assert (
+        "'neutral'" in body["detail"]
+        and "negative" in body["detail"]
+        and "positive" in body["detail"]
+    )
