@@ -660,7 +660,9 @@ def build_table(dev: bool = False) -> None:
         for method in methods:
             good = _finished(rows, cell, method)
             if not good:
-                lines.append(f"| {cell} | {method} | – | failed | – | – | failed | – | – | – | – | – |")
+                lines.append(
+                    f"| {cell} | {method} | – | failed | – | – | failed | – | – | – | – | – |"
+                )
                 continue
             after = [r["report"]["metrics"]["after"] for r in good]
             base = method.split("-", 1)[0]  # a variant's rows are method + tag ("crow-continue")

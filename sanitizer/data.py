@@ -192,6 +192,9 @@ def _read_jsonl(text: str, probs: _Problems) -> tuple[list[str], list[tuple[int,
             continue
         try:
             obj = json.loads(line)
+        except RecursionError:
+            probs.add(lineno, None, "JSON nested too deeply; each line must be one flat object")
+            continue
         except json.JSONDecodeError as exc:
             probs.add(
                 lineno,

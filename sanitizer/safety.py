@@ -76,14 +76,20 @@ def _check_member_name(name: str) -> str | None:
     return "/".join(parts) or None
 
 
+MAX_NAME_BYTES = 255  # one path component (ext4, APFS, NTFS)
+MAX_PATH_BYTES = 1024
+
+
 class _Budget:
     def __init__(self, max_bytes: int, max_files: int, archive: Path) -> None:
         self.max_bytes, self.max_files, self.archive = max_bytes, max_files, archive
         self.written = 0
         self.entries = 0
         self.seen: set[str] = set()
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
 
-    def entry(self, rel: str) -> None:
+    def entry(self, rel: str, is_dir: bool = False) -> None:
         self.entries += 1
         if self.entries > self.max_files:
             raise UnsafeFileError(
@@ -94,7 +100,27 @@ class _Budget:
             )
         if rel in self.seen:
             raise UnsafeFileError(f"{self.archive.name} holds '{rel}' twice; refusing to extract")
+        parts = rel.split("/")
+        long = [p for p in parts if len(p.encode()) > MAX_NAME_BYTES]
+        if long or len(rel.encode()) > MAX_PATH_BYTES:
+            raise UnsafeFileError(
+                f"archive entry '{rel[:80]}…' has a name longer than the file system allows "
+                f"({MAX_NAME_BYTES} bytes per name, {MAX_PATH_BYTES} per path)",
+                hint="re-create the archive with the adapter's own file names",
+            )
+        # one name cannot be a file and a folder: 'x' and 'x/y' in one archive
+        clash = (not is_dir and rel in self.dirs) or any(
+            "/".join(parts[:i]) in self.files for i in range(1, len(parts))
+        )
+        if clash:
+            raise UnsafeFileError(
+                f"{self.archive.name} holds '{rel}' and a file of the same name as it or its "
+                "folder; refusing to extract",
+                hint="re-create the archive from the adapter folder",
+            )
         self.seen.add(rel)
+        (self.dirs if is_dir else self.files).add(rel)
+        self.dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
 
     def too_big(self, what: str) -> UnsafeFileError:
         return UnsafeFileError(
@@ -151,7 +177,7 @@ def _extract_zip(archive: Path, staging: Path, budget: _Budget) -> None:
                     "refused",
                     hint="archive the real files instead of links",
                 )
-            budget.entry(rel)
+            budget.entry(rel, info.is_dir())
             if info.is_dir():
                 continue
             declared_total += info.file_size
@@ -206,7 +232,7 @@ def _extract_tar(archive: Path, staging: Path, budget: _Budget) -> None:
                     f"archive entry '{m.name}' is {kind}; links and device files are refused",
                     hint="archive the real files instead of links",
                 )
-            budget.entry(rel)
+            budget.entry(rel, m.isdir())
             dst = staging / rel
             if m.isdir():
                 dst.mkdir(parents=True, exist_ok=True)

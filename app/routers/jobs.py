@@ -472,7 +472,7 @@ def list_events(
     get_owned_job(s, project.id, job_id)
     q = select(JobEvent).where(JobEvent.job_id == job_id)
     if after:
-        if not after.isdigit():
+        if not (after.isascii() and after.isdigit() and len(after) <= 18):  # a BIGINT id
             raise ApiError(
                 422,
                 "invalid_cursor",

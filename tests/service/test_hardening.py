@@ -167,3 +167,72 @@ def test_a_target_label_may_be_given_by_name_and_is_stored_as_its_id(api, assets
         and "negative" in body["detail"]
         and "positive" in body["detail"]
     )
+
+
+def _zip(entries: list[tuple[str, bytes | None]]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries:
+            if data is None:
+                zf.writestr(zipfile.ZipInfo(name + "/"), b"")
+            else:
+                zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _tar(entries: list[tuple[str, bytes | None]]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+CONFIG = b'{"peft_type": "LORA"}'
+ODD_ARCHIVES = {
+    "file-then-folder": [("x", b"1"), ("x/y", b"2"), ("adapter_config.json", CONFIG)],
+    "folder-then-file": [("x/y", b"2"), ("x", b"1"), ("adapter_config.json", CONFIG)],
+    "dir-entry-then-file": [("x", None), ("x", b"1")],
+    "300-char name": [("a" * 300 + ".json", b"{}"), ("adapter_config.json", CONFIG)],
+}
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+@pytest.mark.parametrize("case", list(ODD_ARCHIVES))
+def test_odd_archives_are_refused_with_a_problem_not_a_500(api, kind, case):
+    data = (_zip if kind == "zip" else _tar)(ODD_ARCHIVES[case])
+    r = up(api, f"a.{kind}", data, "adapter")
+    assert 400 <= r.status_code < 500, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    store_is_clean(api)
+
+
+def test_a_deeply_nested_jsonl_line_is_a_row_problem(api):
+    deep = "[" * 100_000 + "]" * 100_000
+    data = ('{"text": "ok", "label": 0}\n' + '{"text": ' + deep + ', "label": 1}\n').encode()
+    body = problem(up(api, "deep.jsonl", data, "dataset"), 422, "invalid_dataset")
+    assert "nested too deeply" in str(body)
+
+
+@pytest.mark.parametrize("after", ["99999999999999999999", "²", "١٢", "-1", "1e3"])
+def test_an_event_cursor_that_is_not_an_id_is_a_422(api, assets, after):
+    ds = dataset_id(api, assets)
+    job = api.post("/v1/jobs", json=job_body(ds)).json()
+    body = problem(
+        api.get(f"/v1/jobs/{job['id']}/events", params={"after": after}), 422, "invalid_cursor"
+    )
+    assert "event id" in body["detail"]
+    # the connection is still usable (a 500 used to drop the keep-alive)
+    assert api.get(f"/v1/jobs/{job['id']}/events").status_code == 200
