@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from app import problems
-from app.middleware import RequestContext, RequestIdFilter
+from app.middleware import BodyLimit, RequestContext, RequestIdFilter
 from app.queue import get_queue
 from app.routers import files, health, jobs, project
 from jobstore.db import session_factory, session_scope, upgrade
@@ -85,7 +85,8 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    app.add_middleware(RequestContext)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(RequestContext)  # outermost: the 413 carries the request id too
     for r in (files.router, jobs.router, project.router, health.router):
         app.include_router(r)
     if _collector is None:  # one per process (tests build several apps)

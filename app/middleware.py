@@ -59,3 +59,70 @@ class RequestContext:
                 time.perf_counter() - start
             )
             REQUEST_ID.reset(token)
+
+
+MAX_JSON_BODY = 256 * 1024  # a job request is a few KB; uploads are multipart and bounded apart
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuses (413, problem+json) a request body over ``MAX_JSON_BODY`` bytes unless it is a
+    multipart upload (``/v1/files`` bounds those itself, streaming to disk). Checked on the
+    declared Content-Length and again on the bytes received (chunked bodies)."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_JSON_BODY) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if headers.get(b"content-type", b"").startswith(b"multipart/"):
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted() -> dict[str, Any]:
+            nonlocal received
+            message: dict[str, Any] = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _BodyTooLarge
+            return message
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from starlette.requests import Request
+
+        from app.problems import problem_response
+
+        response = problem_response(
+            Request(scope, receive),
+            413,
+            "body_too_large",
+            f"the request body is over {self.max_bytes} bytes",
+            hint="job requests are small JSON documents; upload data and adapters as files "
+            "with POST /v1/files and refer to them by id",
+            headers={"connection": "close"},
+        )
+        await response(scope, receive, send)

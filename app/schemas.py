@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from sanitizer.attacks import AttackSpec
 from sanitizer.defenses.configs import Comparator
 from sanitizer.defenses.registry import method_names
 
-METHODS = method_names(include_auto=True)  # the library's torch-free registry, and 'auto'
+METHODS = method_names(include_auto=True)
+# the OpenAI API's metadata bounds: 16 pairs, keys <= 64 characters, values <= 512
+MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetaValue = Annotated[
+    str, StringConstraints(max_length=512)
+]  # the library's torch-free registry, and 'auto'
 
 
 class FilePublic(BaseModel):
@@ -120,8 +125,10 @@ class JobCreate(BaseModel):
         "batch_size, lora_r, ...); defaults are the method's published recipe",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (0 .. 2^32-1)")
-    metadata: dict[str, str] = Field(
-        default_factory=dict, description="your labels (<= 16 keys); filter with metadata[k]=v"
+    metadata: dict[MetaKey, MetaValue] = Field(
+        default_factory=dict,
+        description="your labels: at most 16 keys of up to 64 characters, values of up to 512; "
+        "filter with metadata[k]=v",
     )
     webhook_url: AnyHttpUrl | None = Field(
         None, description="POSTed job.succeeded|failed|cancelled, Standard Webhooks signed"

@@ -236,3 +236,23 @@ def test_an_event_cursor_that_is_not_an_id_is_a_422(api, assets, after):
     assert "event id" in body["detail"]
     # the connection is still usable (a 500 used to drop the keep-alive)
     assert api.get(f"/v1/jobs/{job['id']}/events").status_code == 200
+
+
+def test_a_huge_json_body_is_refused_before_it_is_read(api, assets):
+    ds = dataset_id(api, assets)
+    big = job_body(ds, metadata={"blob": "x" * 20_000_000})
+    body = problem(api.post("/v1/jobs", json=big), 413, "body_too_large")
+    assert "POST /v1/files" in body["hint"]
+    assert api.get("/v1/jobs").json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    "metadata", [{"k": "v" * 513}, {"k" * 65: "v"}, {"": "v"}, {f"k{i}": "v" for i in range(17)}]
+)
+def test_metadata_is_bounded_like_the_openai_api(api, assets, metadata):
+    ds = dataset_id(api, assets)
+    r = api.post("/v1/jobs", json=job_body(ds, metadata=metadata))
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem")
+    assert api.get("/v1/jobs").json()["data"] == []
+    ok = {"k" * 64: "v" * 512}
+    assert api.post("/v1/jobs", json=job_body(ds, metadata=ok)).status_code == 202
