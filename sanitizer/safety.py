@@ -551,3 +551,72 @@ def check_adapter_dir(path: Path, expected_base_model: str | None = None) -> Ada
         weights_file=weights,
         tensors=tensors,
     )
+
+
+def model_tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a model folder's ``*.safetensors`` files, from their headers
+    only (no weights read, nothing unpickled). Empty when the folder holds none."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        for name, meta in read_safetensors_header(f).items():
+            shapes[name] = tuple(int(d) for d in meta.get("shape", []))
+    return shapes
+
+
+def _lora_module(tensor: str) -> tuple[str, str] | None:
+    """('encoder.layer.0.attention.self.query', 'lora_A') for a LoRA tensor name, else None."""
+    name = tensor.removeprefix("base_model.model.")
+    for part in ("lora_A", "lora_B"):
+        at = name.find(f".{part}.")
+        if at > 0:
+            return name[:at], part
+    return None
+
+
+def check_adapter_fits(info: AdapterInfo, model_dir: Path) -> None:
+    """Raise AdapterMismatchError when the adapter's LoRA tensors name modules the base model
+    does not have, or have shapes that cannot sit on them. Reads safetensors headers only;
+    a base model stored otherwise is not checked here (loading it checks)."""
+    base = model_tensor_shapes(model_dir)
+    if not base:
+        return
+    weights = {n.removesuffix(".weight"): s for n, s in base.items() if n.endswith(".weight")}
+
+    def find(module: str) -> tuple[int, ...] | None:
+        if module in weights:
+            return weights[module]
+        for b, s in weights.items():  # a prefix differs: 'bert.encoder...' vs 'encoder...'
+            if b.endswith("." + module) or module.endswith("." + b):
+                return s
+        return None
+
+    missing: list[str] = []
+    wrong: list[str] = []
+    for tensor, meta in info.tensors.items():
+        found = _lora_module(tensor)
+        if found is None:
+            continue
+        module, part = found
+        shape = find(module)
+        if shape is None:
+            missing.append(module)
+            continue
+        lora = [int(d) for d in meta.get("shape", [])]
+        if len(shape) == 2 and len(lora) == 2:
+            dim = lora[1] if part == "lora_A" else lora[0]
+            if dim not in shape:
+                wrong.append(f"{tensor} {tuple(lora)} on {module} {shape}")
+    if missing:
+        names = sorted(set(missing))
+        raise AdapterMismatchError(
+            f"the adapter adapts {len(names)} module(s) the base model does not have, e.g. "
+            f"{', '.join(names[:3])}",
+            hint="upload an adapter trained on this base model (its adapter_config.json names "
+            f"{info.base_model}); target_modules: {info.target_modules}",
+        )
+    if wrong:
+        raise AdapterMismatchError(
+            f"{len(wrong)} LoRA tensor(s) do not fit the base model's weights, e.g. {wrong[0]}",
+            hint="the adapter was trained on a model of another size; upload one trained on "
+            "this base model",
+        )

@@ -156,7 +156,7 @@ def _check_inputs(
     Returns the body as it is stored: target labels given by name resolved to ids."""
     from app.uploads import validate_dataset
     from sanitizer.hub import resolve_model
-    from sanitizer.safety import check_adapter_dir, extract_archive
+    from sanitizer.safety import check_adapter_dir, check_adapter_fits, extract_archive
 
     methods = registry.method_names(include_auto=True)  # read per request: the registry
     if body.method not in methods:
@@ -192,7 +192,7 @@ def _check_inputs(
     except ConfigError as exc:
         raise from_library(exc, field="method") from exc
     try:
-        resolve_model(body.base_model, body.base_revision, local_paths=False)
+        model_dir = resolve_model(body.base_model, body.base_revision, local_paths=False)
     except SanitizerError as exc:
         raise from_library(exc, field="base_model") from exc
     teacher = getattr(config, "teacher_model", None)
@@ -258,7 +258,8 @@ def _check_inputs(
                     max_bytes=settings.max_extracted_bytes,
                     max_files=settings.max_archive_files,
                 )
-            check_adapter_dir(folder, expected_base_model=body.base_model)
+            adapter = check_adapter_dir(folder, expected_base_model=body.base_model)
+            check_adapter_fits(adapter, model_dir)
         except SanitizerError as exc:
             raise from_library(exc, field="adapter_file") from exc
         finally:

@@ -256,3 +256,50 @@ def test_metadata_is_bounded_like_the_openai_api(api, assets, metadata):
     assert api.get("/v1/jobs").json()["data"] == []
     ok = {"k" * 64: "v" * 512}
     assert api.post("/v1/jobs", json=job_body(ds, metadata=ok)).status_code == 202
+
+
+def _retarget(zip_bytes_in: bytes, base: str, rename: tuple[str, str] | None = None) -> bytes:
+    """The adapter archive with its config naming ``base`` and, optionally, its tensors'
+    module names rewritten (``rename`` = (old, new) substring)."""
+    import io
+    import json
+    import zipfile
+
+    from safetensors.torch import load, save
+
+    src = zipfile.ZipFile(io.BytesIO(zip_bytes_in))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("adapter_config.json"):
+                cfg = json.loads(data)
+                cfg["base_model_name_or_path"] = base
+                data = json.dumps(cfg).encode()
+            elif name.endswith(".safetensors") and rename:
+                tensors = load(data)
+                data = save({k.replace(*rename): v for k, v in tensors.items()})
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("source", "rename", "says"),
+    [
+        ("other_adapter", None, "do not fit"),  # trained on a model of another size
+        ("adapter", ("attention.self.query", "attention.self.nowhere"), "does not have"),
+    ],
+)
+def test_an_adapter_that_cannot_sit_on_the_base_model_is_refused_at_submission(
+    api, assets, source, rename, says
+):
+    ds = dataset_id(api, assets)
+    data = _retarget(assets[source].read_bytes(), "tiny/bert", rename)
+    ad = up(api, "a.zip", data, "adapter").json()["id"]
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, adapter_file=ad)), 422, "adapter_mismatch"
+    )
+    assert body["field"] == "adapter_file" and says in body["detail"]
+    assert api.get("/v1/jobs").json()["data"] == []
+    fine = up(api, "b.zip", assets["adapter"].read_bytes(), "adapter").json()["id"]
+    assert api.post("/v1/jobs", json=job_body(ds, adapter_file=fine)).status_code == 202
