@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from prometheus_client import REGISTRY
 
 from app import problems
@@ -77,7 +78,7 @@ _collector: health.StoreCollector | None = None
 def create_app() -> FastAPI:
     global _collector
     logging.getLogger().addFilter(RequestIdFilter())
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their assets served from the package
         title="Backdoor sanitizer",
         version="1.0",
         description="Upload a PEFT adapter and a clean dataset, run W2SDefense / CROW / "
@@ -85,6 +86,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    problems.document(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestContext)  # outermost: the 413 carries the request id too
     for r in (files.router, jobs.router, project.router, health.router):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -93,6 +94,82 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def _allowed_methods(request: Request) -> str:
+    from starlette.routing import Match
+
+    def leaves(routes: list[Any]) -> Iterator[Any]:
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # FastAPI's included routers
+            yield from leaves(inner.routes) if inner is not None else [route]
+
+    methods: set[str] = set()
+    for route in leaves(request.app.router.routes):
+        if not getattr(route, "methods", None):
+            continue
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details; `code` is stable, `hint` says how to fix it",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "hint": {"type": "string"},
+        "field": {"type": "string"},
+        "request_id": {"type": ["string", "null"]},
+        "instance": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def document(app: FastAPI) -> None:
+    """The OpenAPI document says what the API really answers: every error of every operation
+    is ``application/problem+json`` (4XX/5XX, replacing FastAPI's 422 ``HTTPValidationError``),
+    and ``/v1`` operations need a bearer API key (Swagger UI shows an Authorize button)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components["schemas"].pop(unused, None)
+        components["securitySchemes"] = {
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "an API key from `sanitizer keys create`",
+            }
+        }
+        problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path, operations in schema.get("paths", {}).items():
+            for op in operations.values():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                responses["4XX"] = {"description": "refused: see code and hint", "content": problem}
+                responses["5XX"] = {"description": "server error or not ready", "content": problem}
+                if path.startswith("/v1/"):
+                    op["security"] = [{"apiKey": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -130,12 +207,17 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404:
             detail = f"no route {request.method} {request.url.path}"
             hint = "check the path (every endpoint is under /v1); the routes are listed at /docs"
-        elif exc.status_code == 405:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-            allowed = (getattr(exc, "headers", None) or {}).get("Allow")
-            hint = f"use {allowed}" if allowed else hint
+            # Starlette names the methods of the first route that matched the path only
+            # (GET of /v1/files/{id}, not its DELETE): name every route's
+            allowed = _allowed_methods(request) or headers.get("Allow", "")
+            if allowed:
+                headers["Allow"] = allowed
+                hint = f"use {allowed}"
         return problem_response(
-            request, exc.status_code, code, detail, hint=hint, headers=getattr(exc, "headers", None)
+            request, exc.status_code, code, detail, hint=hint, headers=headers or None
         )
 
     @app.exception_handler(Exception)

@@ -303,3 +303,32 @@ def test_an_adapter_that_cannot_sit_on_the_base_model_is_refused_at_submission(
     assert api.get("/v1/jobs").json()["data"] == []
     fine = up(api, "b.zip", assets["adapter"].read_bytes(), "adapter").json()["id"]
     assert api.post("/v1/jobs", json=job_body(ds, adapter_file=fine)).status_code == 202
+
+
+def test_a_405_names_every_method_of_the_path(api):
+    r = api.post("/v1/files/file_x")
+    body = problem(r, 405, "method_not_allowed")
+    assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "DELETE"}
+    assert "DELETE" in body["hint"]
+
+
+def test_the_openapi_document_declares_problem_errors_and_bearer_auth(api):
+    doc = api.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert "Problem" in doc["components"]["schemas"]
+    ops = [(p, op) for p, item in doc["paths"].items() for op in item.values()]
+    for path, op in ops:
+        for status in ("4XX", "5XX"):
+            assert "application/problem+json" in op["responses"][status]["content"], path
+        assert "422" not in op["responses"]  # FastAPI's HTTPValidationError shape is not ours
+        assert (op.get("security") == [{"apiKey": []}]) == path.startswith("/v1/"), path
+
+
+def test_the_docs_page_works_offline(api):
+    html = api.get("/docs").text
+    assert "swagger-ui" in html
+    assert "cdn" not in html.lower() and "https://" not in html
+    import re
+
+    for asset in re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html):
+        assert api.get(asset).status_code == 200, asset
