@@ -379,7 +379,11 @@ def create_job(
         existing = _replay(s, project, idempotency_key or "", digest)
         if existing is None:
             raise
-        return JSONResponse(to_public(existing).model_dump(mode="json"), 202)
+        return JSONResponse(
+            to_public(existing).model_dump(mode="json"),
+            202,
+            headers={"Idempotent-Replayed": "true"},  # the racing request won: this is a replay
+        )
     if not dispatch(session_factory(), job.id, job.attempt, queue.enqueue):
         with session_factory()() as s2:
             add_event(

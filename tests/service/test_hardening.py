@@ -332,3 +332,16 @@ def test_the_docs_page_works_offline(api):
 
     for asset in re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html):
         assert api.get(asset).status_code == 200, asset
+
+
+def test_concurrent_replays_of_one_key_all_say_replayed(api, assets):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = dataset_id(api, assets)
+    h = {"Idempotency-Key": "race-1"}
+    with ThreadPoolExecutor(8) as pool:
+        rs = list(pool.map(lambda _: api.post("/v1/jobs", json=job_body(ds), headers=h), range(8)))
+    assert all(r.status_code == 202 for r in rs), [r.text for r in rs]
+    assert len({r.json()["id"] for r in rs}) == 1
+    fresh = [r for r in rs if r.headers.get("idempotent-replayed") != "true"]
+    assert len(fresh) == 1, "exactly one request created the job; every other one is a replay"
