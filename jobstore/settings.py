@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
 
     api_key: str | None = Field(None, description="embedded mode: the key `serve` installs")
+    worker_status_file: str | None = Field(
+        None,
+        description="set by `sanitizer serve`: where its worker supervisor writes the state of "
+        "the workers it runs; /readyz reports them when set",
+    )
     auto_migrate: bool = Field(True, description="apply migrations when the API starts")
     enqueue_timeout: float = Field(2.0, description="give up publishing to the broker after (s)")
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -105,31 +103,31 @@ def serve(
     typer.echo(f"sanitizer service: {mode}; data in {s.data_dir}")
     typer.echo(f"API:     http://{host}:{port}  (OpenAPI at /docs)")
     typer.echo(_key_line(key, key_source, sys.stdout.isatty()))
-    procs: list[subprocess.Popen[bytes]] = []
-    for i in range(workers):
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.celery_app:celery_app",
-                    *worker_argv(None, 1, f"embedded{i}"),
-                ],
-                env={**os.environ, "SANITIZER_DATA_DIR": str(s.data_dir)},
-            )
-        )
+    from jobstore.supervisor import STATUS_ENV, WorkerSupervisor
+
+    supervisor = None
+    if workers > 0:
+        status_file = s.data_dir / "workers.json"
+        os.environ[STATUS_ENV] = str(status_file)  # the API (this process) reads it on /readyz
+        get_settings.cache_clear()
+        supervisor = WorkerSupervisor(
+            lambda name: [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app:celery_app",
+                *worker_argv(None, 1, name),
+            ],
+            [f"embedded{i}" for i in range(workers)],
+            status_file,
+            env={**os.environ, "SANITIZER_DATA_DIR": str(s.data_dir)},
+        ).start()
     try:
         uvicorn.run("app.main:app", host=host, port=port, log_level="info")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if supervisor is not None:
+            supervisor.stop(timeout=30)
 
 
 def worker(

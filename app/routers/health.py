@@ -14,6 +14,8 @@ from app.problems import problem_response
 from jobstore import status as st
 from jobstore.db import session_factory
 from jobstore.models import Job
+from jobstore.settings import get_settings
+from jobstore.supervisor import read_status
 
 router = APIRouter(tags=["health"])
 
@@ -40,6 +42,15 @@ def readyz(request: Request, s: SessionDep, queue: QueueDep) -> Any:
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
+    workers = read_status(get_settings().worker_status_file)
+    if workers is not None:  # `sanitizer serve` runs the workers beside the API
+        missing = workers["expected"] - workers["alive"]
+        checks["workers"] = (
+            "ok"
+            if missing <= 0
+            else f"error: {missing} of {workers['expected']} down"
+            + (" (gave up restarting)" if workers.get("gave_up") else " (restarting)")
+        )
     if all(v == "ok" for v in checks.values()):
         return {"status": "ready", "checks": checks}
     failing = ", ".join(k for k, v in checks.items() if v != "ok")
@@ -47,8 +58,9 @@ def readyz(request: Request, s: SessionDep, queue: QueueDep) -> Any:
         request,
         503,
         "not_ready",
-        f"not ready: {failing} unreachable",
-        hint="check DATABASE_URL / REDIS_URL and that those services run",
+        f"not ready: {failing} " + ("down" if failing == "workers" else "unreachable"),
+        hint="check DATABASE_URL / REDIS_URL and that those services run"
+        + ("; the worker log says why it stopped" if "workers" in failing else ""),
         checks=checks,
         headers={"Retry-After": "5"},
     )
