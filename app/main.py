@@ -46,6 +46,7 @@ def reaper_loop(stop: threading.Event) -> None:
                 dispatch_grace=max(2.0, settings.reaper_interval),
                 redispatch_after=settings.redispatch_after,
                 time_limit=settings.job_time_limit,
+                broker_started_at=get_queue().broker_started_at(),
             )
             for job_id in done["failed"] + done["cancelled"]:
                 _on_terminal(job_id)

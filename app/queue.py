@@ -7,6 +7,7 @@ No worker code is imported: tasks are addressed as ``sanitizer.sanitize`` and
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from celery import Celery
@@ -52,6 +53,20 @@ class Queue:
 
     def send_webhook(self, delivery_id: str) -> bool:
         return self._send(WEBHOOK_TASK, [delivery_id], self.settings.webhooks_queue)
+
+    def broker_started_at(self) -> datetime | None:
+        """When the broker last started, if it can tell (Redis: ``INFO server``); None for
+        the embedded broker or on any error. A job sent before then lost its message."""
+        if self.settings.embedded:
+            return None
+        try:
+            with self.celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=self.settings.enqueue_timeout)
+                info = conn.default_channel.client.info("server")
+            return datetime.now(UTC) - timedelta(seconds=int(info["uptime_in_seconds"]))
+        except Exception as exc:
+            log.debug("broker start time unknown: %s", exc)
+            return None
 
     def depth(self) -> dict[str, int]:
         """Messages waiting per queue (not counting those a worker holds); raises when the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -53,6 +53,7 @@ def reap(
     dispatch_grace: float = 10.0,
     redispatch_after: float | None = None,
     time_limit: float | None = None,
+    broker_started_at: datetime | None = None,
 ) -> dict[str, list[str]]:
     """One pass of the reaper.
 
@@ -66,6 +67,9 @@ def reap(
       again, at most once per that period: a broker that keeps nothing on disk loses its
       messages when it restarts, and the job would otherwise wait forever. A duplicate is
       harmless: the worker's atomic queued -> running claim lets exactly one copy run.
+    - ``queued`` jobs published before ``broker_started_at`` (the broker's own start time, when
+      it can tell) are published again at once: a restart the broker shows need not wait for
+      ``redispatch_after``. Each re-publication leaves an event on the job saying why.
     """
     now = utcnow()
     done: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": [], "dispatched": []}
@@ -124,13 +128,37 @@ def reap(
     never_sent = Job.dispatched_at.is_(None) & (
         Job.queued_at < now - timedelta(seconds=dispatch_grace)
     )
+    waiting = never_sent
     if redispatch_after is not None:
-        never_sent = never_sent | (Job.dispatched_at < now - timedelta(seconds=redispatch_after))
+        waiting = waiting | (Job.dispatched_at < now - timedelta(seconds=redispatch_after))
+    if broker_started_at is not None:
+        waiting = waiting | (Job.dispatched_at < _naive_like(broker_started_at, now))
     with factory() as s:
         pending = s.execute(
-            select(Job.id, Job.attempt).where(Job.status == st.QUEUED, never_sent)
+            select(Job.id, Job.attempt, Job.dispatched_at).where(Job.status == st.QUEUED, waiting)
         ).all()
-    for job_id, attempt in pending:
-        if dispatch(factory, job_id, attempt, enqueue):
-            done["dispatched"].append(job_id)
+    for job_id, attempt, sent_at in pending:
+        if not dispatch(factory, job_id, attempt, enqueue):
+            continue
+        done["dispatched"].append(job_id)
+        if sent_at is None:
+            continue
+        sent_at = _naive_like(sent_at, now)
+        if broker_started_at is not None and sent_at < _naive_like(broker_started_at, now):
+            why = "the broker restarted after this job was sent to it, so its message was lost"
+        else:
+            why = (
+                f"still queued {(now - sent_at).total_seconds():.0f}s after it was sent to the "
+                "broker (the message may have been lost in a broker restart)"
+            )
+        with factory() as s:
+            add_event(s, job_id, f"{why}; sent again", level="warning")
+            s.commit()
     return done
+
+
+def _naive_like(t: datetime, ref: datetime) -> datetime:
+    """``t`` comparable with ``ref`` (SQLite hands back naive UTC datetimes)."""
+    if (t.tzinfo is None) == (ref.tzinfo is None):
+        return t
+    return t.replace(tzinfo=None) if ref.tzinfo is None else t.replace(tzinfo=UTC)

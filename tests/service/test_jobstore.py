@@ -167,12 +167,58 @@ def test_reaper_republishes_a_queued_job_whose_message_was_lost(service_env):
     kw = {"heartbeat_timeout": 10, "max_attempts": 2, "redispatch_after": 600}
     assert reap(session_factory(), enqueue, **kw)["dispatched"] == ["job_lost"]
     assert sent == [("job_lost", 1)]
+    from jobstore.models import JobEvent
+
+    with session_scope() as s:
+        (event,) = s.query(JobEvent).filter_by(job_id="job_lost").all()
+        assert "still queued 1000s" in event.message and event.level == "warning"
     # published again just now: the next pass leaves it alone
     assert reap(session_factory(), enqueue, **kw)["dispatched"] == []
     # without the setting, a published job is never re-published (the old behaviour)
     assert (
         reap(session_factory(), enqueue, heartbeat_timeout=10, max_attempts=2)["dispatched"] == []
     )
+
+
+def test_a_visible_broker_restart_republishes_at_once_and_says_why(service_env):
+    """Issue 23 item 7: a lost message used to wait redispatch_after (900 s) with no event."""
+    from jobstore.db import session_factory, session_scope, upgrade
+    from jobstore.jobs import reap
+    from jobstore.models import JobEvent, utcnow
+
+    upgrade()
+    with session_scope() as s:
+        for jid, age in (("job_before", 60), ("job_after", 5), ("job_old", 2000)):
+            then = utcnow() - timedelta(seconds=age)
+            add_job(s, jid, queued_at=then, dispatched_at=then)
+    sent: list[tuple[str, int]] = []
+    enqueue = lambda jid, attempt: sent.append((jid, attempt)) or True  # noqa: E731
+    kw = {"heartbeat_timeout": 10, "max_attempts": 2, "redispatch_after": 900}
+    restarted = utcnow() - timedelta(seconds=30)  # after job_before was sent, before job_after
+    done = reap(session_factory(), enqueue, broker_started_at=restarted, **kw)
+    assert sorted(done["dispatched"]) == ["job_before", "job_old"]
+    with session_scope() as s:
+        events = {e.job_id: e.message for e in s.query(JobEvent).all()}
+    assert "broker restarted" in events["job_before"] and "sent again" in events["job_before"]
+    assert "broker restarted" in events["job_old"]
+    assert "job_after" not in events
+    # the broker's start time stays put: nothing is sent twice
+    assert reap(session_factory(), enqueue, broker_started_at=restarted, **kw)["dispatched"] == []
+
+
+def test_the_queue_reads_the_broker_start_time_from_redis(service_env, redis_url, monkeypatch):
+    from datetime import UTC, datetime
+
+    import redis
+
+    from app.queue import Queue
+    from jobstore.settings import Settings
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    started = Queue(Settings()).broker_started_at()
+    uptime = redis.Redis.from_url(redis_url).info("server")["uptime_in_seconds"]
+    assert started is not None
+    assert abs((datetime.now(UTC) - started).total_seconds() - uptime) < 5
 
 
 def test_reaper_fails_a_job_killed_by_the_hard_time_limit(service_env):
