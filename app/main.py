@@ -15,7 +15,9 @@ from app import problems
 from app.middleware import BodyLimit, RequestContext, RequestIdFilter
 from app.queue import get_queue
 from app.routers import files, health, jobs, project
+from jobstore.artifacts import get_store
 from jobstore.db import session_factory, session_scope, upgrade
+from jobstore.files import expire_files
 from jobstore.jobs import reap
 from jobstore.keys import install_key
 from jobstore.models import Job
@@ -50,6 +52,8 @@ def reaper_loop(stop: threading.Event) -> None:
             )
             for job_id in done["failed"] + done["cancelled"]:
                 _on_terminal(job_id)
+            if settings.file_retention_days > 0:
+                expire_files(session_factory(), get_store(), settings.file_retention_days)
         except Exception:
             log.exception("reaper pass failed")
         stop.wait(settings.reaper_interval)

@@ -79,6 +79,7 @@ class ApiKey(Base):
 
 class File(Base):
     __tablename__ = "files"
+    __table_args__ = (Index("ix_files_project_sha256", "project_id", "sha256"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)

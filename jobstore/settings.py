@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         "again (a broker restart without persistence loses messages); duplicates are dropped",
     )
     progress_interval: float = Field(1.0, description="min seconds between progress writes")
+    file_retention_days: float = Field(
+        0.0,
+        ge=0,
+        description="uploaded files older than this many days that no active job reads are "
+        "deleted by the reaper; 0 keeps them until deleted with DELETE /v1/files/{id}",
+    )
 
     webhook_max_retries: int = Field(6, description="webhook retries after the first attempt")
     webhook_backoff: float = Field(2.0, description="first retry delay (s), doubled each time")

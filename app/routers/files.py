@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from app import uploads
 from app.deps import ProjectDep, SessionDep, SettingsDep, StoreDep
 from app.problems import ApiError, not_found
 from app.schemas import FilePublic, FilesPublic
-from jobstore import status as st
-from jobstore.models import File, Job, new_id
+from jobstore import files as file_store
+from jobstore.models import File, new_id
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -58,10 +59,42 @@ def get_owned(s: SessionDep, project_id: str, file_id: str) -> File:
     return f
 
 
-@router.post("", status_code=201, response_model=FilePublic, openapi_extra=UPLOAD_DOC)
+def _same_upload(
+    s: SessionDep, project_id: str, purpose: str, sha256: str, fields: dict[str, str]
+) -> File | None:
+    """A file of this project with these bytes, this purpose and, for a dataset, validated
+    with the same task and columns (OpenAI-style reuse: a pipeline that uploads its inputs
+    on every run gets the same ids, so its Idempotency-Key replays)."""
+    for f in s.scalars(select(File).where(File.project_id == project_id, File.sha256 == sha256)):
+        info = f.info or {}
+        if f.purpose != purpose:
+            continue
+        if purpose == "dataset" and (
+            info.get("text_column") != (fields.get("text_column") or "text")
+            or info.get("label_column") != (fields.get("label_column") or "label")
+            or (fields.get("task") and info.get("task") != fields.get("task"))
+        ):
+            continue
+        return f
+    return None
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=FilePublic,
+    openapi_extra=UPLOAD_DOC,
+    responses={
+        200: {
+            "model": FilePublic,
+            "description": "these bytes were uploaded before: "
+            "the existing file (header X-File-Reused: true)",
+        }
+    },
+)
 async def upload_file(
     request: Request, project: ProjectDep, s: SessionDep, settings: SettingsDep, store: StoreDep
-) -> FilePublic:
+) -> Any:
     """Upload an adapter archive or a dataset (multipart: purpose, file); validated before it is kept."""
     up = await uploads.receive(request, settings)
     try:
@@ -88,6 +121,11 @@ async def upload_file(
         if up.size == 0:
             raise ApiError(
                 422, "empty_file", f"'{up.filename}' is empty", hint="upload a non-empty file"
+            )
+        reused = _same_upload(s, project.id, purpose, up.sha256, up.fields)
+        if reused is not None:  # identical bytes checked the same way: the file it already is
+            return JSONResponse(
+                to_public(reused).model_dump(mode="json"), 200, headers={"X-File-Reused": "true"}
             )
         if purpose == "adapter":
             info = await run_in_threadpool(
@@ -168,12 +206,7 @@ def get_file(file_id: str, project: ProjectDep, s: SessionDep) -> FilePublic:
 def delete_file(file_id: str, project: ProjectDep, s: SessionDep, store: StoreDep) -> Response:
     """Delete a file that no active job uses."""
     f = get_owned(s, project.id, file_id)
-    ref = (
-        (Job.adapter_file_id == f.id)
-        | (Job.clean_dataset_file_id == f.id)
-        | (Job.test_dataset_file_id == f.id)
-    )
-    busy = s.scalar(select(Job.id).where(ref, Job.status.in_(st.ACTIVE)).limit(1))
+    busy = file_store.active_user(s, f.id)
     if busy:
         raise ApiError(
             409,
@@ -181,7 +214,5 @@ def delete_file(file_id: str, project: ProjectDep, s: SessionDep, store: StoreDe
             f"file '{f.id}' is used by active job '{busy}'",
             hint="wait for the job to finish or cancel it, then delete the file",
         )
-    s.delete(f)
-    s.commit()
-    store.delete_prefix(f"files/{f.id}")
+    file_store.delete_file(s, store, f)
     return Response(status_code=204)

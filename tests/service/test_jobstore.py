@@ -351,3 +351,40 @@ def test_serve_banner_shows_the_key_only_at_a_terminal():
     piped = _key_line(key, "/data/api_key", to_terminal=False)
     assert key not in piped and "/data/api_key" in piped
     assert key not in _key_line(key, "SANITIZER_API_KEY", to_terminal=True)
+
+
+def test_retention_deletes_old_files_no_active_job_reads(service_env, tmp_path):
+    from jobstore.artifacts import LocalArtifactStore
+    from jobstore.db import session_factory, session_scope, upgrade
+    from jobstore.files import expire_files
+    from jobstore.keys import get_or_create_project
+    from jobstore.models import File, utcnow
+
+    upgrade()
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    src = tmp_path / "blob"
+    with session_scope() as s:
+        pid = get_or_create_project(s, "p").id
+        for fid, age_days in (("file_old", 40), ("file_busy", 40), ("file_new", 1)):
+            src.write_bytes(fid.encode())
+            store.put_file(f"files/{fid}/x.csv", src)
+            s.add(
+                File(
+                    id=fid,
+                    project_id=pid,
+                    purpose="dataset",
+                    filename="x.csv",
+                    bytes=8,
+                    sha256="0" * 64,
+                    storage_key=f"files/{fid}/x.csv",
+                    info={},
+                    created_at=utcnow() - timedelta(days=age_days),
+                )
+            )
+        s.flush()
+        add_job(s, "job_reads", clean_dataset_file_id="file_busy")  # queued: still active
+    assert expire_files(session_factory(), store, 30) == ["file_old"]
+    with session_scope() as s:
+        assert {f.id for f in s.query(File).all()} == {"file_busy", "file_new"}
+    assert not store.exists("files/file_old/x.csv")
+    assert store.exists("files/file_busy/x.csv") and store.exists("files/file_new/x.csv")
