@@ -103,6 +103,19 @@ class Evaluation(BaseModel):
     )
 
 
+class ReleasePolicy(BaseModel):
+    """A release gate the job's report is checked against (the CLI's --max-asr/--max-ca-drop)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_asr: float | None = Field(
+        None, ge=0, le=1, description="ASR after sanitization at most this (0.05 = 5%)"
+    )
+    max_ca_drop: float | None = Field(
+        None, ge=0, le=1, description="clean accuracy / utility may drop at most this (0.01)"
+    )
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -132,6 +145,11 @@ class JobCreate(BaseModel):
     )
     webhook_url: AnyHttpUrl | None = Field(
         None, description="POSTed job.succeeded|failed|cancelled, Standard Webhooks signed"
+    )
+    policy: ReleasePolicy | None = Field(
+        None,
+        description="release policy: the report (JSON `verdict`, and the HTML page's banner) "
+        "says passed or failed against it",
     )
 
 
@@ -172,6 +190,7 @@ class JobPublic(BaseModel):
     seed: int
     metadata: dict[str, str]
     webhook_url: str | None
+    policy: dict[str, Any] | None = None
     progress: Progress | None
     error: JobError | None
     attempt: int

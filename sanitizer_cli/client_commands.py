@@ -441,6 +441,8 @@ def submit(
             ),
             hyperparameters=hyperparameters or None,
             metadata=meta or None,
+            # the service checks its report against the same gate (its HTML page's banner)
+            policy=None if policy.is_empty() else {"max_asr": max_asr, "max_ca_drop": max_ca_drop},
             **files,
             **{
                 k: v

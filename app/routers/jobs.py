@@ -64,6 +64,7 @@ def to_public(job: Job) -> JobPublic:
         seed=spec.get("seed", 0),
         metadata=job.meta or {},
         webhook_url=job.webhook_url,
+        policy=spec.get("policy"),
         progress=Progress.model_validate(job.progress) if job.progress else None,
         error=JobError(code=job.error_code, message=job.error_message or "")
         if job.error_code
@@ -521,7 +522,27 @@ def get_report(job_id: str, project: ProjectDep, s: SessionDep, store: StoreDep)
     job = get_owned_job(s, project.id, job_id)
     _finished(job, "report")
     with store.open(f"jobs/{job.id}/report.json") as f:
-        return JSONResponse(json.load(f))
+        report = json.load(f)
+    policy = _policy(job)
+    if policy is not None:
+        from sanitizer.report_html import check_policy
+
+        report["verdict"] = {
+            "policy": (job.spec or {}).get("policy"),
+            **check_policy(report, policy).to_dict(),
+        }
+    return JSONResponse(report)
+
+
+def _policy(job: Job) -> Any:
+    """The job's release policy as the report renderer takes it, or None."""
+    given = (job.spec or {}).get("policy")
+    if not given:
+        return None
+    from sanitizer.report_html import Policy
+
+    policy = Policy(max_asr=given.get("max_asr"), max_ca_drop=given.get("max_ca_drop"))
+    return None if policy.is_empty() else policy
 
 
 @router.get("/{job_id}/report.html", response_class=HTMLResponse)
@@ -541,7 +562,9 @@ def get_report_html(job_id: str, project: ProjectDep, s: SessionDep, store: Stor
         ) from exc
     with store.open(f"jobs/{job.id}/report.json") as f:
         report = json.load(f)
-    return HTMLResponse(render_report_html(report, job=to_public(job).model_dump(mode="json")))
+    return HTMLResponse(
+        render_report_html(report, policy=_policy(job), job=to_public(job).model_dump(mode="json"))
+    )
 
 
 @router.get(

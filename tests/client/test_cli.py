@@ -88,6 +88,7 @@ def test_submit_wait_pass_policy_download_report_exit_0(
     req = job["request"]
     assert req["hyperparameters"] == {"epochs": 2, "teacher_model": "tiny/t"}
     assert req["evaluation"]["attack"] == {"name": "badnet", "trigger": "cf", "target_label": 0}
+    assert req["policy"] == {"max_asr": 0.05, "max_ca_drop": 0.01}
     assert state.files[req["adapter_file"]]["purpose"] == "adapter"
 
 

@@ -596,6 +596,44 @@ def test_finished_job_serves_report_html_and_artifact(api, assets):
     assert jid in r.text  # the served page names its job
 
 
+@pytest.mark.parametrize(
+    ("policy", "passed"),
+    [({"max_asr": 0.05, "max_ca_drop": 0.02}, True), ({"max_asr": 0.01}, False)],
+)
+def test_a_job_policy_puts_the_verdict_in_the_report(api, assets, policy, passed):
+    """Issue 26 item 7: the service's report page said only 'Check the measurement'."""
+    from jobstore import status as st
+    from jobstore.artifacts import get_store
+    from jobstore.db import session_scope
+    from jobstore.models import Job
+
+    ds = dataset_id(api, assets)
+    created = api.post("/v1/jobs", json=job_body(ds, policy=policy)).json()
+    jid = created["id"]
+    assert created["policy"] == {"max_asr": None, "max_ca_drop": None, **policy}
+    report = json.loads((REPO / "tests/client/data/report_classification.json").read_text())
+    get_store().put_bytes(f"jobs/{jid}/report.json", json.dumps(report).encode())
+    with session_scope() as s:
+        job = s.get(Job, jid)
+        st.transition(job, st.RUNNING)
+        st.transition(job, st.SUCCEEDED)
+        job.artifact_sha256 = "0" * 64
+    verdict = api.get(f"/v1/jobs/{jid}/report").json()["verdict"]
+    assert verdict["passed"] is passed
+    assert bool(verdict["reasons"]) is not passed  # a failure says why (ASR 2.3% > 1.0%)
+    page = api.get(f"/v1/jobs/{jid}/report.html").text
+    assert f'data-passed="{str(passed).lower()}"' in page
+    assert ("PASSED" if passed else "FAILED") + " the release policy" in page
+
+
+def test_a_policy_out_of_range_is_refused(api, assets):
+    ds = dataset_id(api, assets)
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, policy={"max_asr": 5})), 422, "validation_error"
+    )
+    assert body["errors"][0]["loc"] == ["body", "policy", "max_asr"]
+
+
 class ProtocolOnlyStore:
     """Exposes exactly the ArtifactStore protocol (no local paths): what an object-store
     backend would offer. The API must work through it."""
