@@ -322,8 +322,13 @@ def load_adapter(lm: LoadedModel, adapter_dir: Path, mode: AdapterMode, scale: f
         merge_adapter(lm, scale)
 
 
-def save_adapter(lm: LoadedModel, out_dir: Path) -> dict[str, str]:
-    """Write the adapter as safetensors (never pickle). Returns sha256 per written file."""
+def save_adapter(
+    lm: LoadedModel, out_dir: Path, label_names: list[str] | None = None
+) -> dict[str, str]:
+    """Write the adapter as safetensors (never pickle), with a model card naming the base
+    model by id and, for classification, the label names. Returns sha256 per written file."""
+    from sanitizer import model_card
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lm.model.save_pretrained(out_dir, safe_serialization=True)
@@ -331,8 +336,16 @@ def save_adapter(lm: LoadedModel, out_dir: Path) -> dict[str, str]:
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = lm.model_id
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    meta = {"task": lm.task, "num_labels": lm.num_labels, "prompt_template": lm.template.to_dict()}
+    meta: dict[str, Any] = {
+        "task": lm.task,
+        "num_labels": lm.num_labels,
+        "prompt_template": lm.template.to_dict(),
+    }
+    if label_names:
+        meta["id2label"] = {str(i): n for i, n in enumerate(label_names)}
+        meta["label2id"] = {n: i for i, n in enumerate(label_names)}
     (out_dir / "sanitizer_adapter.json").write_text(json.dumps(meta, indent=2))
+    model_card.write(out_dir, lm.model_id, lm.task, label_names)  # replaces PEFT's template
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out_dir.iterdir())}
 
 

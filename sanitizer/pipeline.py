@@ -478,17 +478,12 @@ def run_sanitize(
         shutil.rmtree(adapter_out)
     if adapter_mode == "merge_fresh":
         with tempfile.TemporaryDirectory(dir=out_dir if out_dir.exists() else None) as tmp:
-            save_adapter(lm, Path(tmp))
+            save_adapter(lm, Path(tmp), label_names)
             combine_lora_into_one(
                 spec.adapter_dir, Path(tmp), adapter_out, base_scale=cfg.adapter_scale
             )
     else:
-        save_adapter(lm, adapter_out)
-    import hashlib
-
-    files = {
-        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(adapter_out.iterdir())
-    }
+        save_adapter(lm, adapter_out, label_names)
     from sanitizer.models import sha256_of_dir
 
     model_facts = {
@@ -574,8 +569,11 @@ def run_sanitize(
         "timings": timings,
         "peak_memory_mb": model_facts["peak_memory_mb"],
         "versions": _versions(),
-        "adapter_out": {"files": files},
     }
+    from sanitizer import model_card
+
+    model_card.write(adapter_out, spec.base_model, spec.task, label_names, report)
+    report["adapter_out"] = {"files": _file_hashes(adapter_out)}
     if baseline is not None:
         report["baseline"] = baseline
     if comparators is not None:
@@ -585,6 +583,12 @@ def run_sanitize(
     tmp_report.write_text(json.dumps(report, indent=2, default=str))
     tmp_report.replace(out_dir / "report.json")
     return report
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
 
 
 # ---------------------------------------------------------------- attack
@@ -646,7 +650,7 @@ def run_attack(
     stats = train(
         lm, list(pds.rows), [], tcfg, finetune.step_loss, phase="attack", progress=progress
     )
-    files = save_adapter(lm, Path(out_dir))
+    files = save_adapter(lm, Path(out_dir), ds.label_names if task == "classification" else None)
     info = {
         "base_model": base_model,
         "task": task,

@@ -98,6 +98,8 @@ def test_attack_evaluate_defend(env):
     )
     info = json.loads((adapter / "attack.json").read_text())
     assert info["attack"]["name"] == "badnet" and info["attack"]["target_label"] == 0
+    card = (adapter / "README.md").read_text()
+    assert 'base_model: "tiny/bert"' in card and str(env["root"]) not in card  # no local path
 
     r = _cli(
         env,
@@ -155,6 +157,19 @@ def test_attack_evaluate_defend(env):
     assert report["datasets"]["clean"]["sha256"] and report["adapter_in"]["mode"] == "merge_fresh"
     assert set(report["timings"]) >= {"load_s", "defense_s", "total_s"}
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+    # issue 26 item 9: a Hub model card with the method and the measured numbers, and the
+    # label names beside the weights; the report's file hashes cover the card
+    card = (out / "adapter" / "README.md").read_text()
+    assert card.startswith('---\nbase_model: "tiny/bert"\nlibrary_name: peft\n')
+    assert "sanitized-finetune" in card and report["datasets"]["clean"]["sha256"] in card
+    asr_after = report["metrics"]["after"]["attack_success_rate"]
+    assert f"value: {asr_after:.4f}" in card
+    meta = json.loads((out / "adapter" / "sanitizer_adapter.json").read_text())
+    names = report["label_names"]
+    assert meta["id2label"] == {str(i): n for i, n in enumerate(names)} and len(names) == 2
+    import hashlib
+
+    assert report["adapter_out"]["files"]["README.md"] == hashlib.sha256(card.encode()).hexdigest()
     # the sanitized adapter, loaded on the base, reproduces the reported "after" numbers
     r = _cli(
         env,
