@@ -265,3 +265,25 @@ def test_client_commands_do_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_job_submitted_without_wait_is_finished_later(
+    stub: tuple[str, Any], dataset: Path, tmp_path: Path
+) -> None:
+    """Issue 26 item 8: `jobs wait` and `jobs download` finish what `submit` started."""
+    url, _ = stub
+    job_id = submit(url, dataset).stdout.strip()
+    out = run(
+        "jobs", "wait", job_id, "--poll-interval", "0.05", "--max-asr", "0.05", "--json", url=url
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["job"]["id"] == job_id and result["policy"]["passed"] is True
+    assert "defense" in out.stderr  # the phases, on stderr
+    strict = run("jobs", "wait", job_id, "--max-asr", "0.001", url=url)
+    assert strict.returncode == 1 and "FAILED" in strict.stdout
+    got = run("jobs", "download", job_id, "--out", str(tmp_path / "ad"), "--json", url=url)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["verified"] is True
+    assert (tmp_path / "ad" / "adapter_model.safetensors").is_file()
+    assert run("jobs", "wait", "job_nope", url=url).returncode == 3
