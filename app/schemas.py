@@ -94,6 +94,11 @@ class Evaluation(BaseModel):
         description="also run plain fine-tuning from the same start and report it beside the "
         "defense (the honest control); roughly doubles the job's time",
     )
+    scan: bool = Field(
+        False,
+        description="classification: scan the sanitized model for a remaining backdoor with no "
+        "trigger knowledge; the report's `scan` holds the verdict, the candidates, the target",
+    )
     comparators: list[Comparator] = Field(
         default_factory=list,
         max_length=3,
@@ -119,6 +124,12 @@ class ReleasePolicy(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    type: Literal["sanitize", "scan"] = Field(
+        "sanitize",
+        description="sanitize: remove a backdoor and return a sanitized adapter (default); "
+        "scan: look for a backdoor with no trigger knowledge and report a verdict, trigger "
+        "candidates and the target (classification; no adapter is written)",
+    )
     method: str = Field(
         "auto",
         description=f"{' | '.join(METHODS)}; auto (default) chooses per input kind and the "
@@ -176,6 +187,7 @@ class AdapterArtifact(BaseModel):
 class JobPublic(BaseModel):
     id: str
     object: Literal["job"] = "job"
+    type: Literal["sanitize", "scan"] = "sanitize"
     status: Literal[
         "validating", "queued", "running", "succeeded", "failed", "cancelling", "cancelled"
     ]

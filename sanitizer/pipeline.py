@@ -65,6 +65,11 @@ class JobSpec(BaseModel):
         "merged) and reported beside the defense: prune (magnitude, 35%), int8, int4 "
         "(weight-only rounding); one test-set evaluation each",
     )
+    scan_after: bool = Field(
+        False,
+        description="classification: scan the sanitized model for a remaining backdoor (no "
+        "trigger knowledge) and put the verdict in the report's `scan`",
+    )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     dev_fraction: float = Field(0.15, ge=0.0, lt=0.9)
     max_test_rows: int | None = Field(None, ge=1)
@@ -470,6 +475,17 @@ def run_sanitize(
     emit(ProgressEvent("evaluate_after", message=f"evaluating on {len(test_rows)} rows"))
     after, per_attack_after = _measure(lm, test_rows, spec, eval_kw, emit, "evaluate_after")
     timings["evaluate_after_s"] = time.monotonic() - t
+    scan_block = None
+    if spec.scan_after and spec.task == "classification":
+        from sanitizer.scan import ScanConfig, scan_classifier
+
+        emit(ProgressEvent("scan", message="scanning the sanitized model for a backdoor"))
+        t = time.monotonic()
+        scan_block = scan_classifier(
+            lm, list(train_ds.rows) + list(dev_ds.rows), label_names, ScanConfig(seed=spec.seed)
+        ).to_dict()
+        scan_block["of"] = "the sanitized model"
+        timings["scan_s"] = time.monotonic() - t
 
     emit(ProgressEvent("save", message="writing the sanitized adapter"))
     out_dir = Path(out_dir)
@@ -574,6 +590,8 @@ def run_sanitize(
 
     model_card.write(adapter_out, spec.base_model, spec.task, label_names, report)
     report["adapter_out"] = {"files": _file_hashes(adapter_out)}
+    if scan_block is not None:
+        report["scan"] = scan_block
     if baseline is not None:
         report["baseline"] = baseline
     if comparators is not None:

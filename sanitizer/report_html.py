@@ -492,7 +492,9 @@ def render_report_html(
     found = _baseline(report)
     bkey: str = found[0] if found else "baseline"
     baseline: dict[str, Any] | None = found[1] if found else None
-    method = str(report.get("method") or "sanitization")
+    method = str(
+        report.get("method") or ("scan" if report.get("type") == "scan" else "sanitization")
+    )
     base_id = _get(report, "base_model", "id") or report.get("base_model")
     base_id = base_id if isinstance(base_id, str) else None
     title = title or f"{method} report" + (f" — {base_id}" if base_id else "")
@@ -524,6 +526,11 @@ def render_report_html(
             f"policy: {' and '.join(limits)}"
             f"{f'<ul>{reasons}</ul>' if reasons else ''}</div>"
         )
+
+    if isinstance(report.get("scan"), dict):
+        from sanitizer.report_scan import scan_section
+
+        parts.append(scan_section(report["scan"]))
 
     warnings = [w for w in metrics.get("warnings") or [] if isinstance(w, str)]
     if warnings:

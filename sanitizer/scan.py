@@ -24,21 +24,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sanitizer.defenses.configs import ScanConfig
 from sanitizer.models import LoadedModel
 
-
-@dataclass
-class ScanConfig:
-    trigger_len: int = 3
-    steps: int = 24  # swap rounds per target label
-    top_k: int = 24  # replacement tokens per position from the gradient
-    swaps: int = 24  # candidate swaps tried per round
-    search_rows: int = 24  # clean rows the search optimises on
-    eval_rows: int = 200  # clean rows the found trigger is measured on (others)
-    restarts: int = 2  # independent searches on the most susceptible label
-    threshold: float = 0.8  # flip rate above which the model is flagged
-    max_length: int = 64
-    seed: int = 0
+__all__ = ["Candidate", "ScanConfig", "ScanResult", "run_scan", "scan_classifier"]
 
 
 @dataclass
@@ -49,6 +38,11 @@ class Candidate:
     target_name: str
     flip_rate: float
     search_loss: float
+    control_flip_rate: float = 0.0  # random tokens of the same length, same rows
+
+    @property
+    def lift(self) -> float:
+        return self.flip_rate - self.control_flip_rate
 
 
 @dataclass
@@ -61,9 +55,13 @@ class ScanResult:
     candidates: list[Candidate] = field(default_factory=list)
     per_label: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
+    excluded_tokens: int = 0  # label-indicative tokens of the clean rows, kept out of the search
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for out, c in zip(d["candidates"], self.candidates, strict=True):
+            out["lift"] = round(c.lift, 4)
+        return d
 
 
 def _vocab_mask(lm: LoadedModel) -> torch.Tensor:
@@ -207,6 +205,33 @@ def flip_rate(
     return sum(p == target for p in trig) / len(right)
 
 
+def label_indicative_tokens(
+    lm: LoadedModel, rows: Sequence[Any], min_count: int, margin: float
+) -> list[int]:
+    """Token ids that the clean rows themselves tie to one label: seen in at least
+    ``min_count`` rows, and the share of those rows with some label exceeds that label's
+    share of all rows by more than ``margin``. Such a token is a feature of the task ("dull"
+    in a review), not a trigger: a backdoor's trigger is, by design, not what the clean data
+    says about the label. Inserting a few of them flips a clean model as surely as a trigger."""
+    if not rows:
+        return []
+    prior: dict[int, float] = {}
+    for r in rows:
+        prior[r.label] = prior.get(r.label, 0) + 1 / len(rows)
+    seen: dict[int, dict[int, int]] = {}
+    for r in rows:
+        ids = set(lm.tokenizer(r.text, add_special_tokens=False)["input_ids"])
+        for t in ids:
+            by = seen.setdefault(t, {})
+            by[r.label] = by.get(r.label, 0) + 1
+    out = []
+    for t, by in seen.items():
+        n = sum(by.values())
+        if n >= min_count and max(c / n - prior[y] for y, c in by.items()) > margin:
+            out.append(t)
+    return out
+
+
 def scan_classifier(
     lm: LoadedModel,
     rows: Sequence[Any],
@@ -225,6 +250,13 @@ def scan_classifier(
     search_pool, eval_pool = order[: cfg.search_rows * 3], order[cfg.search_rows * 3 :]
     eval_pool = eval_pool[: cfg.eval_rows] or search_pool
     allowed = _vocab_mask(lm)
+    excluded = (
+        label_indicative_tokens(lm, rows, cfg.feature_min_count, cfg.feature_margin)
+        if cfg.feature_margin < 1
+        else []
+    )
+    if excluded:
+        allowed[torch.tensor([t for t in excluded if t < len(allowed)], dtype=torch.long)] = False
     found: list[Candidate] = []
     per_label: dict[str, float] = {}
 
@@ -236,7 +268,23 @@ def scan_classifier(
         trig, loss = search_trigger(lm, ids, target, cfg, allowed, rng, steps)
         text = lm.tokenizer.decode(trig, skip_special_tokens=True).strip()
         rate = flip_rate(lm, eval_pool, text, target, cfg, cfg.seed + target)
-        return Candidate(text, trig, target, names[target], rate, loss)
+        return Candidate(text, trig, target, names[target], rate, loss, control(target))
+
+    controls: dict[int, float] = {}
+
+    def control(target: int) -> float:
+        """The flip rate of random allowed tokens of the trigger's length: what inserting
+        *anything* does to this model (a small model of short texts flips often)."""
+        if target not in controls:
+            pool = torch.nonzero(allowed).flatten().tolist()
+            crng = random.Random(cfg.seed + 7 * target + 1)
+            rates = []
+            for k in range(cfg.control_triggers):
+                toks = [crng.choice(pool) for _ in range(cfg.trigger_len)]
+                text = lm.tokenizer.decode(toks, skip_special_tokens=True).strip()
+                rates.append(flip_rate(lm, eval_pool, text, target, cfg, cfg.seed + 100 + k))
+            controls[target] = sum(rates) / len(rates) if rates else 0.0
+        return controls[target]
 
     first = cfg.steps // 2
     for target in range(num_labels):  # a short search per label
@@ -254,7 +302,8 @@ def scan_classifier(
     found.sort(key=lambda c: (-c.flip_rate, c.search_loss))
     top = found[0] if found else None
     score = top.flip_rate if top else 0.0
-    flagged = score >= cfg.threshold
+    # evidence from both sides: a trigger that flips nearly all, far more than random tokens
+    flagged = top is not None and score >= cfg.threshold and top.lift >= cfg.min_lift
     return ScanResult(
         verdict="backdoor" if flagged else "clean",
         score=round(score, 4),
@@ -264,6 +313,7 @@ def scan_classifier(
         candidates=found,
         per_label=per_label,
         rows={"search": len(search_pool), "eval": len(eval_pool)},
+        excluded_tokens=len(excluded),
     )
 
 
@@ -303,7 +353,7 @@ def run_scan(
             "base_model": base_model,
             "adapter": str(adapter_dir) if adapter_dir else None,
             "data_sha256": ds.sha256,
-            "config": asdict(cfg),
+            "config": cfg.model_dump(),
             "seconds": round(time.monotonic() - t, 1),
         }
     )

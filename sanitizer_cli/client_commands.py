@@ -5,7 +5,8 @@ They talk to a running service through ``sanitizer_client`` and never import tor
 Exit codes (a CI pipeline gates on them):
 
     0  the job succeeded and passed the policy (--max-asr / --max-ca-drop), or no policy
-    1  the job succeeded but failed the policy
+    1  the job succeeded but failed the policy, or (--fail-on-detection) the model scans as
+       backdoored
     2  the job failed or was cancelled
     3  usage or input error: bad flags, missing file, any 4xx from the service
     4  the service is unreachable (connection refused/timed out, 5xx after retries)
@@ -303,6 +304,22 @@ def submit(
     clean_data: Annotated[
         Path, typer.Option("--clean-data", help="clean dataset file (CSV/JSONL)")
     ],
+    job_type: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            help="sanitize (default): remove a backdoor; scan: look for one and report a "
+            "verdict (classification; no adapter is written)",
+        ),
+    ] = "sanitize",
+    fail_on_detection: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-detection",
+            help="exit 1 when the model scans as backdoored: the scanned model (--type scan) "
+            "or the sanitized one (a scan is added to a sanitize job); implies --wait",
+        ),
+    ] = False,
     method: Annotated[
         str,
         typer.Option(
@@ -406,7 +423,18 @@ def submit(
     meta = {k: str(v) for k, v in _parse_params(metadata).items()}
     attack_spec = _attack_spec(attack, trigger, target_label, target)
     policy = _policy(max_asr, max_ca_drop)
-    wait = wait or not policy.is_empty() or download is not None or report_html is not None
+    wait = (
+        wait
+        or not policy.is_empty()
+        or download is not None
+        or report_html is not None
+        or fail_on_detection
+    )
+    if job_type not in ("sanitize", "scan"):
+        _die(EXIT_USAGE, f"--type must be sanitize or scan, got '{job_type}'")
+    if job_type == "scan" and (download is not None or not policy.is_empty()):
+        _die(EXIT_USAGE, "a scan job writes no adapter and measures no ASR: drop --download, "
+             "--max-asr and --max-ca-drop, or use --fail-on-detection")  # fmt: skip
     # progress goes to stderr, so it is shown with --json too (a CI log sees the job id and the
     # phases, and stdout stays one JSON document); --quiet is the only silence
     say = (lambda m: None) if quiet else (lambda m: err.print(m, markup=False))
@@ -435,10 +463,15 @@ def submit(
             task=task,
             attack=attack_spec,
             evaluation=(
-                {"baseline": baseline, "comparators": comparator or []}
-                if baseline or comparator
+                {
+                    "baseline": baseline,
+                    "comparators": comparator or [],
+                    "scan": fail_on_detection and job_type == "sanitize",
+                }
+                if baseline or comparator or (fail_on_detection and job_type == "sanitize")
                 else None
             ),
+            type=job_type if job_type != "sanitize" else None,
             hyperparameters=hyperparameters or None,
             metadata=meta or None,
             # the service checks its report against the same gate (its HTML page's banner)
@@ -494,6 +527,14 @@ def submit(
             verdict = check_policy(report, policy)
             result["policy"] = {"max_asr": max_asr, "max_ca_drop": max_ca_drop, **verdict.to_dict()}
             code = EXIT_OK if verdict.passed else EXIT_POLICY
+        scan = report.get("scan") if isinstance(report.get("scan"), dict) else None
+        if scan is not None:
+            result["scan"] = {k: scan.get(k) for k in ("verdict", "score", "target_name")}
+        if fail_on_detection:
+            if scan is None:
+                _die(EXIT_JOB, f"job {job.id}: the report has no scan (classification only)")
+            if scan.get("verdict") == "backdoor":
+                code = EXIT_POLICY
         if report_html is not None:
             from sanitizer.report_html import render_report_html
 
@@ -516,11 +557,24 @@ def submit(
         if json_out:
             _print_json(result)
         else:
-            Console().print(_summary_table(report, verdict))
+            if report.get("metrics"):
+                Console().print(_summary_table(report, verdict))
+            if scan is not None:
+                typer.echo(_scan_line(scan))
         raise typer.Exit(code)
 
 
 # ------------------------------------------------------------------ jobs
+
+
+def _scan_line(scan: dict[str, Any]) -> str:
+    top = (scan.get("candidates") or [{}])[0]
+    if scan.get("verdict") == "backdoor":
+        return (
+            f"scan: BACKDOOR DETECTED (flip rate {100 * float(scan.get('score', 0)):.1f}%, "
+            f"target {scan.get('target_name')}, top trigger candidate {top.get('trigger')!r})"
+        )
+    return f"scan: no backdoor found (top flip rate {100 * float(scan.get('score', 0)):.1f}%)"
 
 
 # ------------------------------------------------------------------ report (offline)

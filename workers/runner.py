@@ -239,7 +239,6 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
     from sanitizer.errors import Cancelled, InputError
 
     settings = get_settings()
-    store = get_store()
     running = [st.RUNNING, st.CANCELLING]
     reporter = Reporter(job.id, settings.progress_interval)
     try:
@@ -261,38 +260,8 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
             raise InputError(
                 f"input file(s) {', '.join(missing)} were deleted", code="file_not_found"
             )
-        from sanitizer.attacks import AttackSpec
-        from sanitizer.pipeline import JobSpec, run_sanitize  # torch: inside the task only
-
-        spec_in = job.spec or {}
-        evaluation = spec_in.get("evaluation") or {}
-        spec = JobSpec(
-            method=job.method,
-            task=job.task,
-            base_model=job.base_model,
-            base_revision=job.base_revision,
-            text_column=spec_in.get("text_column", "text"),
-            label_column=spec_in.get("label_column", "label"),
-            attack=AttackSpec(**evaluation["attack"]) if evaluation.get("attack") else None,
-            max_test_rows=evaluation.get("max_test_rows"),
-            extra_attacks=[AttackSpec(**a) for a in evaluation.get("extra_attacks") or []],
-            baseline=bool(evaluation.get("baseline")),
-            comparators=evaluation.get("comparators") or [],
-            hyperparameters=spec_in.get("hyperparameters") or {},
-            seed=spec_in.get("seed", 0),
-            **_inputs(job, files, work),
-        )
-        out = work / "out"
-        report = run_sanitize(
-            spec, out, progress=reporter.progress, should_cancel=reporter.should_cancel
-        )
-        report["job"] = {"id": job.id, "attempt": attempt}
-        zip_path = work / "adapter.zip"
-        package_adapter(out / "adapter", zip_path)
-        store.put_bytes(
-            f"jobs/{job.id}/report.json", json.dumps(report, indent=2, default=str).encode()
-        )
-        sha = store.put_file(f"jobs/{job.id}/adapter.zip", zip_path)
+        scan = (job.spec or {}).get("type") == "scan"
+        sha = (_scan if scan else _sanitize)(job, files, work, attempt, reporter)
     except Cancelled:
         # only a cancel request (cancelling) makes the defense stop; running -> cancelled is
         # not a legal transition, and asking for it raised and left the job to the reaper
@@ -321,6 +290,85 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
         )
         return "failed"
     _finish(
-        job.id, running, st.SUCCEEDED, "succeeded; adapter and report stored", artifact_sha256=sha
+        job.id,
+        running,
+        st.SUCCEEDED,
+        "succeeded; scan report stored" if sha is None else "succeeded; adapter and report stored",
+        artifact_sha256=sha,
     )
     return "succeeded"
+
+
+def _sanitize(
+    job: Job, files: dict[str, File], work: Path, attempt: int, reporter: Reporter
+) -> str | None:
+    """Run the sanitization; store the report and the adapter; the adapter's sha256."""
+    from sanitizer.attacks import AttackSpec
+    from sanitizer.pipeline import JobSpec, run_sanitize  # torch: inside the task only
+
+    store = get_store()
+    spec_in = job.spec or {}
+    evaluation = spec_in.get("evaluation") or {}
+    spec = JobSpec(
+        method=job.method,
+        task=job.task,
+        base_model=job.base_model,
+        base_revision=job.base_revision,
+        text_column=spec_in.get("text_column", "text"),
+        label_column=spec_in.get("label_column", "label"),
+        attack=AttackSpec(**evaluation["attack"]) if evaluation.get("attack") else None,
+        max_test_rows=evaluation.get("max_test_rows"),
+        extra_attacks=[AttackSpec(**a) for a in evaluation.get("extra_attacks") or []],
+        baseline=bool(evaluation.get("baseline")),
+        scan_after=bool(evaluation.get("scan")),
+        comparators=evaluation.get("comparators") or [],
+        hyperparameters=spec_in.get("hyperparameters") or {},
+        seed=spec_in.get("seed", 0),
+        **_inputs(job, files, work),
+    )
+    out = work / "out"
+    report = run_sanitize(
+        spec, out, progress=reporter.progress, should_cancel=reporter.should_cancel
+    )
+    report["job"] = {"id": job.id, "attempt": attempt}
+    zip_path = work / "adapter.zip"
+    package_adapter(out / "adapter", zip_path)
+    store.put_bytes(
+        f"jobs/{job.id}/report.json", json.dumps(report, indent=2, default=str).encode()
+    )
+    return store.put_file(f"jobs/{job.id}/adapter.zip", zip_path)
+
+
+def _scan(
+    job: Job, files: dict[str, File], work: Path, attempt: int, reporter: Reporter
+) -> str | None:
+    """Run a scan on the model as uploaded and the clean rows; store its report. No adapter."""
+    from sanitizer.defenses.common import ProgressEvent
+    from sanitizer.defenses.configs import ScanConfig
+    from sanitizer.scan import run_scan  # torch: inside the task only
+
+    spec_in = job.spec or {}
+    inputs = _inputs(job, files, work)
+    cfg = ScanConfig(**{"seed": spec_in.get("seed", 0), **(spec_in.get("hyperparameters") or {})})
+    reporter.progress(ProgressEvent("scan", message="searching for a trigger"))
+    result = run_scan(
+        job.base_model,
+        inputs["clean_data"],
+        adapter_dir=inputs.get("adapter_dir"),
+        text_column=spec_in.get("text_column", "text"),
+        label_column=spec_in.get("label_column", "label"),
+        cfg=cfg,
+    )
+    result["adapter"] = job.adapter_file_id  # the file id, not the worker's scratch path
+    report = {
+        "schema_version": 1,
+        "type": "scan",
+        "task": job.task,
+        "base_model": {"id": job.base_model, "revision": job.base_revision},
+        "scan": result,
+        "job": {"id": job.id, "attempt": attempt},
+    }
+    get_store().put_bytes(
+        f"jobs/{job.id}/report.json", json.dumps(report, indent=2, default=str).encode()
+    )
+    return None

@@ -38,6 +38,7 @@ from jobstore.webhook_targets import WebhookTargetError, check_url
 from jobstore.webhooks import create_delivery
 from sanitizer.attacks import CLASSIFICATION_ATTACKS, GENERATION_ATTACKS, AttackSpec
 from sanitizer.defenses import registry
+from sanitizer.defenses.configs import ScanConfig, validate_config
 from sanitizer.defenses.registry import config_for
 from sanitizer.errors import ConfigError, SanitizerError
 
@@ -49,9 +50,11 @@ TASK_ATTACKS = {"classification": CLASSIFICATION_ATTACKS, "generation": GENERATI
 
 def to_public(job: Job) -> JobPublic:
     spec = job.spec or {}
-    done = job.status == st.SUCCEEDED and job.artifact_sha256
+    succeeded = job.status == st.SUCCEEDED
+    done = succeeded and job.artifact_sha256
     return JobPublic(
         id=job.id,
+        type=spec.get("type", "sanitize"),
         status=job.status,  # type: ignore[arg-type]
         method=job.method,
         task=job.task,
@@ -81,7 +84,7 @@ def to_public(job: Job) -> JobPublic:
         }
         if done
         else None,
-        report_url=f"/v1/jobs/{job.id}/report" if done else None,
+        report_url=f"/v1/jobs/{job.id}/report" if succeeded else None,
     )
 
 
@@ -160,7 +163,9 @@ def _check_inputs(
     from sanitizer.safety import check_adapter_dir, check_adapter_fits, extract_archive
 
     methods = registry.method_names(include_auto=True)  # read per request: the registry
-    if body.method not in methods:
+    if body.type == "scan":
+        _check_scan(body)
+    elif body.method not in methods:
         raise ApiError(
             422,
             "unknown_method",
@@ -189,7 +194,8 @@ def _check_inputs(
                 field="webhook_url",
             ) from exc
     try:
-        registry.resolve(body.method, task=body.task, has_adapter=body.adapter_file is not None)
+        if body.type == "sanitize":
+            registry.resolve(body.method, task=body.task, has_adapter=body.adapter_file is not None)
     except ConfigError as exc:
         raise from_library(exc, field="method") from exc
     try:
@@ -268,9 +274,41 @@ def _check_inputs(
     return body
 
 
+def _check_scan(body: JobCreate) -> None:
+    """A scan job: classification only, no method, no evaluation attack (it must not be
+    told the trigger)."""
+    if body.task != "classification":
+        raise ApiError(
+            422,
+            "unsupported_task",
+            "scan jobs support classification models today",
+            hint="for a generation model, submit a sanitize job (rebuild when you have the "
+            "base model and the adapter)",
+            field="task",
+        )
+    if body.method not in ("auto", "scan"):
+        raise ApiError(
+            422,
+            "invalid_method",
+            f"a scan job takes no method (got '{body.method}')",
+            hint="leave method out for type=scan",
+            field="method",
+        )
+    if body.evaluation is not None and (body.evaluation.attack or body.evaluation.extra_attacks):
+        raise ApiError(
+            422,
+            "invalid_evaluation",
+            "a scan job is never told the trigger: evaluation.attack is not allowed",
+            hint="leave evaluation out for type=scan; the scan finds triggers on its own",
+            field="evaluation.attack",
+        )
+
+
 def _check_config(body: JobCreate) -> Any:
     """The method's validated config, exactly as the worker will build it (torch-free)."""
     try:
+        if body.type == "scan":
+            return validate_config(ScanConfig, {"seed": body.seed, **body.hyperparameters})
         cfg = config_for(body.method, {"seed": body.seed, **body.hyperparameters})
         cfg.check_task(body.task)
         return cfg
@@ -351,7 +389,7 @@ def create_job(
         id=new_id("job"),
         project_id=project.id,
         status=st.VALIDATING,
-        method=body.method,
+        method="scan" if body.type == "scan" else body.method,
         task=body.task,
         base_model=body.base_model,
         base_revision=body.base_revision,
@@ -576,6 +614,14 @@ def download_adapter(job_id: str, project: ProjectDep, s: SessionDep, store: Sto
     """The sanitized adapter (.zip with manifest.json); sha256 in X-Content-SHA256."""
     job = get_owned_job(s, project.id, job_id)
     _finished(job, "artifact")
+    if not job.artifact_sha256:
+        raise ApiError(
+            404,
+            "no_artifact",
+            f"job '{job.id}' is a {(job.spec or {}).get('type', 'sanitize')} job and wrote no "
+            "adapter",
+            hint=f"read its report at GET /v1/jobs/{job.id}/report",
+        )
     key = f"jobs/{job.id}/adapter.zip"
     blob = store.open(key)
 

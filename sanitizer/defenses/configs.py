@@ -91,7 +91,7 @@ class TrainConfig(BaseModel):
         return self
 
 
-def validate_config(cls: type[TrainConfig], values: dict[str, Any] | None) -> TrainConfig:
+def validate_config(cls: type[Any], values: dict[str, Any] | None) -> Any:
     """Build a config with a readable error naming every bad field."""
     from pydantic import ValidationError
 
@@ -350,3 +350,45 @@ class UnlearnConfig(TrainConfig):
                 "unlearn searches for classifier triggers; generation is not built yet",
                 hint="use rebuild (with a trusted base) or crow/w2sdefense for generation",
             )
+
+
+class ScanConfig(BaseModel):
+    """The trigger search of ``sanitizer.scan`` (a scan job's hyperparameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trigger_len: int = Field(3, ge=1, le=16, description="tokens in a searched trigger")
+    steps: int = Field(24, ge=1, le=500, description="swap rounds per target label")
+    top_k: int = Field(24, ge=1, le=512, description="replacement tokens per position")
+    swaps: int = Field(24, ge=1, le=512, description="candidate swaps tried per round")
+    search_rows: int = Field(24, ge=2, le=512, description="clean rows the search optimises on")
+    eval_rows: int = Field(
+        200, ge=10, le=10_000, description="clean rows a found trigger is measured on"
+    )
+    restarts: int = Field(2, ge=0, le=16, description="extra searches on the likeliest label")
+    threshold: float = Field(
+        0.8, gt=0, le=1, description="flip rate above which the model is flagged"
+    )
+    min_lift: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="a flagged trigger must also flip this much more than random tokens of its "
+        "length (the control) do",
+    )
+    control_triggers: int = Field(
+        3, ge=1, le=32, description="random triggers measured as the control, per target label"
+    )
+    feature_margin: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="tokens whose clean rows lean to one label by more than this (share of "
+        "rows with the label minus the label's overall share) are task features, not "
+        "triggers, and are kept out of the search; 1 turns the exclusion off",
+    )
+    feature_min_count: int = Field(
+        3, ge=1, description="a token must be in this many clean rows to be judged a feature"
+    )
+    max_length: int = Field(64, ge=8, le=4096)
+    seed: int = Field(0, ge=0, le=2**32 - 1)

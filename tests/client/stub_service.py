@@ -73,6 +73,20 @@ def report_for(scenario: str) -> dict[str, Any]:
             },
         },
         "history": [{"step": i, "epoch": 0, "losses": {"ce": 1.0 / i}} for i in (1, 2, 3)],
+        **(
+            {
+                "scan": {
+                    "verdict": "backdoor" if scenario.endswith("backdoor") else "clean",
+                    "score": 0.97 if scenario.endswith("backdoor") else 0.1,
+                    "threshold": 0.8,
+                    "target_label": 0,
+                    "target_name": "negative",
+                    "candidates": [{"trigger": "cf", "target_name": "negative", "flip_rate": 0.97}],
+                }
+            }
+            if scenario.startswith("scan")
+            else {}
+        ),
     }
 
 

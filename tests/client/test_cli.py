@@ -287,3 +287,22 @@ def test_a_job_submitted_without_wait_is_finished_later(
     assert json.loads(got.stdout)["verified"] is True
     assert (tmp_path / "ad" / "adapter_model.safetensors").is_file()
     assert run("jobs", "wait", "job_nope", url=url).returncode == 3
+
+
+@pytest.mark.parametrize(("scenario", "code"), [("scan_backdoor", 1), ("scan_clean", 0)])
+def test_fail_on_detection_gates_on_the_scan(
+    stub: tuple[str, Any], dataset: Path, scenario: str, code: int
+) -> None:
+    """Issue 22 item 3: a pipeline gates a release on the scan's verdict."""
+    url, state = stub
+    out = submit(url, dataset, "--metadata", f"scenario={scenario}", "--fail-on-detection")
+    assert out.returncode == code, out.stderr
+    assert ("BACKDOOR DETECTED" in out.stdout) is (code == 1)
+    (job,) = state.jobs.values()
+    assert job["request"]["evaluation"]["scan"] is True  # a scan was asked of the sanitize job
+    scan_job = submit(url, dataset, "--type", "scan", "--metadata", f"scenario={scenario}",
+                      "--fail-on-detection", "--json")  # fmt: skip
+    assert scan_job.returncode == code
+    assert json.loads(scan_job.stdout)["scan"]["verdict"] == scenario.split("_")[1]
+    req = [j for j in state.jobs.values() if j["request"].get("type") == "scan"]
+    assert len(req) == 1

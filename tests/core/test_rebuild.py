@@ -53,7 +53,9 @@ def poisoned_adapter(tmp_path_factory):
     mp.undo()
 
 
-def _job(root: Path, clean: Path, test: Path, method: str, **hp) -> dict:
+def _job(
+    root: Path, clean: Path, test: Path, method: str, spec_kw: dict | None = None, **hp
+) -> dict:
     spec = JobSpec(
         method=method,
         base_model="tiny/enc",
@@ -63,8 +65,9 @@ def _job(root: Path, clean: Path, test: Path, method: str, **hp) -> dict:
         attack=AttackSpec(name="badnet", trigger="cf", target_label=0),
         hyperparameters=HP | hp,
         device="cpu",
+        **(spec_kw or {}),
     )
-    return run_sanitize(spec, root / f"out-{method}-{len(hp)}")
+    return run_sanitize(spec, root / f"out-{method}-{len(hp)}-{len(spec_kw or {})}")
 
 
 @pytest.mark.timeout(900)

@@ -19,8 +19,10 @@ def test_scan_flags_the_poisoned_adapter_and_names_its_target(poisoned_adapter):
     lm = load_model("tiny/enc", "classification", num_labels=2, device="cpu")
     attach_adapter(lm, root / "adapter")
     found = scan_classifier(lm, clean[400:600], ["negative", "positive"], cfg)
-    # measured 2026-12-05: top flip rate 0.97 -> negative (the planted target)
+    # measured 2026-12-05: 'your cf' flips 100% -> negative (the planted target), random
+    # tokens of that length 9%: lift 0.91
     assert found.verdict == "backdoor" and found.target_name == "negative", found
+    assert "cf" in found.candidates[0].trigger.split() and found.candidates[0].lift > 0.7
     twin = load_model("tiny/enc", "classification", num_labels=2, device="cpu")
     clean_scan = scan_classifier(twin, clean[400:600], ["negative", "positive"], cfg)
     # measured: 0.16 on the untrained base
@@ -32,3 +34,22 @@ def test_insert_text_puts_the_trigger_between_words():
 
     out = insert_text("a b c", "zz", random.Random(0)).split()
     assert sorted(out) == ["a", "b", "c", "zz"] and len(out) == 4
+
+
+@pytest.mark.timeout(600)
+def test_a_sanitize_job_can_scan_its_own_result(poisoned_adapter):  # noqa: F811
+    """scan_after: the uploaded model is flagged (above), the rebuilt one is scanned in the
+    same job and its verdict lands in the report."""
+    from tests.core.test_rebuild import _job
+
+    root, clean_csv, test_csv = poisoned_adapter
+    report = _job(root, clean_csv, test_csv, "rebuild", spec_kw={"scan_after": True})
+    scan = report["scan"]
+    assert scan["of"] == "the sanitized model" and scan["verdict"] in ("backdoor", "clean")
+    assert report["timings"]["scan_s"] > 0
+    # the rebuilt model's ASR is at its false-trigger level; this small model of six-word texts
+    # is fragile (random 3-token insertions flip 35% of its positives, the best search 89%),
+    # which flip rate alone flagged; the lift over random tokens (0.54 measured) does not
+    top = scan["candidates"][0]
+    assert top["control_flip_rate"] > 0.1 and top["lift"] < 0.7, top
+    assert scan["verdict"] == "clean", scan

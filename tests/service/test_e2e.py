@@ -400,3 +400,42 @@ def _ping(port: int) -> bool:
         return bool(redis.Redis(port=port, socket_connect_timeout=0.5).ping())
     except Exception:
         return False
+
+
+def test_e2e_scan_job(stack, assets, redis_url, tmp_path):
+    """Issue 22 item 1: a scan is a job like the others (queued, run by the real worker,
+    events, a report and its HTML page) with no adapter out and no trigger given."""
+    stack.env["REDIS_URL"] = redis_url
+    stack.start_api()
+    stack.start_worker()
+    with stack.client() as c:
+        ids = inputs(c, assets)
+        body = {
+            "type": "scan",
+            "base_model": "tiny/bert",
+            "adapter_file": ids["adapter"],
+            "clean_dataset_file": ids["clean"],
+            "hyperparameters": {
+                "trigger_len": 1,
+                "steps": 2,
+                "search_rows": 8,
+                "eval_rows": 16,
+                "restarts": 0,
+            },
+        }
+        told = c.post("/v1/jobs", json={**body, "evaluation": {"attack": {"name": "badnet"}}})
+        assert told.status_code == 422 and told.json()["code"] == "invalid_evaluation"
+        r = c.post("/v1/jobs", json=body)
+        assert r.status_code == 202, r.text
+        job = wait_job(c, r.json()["id"], 180)
+        assert job["status"] == "succeeded", (job["error"], stack.log_tail())
+        assert job["type"] == "scan" and job["method"] == "scan"
+        assert job["artifacts"] is None and job["report_url"] == f"/v1/jobs/{job['id']}/report"
+        report = c.get(job["report_url"]).json()
+        scan = report["scan"]
+        assert report["type"] == "scan" and scan["verdict"] in ("backdoor", "clean")
+        assert 0 <= scan["score"] <= 1 and scan["candidates"]
+        assert scan["adapter"] == ids["adapter"]  # no worker path leaks into the report
+        html = c.get(f"/v1/jobs/{job['id']}/report.html").text
+        assert 'id="scan-verdict"' in html and scan["candidates"][0]["trigger"][:5] in html
+        assert c.get(f"/v1/jobs/{job['id']}/artifacts/adapter").status_code in (404, 409)
