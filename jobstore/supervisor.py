@@ -82,16 +82,21 @@ class WorkerSupervisor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        procs = [s.proc for s in self.slots if s.proc is not None and s.proc.poll() is None]
+        procs = [s.proc for s in self.slots if s.proc is not None]
         for p in procs:
-            p.send_signal(signal.SIGTERM)
+            _signal_group(p, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for p in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                p.kill()
+                log.warning("worker pid %s did not stop in %.0f s; killing it", p.pid, timeout)
+        for p in procs:  # whatever is left of each group (the pool's children) goes now
+            _signal_group(p, signal.SIGKILL)
+            try:
                 p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         self.status_file.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ state
@@ -117,7 +122,11 @@ class WorkerSupervisor:
     # ------------------------------------------------------------------ loop
     def _spawn(self, slot: _Slot) -> None:
         with self._lock:
-            slot.proc = subprocess.Popen(list(self.argv(slot.name)), env=self.env)
+            # a process group of its own: stop() reaches the worker's children too (Celery's
+            # pool processes), which would otherwise outlive it under PID 1
+            slot.proc = subprocess.Popen(
+                list(self.argv(slot.name)), env=self.env, start_new_session=True
+            )
             slot.started_at = time.monotonic()
         log.info("worker %s started (pid %s)", slot.name, slot.proc.pid)
 
@@ -159,6 +168,13 @@ class WorkerSupervisor:
         slot.down_since = None
         self._spawn(slot)
         return True
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the group leader's pid is the group id
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def read_status(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:

@@ -127,7 +127,9 @@ def serve(
         uvicorn.run("app.main:app", host=host, port=port, log_level="info")
     finally:
         if supervisor is not None:
-            supervisor.stop(timeout=30)
+            # SIGTERM to each worker's group: Celery stops taking jobs and hands a running
+            # one back (the reaper re-queues it); after 20 s the rest of the group is killed
+            supervisor.stop(timeout=20)
 
 
 def worker(

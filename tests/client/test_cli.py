@@ -306,3 +306,14 @@ def test_fail_on_detection_gates_on_the_scan(
     assert json.loads(scan_job.stdout)["scan"]["verdict"] == scenario.split("_")[1]
     req = [j for j in state.jobs.values() if j["request"].get("type") == "scan"]
     assert len(req) == 1
+
+
+def test_version_and_shell_completion_are_offered() -> None:
+    """Issue 26 item 10."""
+    out = run("--version", key=None)
+    assert (
+        out.returncode == 0
+        and out.stdout.startswith("sanitizer ")
+        and out.stdout.strip()[-1].isdigit()
+    )
+    assert "--install-completion" in run("--help", key=None).stdout

@@ -77,3 +77,33 @@ def test_readiness_reports_a_missing_worker(api, tmp_path, monkeypatch) -> None:
     finally:
         monkeypatch.delenv("SANITIZER_WORKER_STATUS_FILE")
         get_settings.cache_clear()
+
+
+def test_stopping_reaps_the_workers_children_within_the_bound(tmp_path: Path) -> None:
+    """Issue 26 item 10: after SIGTERM to `serve`, the Celery worker's pool child lived on
+    under PID 1 for 20 s and more."""
+    status = tmp_path / "workers.json"
+    child_pid = tmp_path / "child.pid"
+    code = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # a worker slow to stop
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(child_pid)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n"
+    )
+    sup = WorkerSupervisor(lambda name: [sys.executable, "-c", code], ["w0"], status).start()
+    _wait(lambda: child_pid.exists() and child_pid.read_text().strip() != "")
+    worker = (read_status(status) or {})["pids"][0]
+    child = int(child_pid.read_text())
+    t = time.monotonic()
+    sup.stop(timeout=2)
+    assert time.monotonic() - t < 10
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    _wait(lambda: gone(worker) and gone(child), timeout=5)
