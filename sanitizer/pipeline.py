@@ -76,6 +76,32 @@ class JobSpec(BaseModel):
     seed: int = 0
     device: str = "auto"
 
+    @classmethod
+    def from_request(cls, request: dict[str, Any], **fields: Any) -> JobSpec:
+        """The spec of a job request as the service stores it (the API's ``JobCreate``,
+        dumped): the one mapping from the request's shape to the library's, so no caller
+        copies it field by field. ``fields`` (the local input paths, the device) win."""
+        ev = request.get("evaluation") or {}
+        return cls(
+            **{
+                "method": request.get("method", "auto"),
+                "task": request.get("task", "classification"),
+                "base_model": request["base_model"],
+                "base_revision": request.get("base_revision"),
+                "text_column": request.get("text_column", "text"),
+                "label_column": request.get("label_column", "label"),
+                "attack": ev.get("attack"),
+                "extra_attacks": ev.get("extra_attacks") or [],
+                "max_test_rows": ev.get("max_test_rows"),
+                "baseline": bool(ev.get("baseline")),
+                "comparators": ev.get("comparators") or [],
+                "scan_after": bool(ev.get("scan")),
+                "hyperparameters": request.get("hyperparameters") or {},
+                "seed": request.get("seed", 0),
+                **fields,
+            }
+        )
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:

@@ -303,29 +303,10 @@ def _sanitize(
     job: Job, files: dict[str, File], work: Path, attempt: int, reporter: Reporter
 ) -> str | None:
     """Run the sanitization; store the report and the adapter; the adapter's sha256."""
-    from sanitizer.attacks import AttackSpec
     from sanitizer.pipeline import JobSpec, run_sanitize  # torch: inside the task only
 
     store = get_store()
-    spec_in = job.spec or {}
-    evaluation = spec_in.get("evaluation") or {}
-    spec = JobSpec(
-        method=job.method,
-        task=job.task,
-        base_model=job.base_model,
-        base_revision=job.base_revision,
-        text_column=spec_in.get("text_column", "text"),
-        label_column=spec_in.get("label_column", "label"),
-        attack=AttackSpec(**evaluation["attack"]) if evaluation.get("attack") else None,
-        max_test_rows=evaluation.get("max_test_rows"),
-        extra_attacks=[AttackSpec(**a) for a in evaluation.get("extra_attacks") or []],
-        baseline=bool(evaluation.get("baseline")),
-        scan_after=bool(evaluation.get("scan")),
-        comparators=evaluation.get("comparators") or [],
-        hyperparameters=spec_in.get("hyperparameters") or {},
-        seed=spec_in.get("seed", 0),
-        **_inputs(job, files, work),
-    )
+    spec = JobSpec.from_request(job.spec or {}, method=job.method, **_inputs(job, files, work))
     out = work / "out"
     report = run_sanitize(
         spec, out, progress=reporter.progress, should_cancel=reporter.should_cancel
