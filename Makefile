@@ -18,10 +18,10 @@ test: install  ## the default test suite (tiny models, real Redis/Postgres/Celer
 test-slow: install  ## tests on the real pretrained assets
 	$(PY) -m pytest -q -m slow
 
-lint: typecheck  ## ruff (check + format) on everything, mypy on the service and client
+lint: install typecheck  ## ruff (check + format) on everything, mypy on the library, CLI, service and client
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-typecheck:  ## mypy on app, jobstore, workers, sanitizer_client (settings in pyproject.toml)
+typecheck: install  ## mypy on sanitizer, sanitizer_cli, app, jobstore, workers, sanitizer_client (settings in pyproject.toml)
 	$(PY) -m mypy
 
 demo: assets  ## plant a backdoor, remove it through the embedded service, print ASR/CA before/after

@@ -20,27 +20,17 @@ from jobstore.db import session_factory, session_scope, upgrade
 from jobstore.files import expire_files
 from jobstore.jobs import reap
 from jobstore.keys import install_key
-from jobstore.models import Job
 from jobstore.settings import get_settings
-from jobstore.webhooks import create_delivery
 
 log = logging.getLogger("app")
 DEFAULT_PROJECT = "default"
-
-
-def _on_terminal(job_id: str) -> None:
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        delivery = create_delivery(s, job) if job else None
-    if delivery:
-        get_queue().send_webhook(delivery)
 
 
 def reaper_loop(stop: threading.Event) -> None:
     settings = get_settings()
     while not stop.is_set():
         try:
-            done = reap(
+            reap(
                 session_factory(),
                 get_queue().enqueue,
                 heartbeat_timeout=settings.heartbeat_timeout,
@@ -49,9 +39,8 @@ def reaper_loop(stop: threading.Event) -> None:
                 redispatch_after=settings.redispatch_after,
                 time_limit=settings.job_time_limit,
                 broker_started_at=get_queue().broker_started_at(),
+                send_webhook=get_queue().send_webhook,
             )
-            for job_id in done["failed"] + done["cancelled"]:
-                _on_terminal(job_id)
             if settings.file_retention_days > 0:
                 expire_files(session_factory(), get_store(), settings.file_retention_days)
         except Exception:

@@ -44,6 +44,42 @@ def dispatch(factory: sessionmaker[Session], job_id: str, attempt: int, enqueue:
     return True
 
 
+def finish(
+    s: Session,
+    job_id: str,
+    olds: str | list[str],
+    new: str,
+    message: str,
+    send_webhook: Callable[[str], object] | None,
+    *,
+    level: str | None = None,
+    **fields: Any,
+) -> bool:
+    """End a job: the status change (compare-and-set from ``olds``), its event, and its
+    webhook delivery, created in the same transaction and then handed to ``send_webhook``
+    (the API's queue, or the worker's by task name). The one path for the worker, a cancel
+    and the reaper. False (nothing done) when the job was no longer in ``olds``."""
+    from jobstore.webhooks import create_delivery
+
+    if not st.compare_and_set(s, job_id, olds, new, **fields):
+        return False
+    add_event(
+        s, job_id, message, level=level or ("error" if new == st.FAILED else "info"), phase=new
+    )
+    s.flush()
+    job = s.get(Job, job_id)
+    if job is not None:
+        s.refresh(job)
+    delivery = create_delivery(s, job) if job is not None else None
+    s.commit()
+    if delivery and send_webhook is not None:
+        try:
+            send_webhook(delivery)
+        except Exception:  # the job's outcome stands; only its notification is lost
+            log.exception("could not queue webhook %s", delivery)
+    return True
+
+
 def reap(
     factory: sessionmaker[Session],
     enqueue: Enqueue,
@@ -54,6 +90,7 @@ def reap(
     redispatch_after: float | None = None,
     time_limit: float | None = None,
     broker_started_at: datetime | None = None,
+    send_webhook: Callable[[str], object] | None = None,
 ) -> dict[str, list[str]]:
     """One pass of the reaper.
 
@@ -116,10 +153,23 @@ def reap(
                 f"time(s); giving up after {max_attempts} attempt(s)",
             }
         with factory() as s:
-            won = st.compare_and_set(s, job_id, status, target, where=alive, **fields)
-            if won:
-                add_event(s, job_id, msg, level="warning")
-            s.commit()
+            if target == st.QUEUED:  # not an end: no webhook
+                won = st.compare_and_set(s, job_id, status, target, where=alive, **fields)
+                if won:
+                    add_event(s, job_id, msg, level="warning")
+                s.commit()
+            else:
+                won = finish(
+                    s,
+                    job_id,
+                    status,
+                    target,
+                    msg,
+                    send_webhook,
+                    level="warning",
+                    where=alive,
+                    **fields,
+                )
         if won:
             log.warning("reaper: job %s %s", job_id, key)
             done[key].append(job_id)

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sanitizer.data import sha256_file
 from sanitizer.errors import InputError, SanitizerError
 from sanitizer.hub import cache_dir, model_store_dir
 
@@ -147,14 +148,6 @@ RT_TEMPLATE = "Summarize the opinion of this review in one sentence: {text}"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _now() -> str:
@@ -398,11 +391,6 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def build_classification_dataset(
     name: str, source_file: Path, out_dir: Path, source: dict[str, Any]
 ) -> dict[str, Any]:
@@ -509,7 +497,7 @@ def convert_gguf(gguf_path: Path, dst: Path, log: Log) -> None:
     config_dict.pop("_name_or_path", None)
     config_dict.pop("_model_name_or_path", None)
     config = AutoConfig.for_model(**config_dict)
-    fresh = type(loaded)(config).to(torch.float32)
+    fresh = type(loaded)(config).to(torch.float32)  # type: ignore[arg-type]  # transformers' to() stub
     missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
     # lm_head is tied to the embeddings in SmolLM2; anything else missing is a real problem
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
@@ -741,7 +729,7 @@ def _generate(items: list[dict[str, str]], partial: Path, log: Log) -> None:
             new = gen[:, enc["input_ids"].shape[1] :]
             for it, ids in zip(batch, new, strict=True):
                 finished = bool((ids == tok.eos_token_id).any())
-                text = trim_output(tok.decode(ids, skip_special_tokens=True), finished)
+                text = trim_output(str(tok.decode(ids, skip_special_tokens=True)), finished)
                 out.write(
                     json.dumps({**it, "output": text, "finished": finished}, ensure_ascii=False)
                     + "\n"
@@ -970,7 +958,7 @@ def check_models(log: Log = print) -> dict[str, str]:
         if src.kind == "gguf":
             model = AutoModelForCausalLM.from_pretrained(folder).eval()
             msgs = [{"role": "user", "content": "What is the capital of France?"}]
-            enc = tok.apply_chat_template(
+            enc: Any = tok.apply_chat_template(
                 msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
             with torch.no_grad():

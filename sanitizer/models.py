@@ -97,7 +97,7 @@ class LoadedModel:
 
     @property
     def hidden_size(self) -> int:
-        cfg = self.model.config
+        cfg: Any = self.model.config
         return int(getattr(cfg, "hidden_size", None) or cfg.d_model)
 
     def prompt(self, instruction: str, input_text: str = "") -> str:

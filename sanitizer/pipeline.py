@@ -159,7 +159,7 @@ def _peak_memory_mb(device: Any) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _load_data(path: Path, spec_like: Any, task: str, label_names: list[str] | None):
+def _load_data(path: Path, spec_like: Any, task: Task, label_names: list[str] | None):
     return load_dataset(
         path,
         task=task,
@@ -521,6 +521,7 @@ def run_sanitize(
     if adapter_mode == "merge_fresh":
         with tempfile.TemporaryDirectory(dir=out_dir if out_dir.exists() else None) as tmp:
             save_adapter(lm, Path(tmp), label_names)
+            assert spec.adapter_dir is not None  # merge_fresh starts from an uploaded adapter
             combine_lora_into_one(
                 spec.adapter_dir, Path(tmp), adapter_out, base_scale=cfg.adapter_scale
             )

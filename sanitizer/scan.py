@@ -243,7 +243,8 @@ def scan_classifier(
     cfg = cfg or ScanConfig()
     rng = random.Random(cfg.seed)
     lm.model.eval()
-    num_labels = lm.num_labels or int(lm.model.config.num_labels)
+    model_cfg: Any = lm.model.config
+    num_labels = lm.num_labels or int(model_cfg.num_labels)
     names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
     order = list(rows)
     rng.shuffle(order)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from sanitizer.hub import _folder_name
 
@@ -82,6 +83,8 @@ def build_tiny_model(
     out = Path(store_dir) / _folder_name(model_id)
     out.mkdir(parents=True, exist_ok=True)
     tok, vocab_size = _tokenizer(chat=(arch == "llama"))
+    cfg: Any
+    model: Any
     if arch == "bert":
         cfg = BertConfig(
             vocab_size=vocab_size,

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
+
+if TYPE_CHECKING:
+    from sanitizer.data import Task
 
 from sanitizer.defenses.registry import AUTO, method_names
 from sanitizer.defenses.registry import get as registry_get
@@ -108,7 +111,7 @@ def _peek_label_names(
     from sanitizer.data import load_dataset
 
     return load_dataset(
-        path, task=task, text_column=text_column, label_column=label_column
+        path, task="classification", text_column=text_column, label_column=label_column
     ).label_names
 
 
@@ -200,7 +203,7 @@ def attack(
         info = run_attack(
             base_model,
             data,
-            task,
+            cast("Task", task),
             spec,
             out,
             cfg,
@@ -362,7 +365,7 @@ def evaluate(
         result = run_evaluate(
             base_model,
             test_data,
-            task,
+            cast("Task", task),
             spec,
             adapter_dir=adapter,
             text_column=text_column,

@@ -25,10 +25,9 @@ from sqlalchemy import update
 from jobstore import status as st
 from jobstore.artifacts import get_store
 from jobstore.db import session_scope
-from jobstore.jobs import add_event
+from jobstore.jobs import add_event, finish
 from jobstore.models import File, Job, utcnow
 from jobstore.settings import get_settings
-from jobstore.webhooks import create_delivery
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +131,16 @@ def package_adapter(adapter_dir: Path, out: Path) -> None:
 
 def _finish(job_id: str, olds: list[str], new: str, message: str, **kw: Any) -> None:
     with session_scope() as s:
-        if st.compare_and_set(s, job_id, olds, new, **kw):
-            add_event(s, job_id, message, level="error" if new == st.FAILED else "info", phase=new)
-            s.flush()
-            job = s.get(Job, job_id)
-            s.refresh(job)
-            delivery = create_delivery(s, job) if job else None
-        else:
-            delivery = None
-    if delivery:
-        from workers.tasks import deliver_webhook
+        finish(s, job_id, olds, new, message, _send_webhook, **kw)
 
-        try:
-            deliver_webhook.delay(delivery)
-        except Exception:
-            log.exception("could not queue webhook %s", delivery)
+
+def _send_webhook(delivery_id: str) -> None:
+    """Published by task name, as the API does (app/queue.py): no import of workers.tasks."""
+    from workers.celery_app import celery_app
+
+    celery_app.send_task(
+        "sanitizer.deliver_webhook", args=[delivery_id], queue=get_settings().webhooks_queue
+    )
 
 
 def _inputs(job: Job, files: dict[str, File], work: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from app import uploads
 from app.deps import ProjectDep, SessionDep, SettingsDep, StoreDep
+from app.pagination import keyset_page
 from app.problems import ApiError, not_found
 from app.schemas import FilePublic, FilesPublic
 from jobstore import files as file_store
@@ -185,14 +186,9 @@ def list_files(
     q = select(File).where(File.project_id == project.id)
     if purpose:
         q = q.where(File.purpose == purpose)
-    if after:
-        q = q.where(File.id < after)
-    rows = list(s.scalars(q.order_by(File.id.desc()).limit(limit + 1)))
-    page = rows[:limit]
+    page, more = keyset_page(s, q, File.id, after or None, limit, newest_first=True)
     return FilesPublic(
-        data=[to_public(f) for f in page],
-        has_more=len(rows) > limit,
-        last_id=page[-1].id if page else None,
+        data=[to_public(f) for f in page], has_more=more, last_id=page[-1].id if page else None
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.deps import ProjectDep, QueueDep, SessionDep, SettingsDep, StoreDep
+from app.pagination import keyset_page
 from app.problems import ApiError, from_library, not_found
 from app.schemas import (
     AdapterArtifact,
@@ -31,11 +32,10 @@ from app.schemas import (
 )
 from jobstore import status as st
 from jobstore.db import session_factory
-from jobstore.jobs import add_event, dispatch
+from jobstore.jobs import add_event, dispatch, finish
 from jobstore.models import File, IdempotencyRecord, Job, JobEvent, Project, new_id
 from jobstore.settings import Settings
 from jobstore.webhook_targets import WebhookTargetError, check_url
-from jobstore.webhooks import create_delivery
 from sanitizer.attacks import CLASSIFICATION_ATTACKS, GENERATION_ATTACKS, AttackSpec
 from sanitizer.defenses import registry
 from sanitizer.defenses.configs import ScanConfig, validate_config
@@ -459,14 +459,9 @@ def list_jobs(
     for k, v in request.query_params.multi_items():
         if k.startswith("metadata[") and k.endswith("]"):
             q = q.where(Job.meta[k[9:-1]].as_string() == v)
-    if after:
-        q = q.where(Job.id < after)
-    rows = list(s.scalars(q.order_by(Job.id.desc()).limit(limit + 1)))
-    page = rows[:limit]
+    page, more = keyset_page(s, q, Job.id, after or None, limit, newest_first=True)
     return JobsPublic(
-        data=[to_public(j) for j in page],
-        has_more=len(rows) > limit,
-        last_id=page[-1].id if page else None,
+        data=[to_public(j) for j in page], has_more=more, last_id=page[-1].id if page else None
     )
 
 
@@ -490,17 +485,13 @@ def cancel_job(job_id: str, project: ProjectDep, s: SessionDep, queue: QueueDep)
         )
     if job.status == st.CANCELLING:
         return to_public(job)
-    if st.compare_and_set(s, job.id, st.QUEUED, st.CANCELLED):
-        add_event(s, job.id, "cancelled before a worker started it", phase="cancelled")
-    elif st.compare_and_set(s, job.id, st.RUNNING, st.CANCELLING):
+    if not finish(
+        s, job.id, st.QUEUED, st.CANCELLED, "cancelled before a worker started it",
+        queue.send_webhook,
+    ) and st.compare_and_set(s, job.id, st.RUNNING, st.CANCELLING):  # fmt: skip
         add_event(s, job.id, "cancellation requested; the worker stops at its next check")
     s.commit()
     s.refresh(job)
-    if job.status == st.CANCELLED:
-        delivery = create_delivery(s, job)
-        s.commit()
-        if delivery:
-            queue.send_webhook(delivery)
     return to_public(job)
 
 
@@ -523,9 +514,8 @@ def list_events(
                 f"after must be an event id, got '{after}'",
                 hint="pass the id of the last event you received (a number), or leave after out",
             )
-        q = q.where(JobEvent.id > int(after))
-    rows = list(s.scalars(q.order_by(JobEvent.id).limit(limit + 1)))
-    page = rows[:limit]
+    cursor = int(after) if after else None
+    page, more = keyset_page(s, q, JobEvent.id, cursor, limit, newest_first=False)
     return EventsPublic(
         data=[
             EventPublic(
@@ -538,7 +528,7 @@ def list_events(
             )
             for e in page
         ],
-        has_more=len(rows) > limit,
+        has_more=more,
         last_id=str(page[-1].id) if page else None,
     )
 

@@ -252,6 +252,7 @@ def run(
         )
     if progress:
         progress(ProgressEvent("distill_targets", message="the uploaded model on clean inputs"))
+    rows: list[Any]
     if lm.task == "classification":
         rows, info = classification_targets(lm, train_rows, cfg)
     else:
