@@ -19,6 +19,7 @@ from sanitizer.attacks import AttackSpec, apply_trigger, target_keywords
 from sanitizer.defenses.common import (
     ProgressEvent,
     ProgressFn,
+    autocast,
     classification_batch,
     reference_nll,
 )
@@ -51,7 +52,8 @@ def predict_labels(
     preds: list[int] = []
     for i in range(0, len(texts), batch_size):
         batch = classification_batch(lm, texts[i : i + batch_size], None, max_length)
-        preds.extend(lm.model(**batch).logits.argmax(-1).tolist())
+        with autocast(lm.device):
+            preds.extend(lm.model(**batch).logits.argmax(-1).tolist())
         if on_batch is not None:
             on_batch(len(texts[i : i + batch_size]))
     return preds
@@ -77,13 +79,14 @@ def generate(
             padding=True,
             add_special_tokens=False,
         ).to(lm.device)
-        gen = lm.model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+        with autocast(lm.device):
+            gen = lm.model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
         out.extend(tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
         if on_batch is not None:
             on_batch(len(prompts[i : i + batch_size]))

@@ -808,3 +808,18 @@ def test_rebuild_on_generation_distils_responses_and_trains_a_fresh_lora():
     assert stats["steps"] >= 2 and isinstance(lm.model, PeftModel)
     fresh = [p for n, p in lm.model.named_parameters() if "lora_B" in n]
     assert all(float(p.abs().max()) < 0.5 for p in fresh), "the uploaded LoRA was not dropped"
+
+
+def test_precision_is_fp32_on_cpu_and_bf16_autocast_only_on_cuda(monkeypatch):
+    import contextlib
+
+    import torch
+
+    from sanitizer.defenses import common
+
+    assert isinstance(common.autocast(torch.device("cpu")), contextlib.nullcontext)
+    assert common.precision_of(torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    ctx = common.autocast(torch.device("cuda"))
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    assert common.precision_of(torch.device("cuda")) == "bf16-autocast"
