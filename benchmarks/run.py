@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sanitizer.attacks import AttackSpec  # noqa: E402
+from sanitizer.attacks import SYNTACTIC_TEMPLATE, AttackSpec  # noqa: E402
 from sanitizer.hub import cache_dir  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -358,6 +358,111 @@ def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str
         print(f"[{cell.name} s{seed}] {name}: after {comp['metrics']['after']}", flush=True)
 
 
+def _trigger_found(trigger: str | None, candidates: list[dict[str, Any]]) -> bool:
+    """A top-3 candidate holds the real trigger, or at least half of its words."""
+    if not trigger or trigger == SYNTACTIC_TEMPLATE:  # a template, not words to find
+        return False
+    words = {w.lower() for part in trigger.split("|") for w in part.split()}
+    for c in candidates[:3]:
+        got = {w.lower() for w in str(c.get("trigger", "")).split()}
+        if len(words & got) >= max(1, len(words) / 2):
+            return True
+    return False
+
+
+def _run_scans(
+    cell: Cell, seed: int, paths: dict[str, Path], adapter: Path, spec: AttackSpec
+) -> None:
+    """scan on the poisoned adapter and on its clean twin (the same recipe on unpoisoned
+    rows): the verdict, whether a top-3 candidate holds the real trigger, whether the target
+    is named. The scan reads neither the attack spec nor attack.json."""
+    from sanitizer.defenses.configs import ScanConfig
+    from sanitizer.pipeline import AttackTrainConfig, run_attack
+    from sanitizer.scan import run_scan
+
+    if cell.task != "classification":
+        print(f"[{cell.name} s{seed}] scan: classification only, skipping", flush=True)
+        return
+    out = _results_dir(cell.dev) / cell.name / "scans" / f"scan-s{seed}.json"
+    if out.exists():
+        print(f"[{cell.name} s{seed}] scan: done already, skipping", flush=True)
+        return
+    twin = bench_dir() / "adapters" / f"{cell.name}-s{seed}-clean"
+    if not (twin / "attack.json").exists():
+        print(f"[{cell.name} s{seed}] training the clean twin adapter", flush=True)
+        run_attack(
+            cell.student,
+            paths["attack"],
+            cell.task,
+            None,
+            twin,
+            AttackTrainConfig(
+                epochs=cell.attack_epochs,
+                learning_rate=cell.attack_lr,
+                seed=seed,
+                max_length=64,
+                batch_size=16,
+                target_modules="attention",
+            ),
+            progress=_bar(f"{cell.name} clean twin"),
+        )
+    result: dict[str, Any] = {"cell": asdict(cell), "seed": seed}
+    for name, folder in (("poisoned", adapter), ("clean_twin", twin)):
+        print(f"[{cell.name} s{seed}] scan of the {name} adapter ...", flush=True)
+        t = time.monotonic()
+        found = run_scan(
+            cell.student, paths["clean"], adapter_dir=folder, cfg=ScanConfig(seed=seed)
+        )
+        found["adapter"] = name
+        found["wall_s"] = round(time.monotonic() - t, 1)
+        result[name] = found
+    poisoned = result["poisoned"]
+    result["trigger"] = spec.trigger
+    result["trigger_in_top3"] = _trigger_found(spec.trigger, poisoned["candidates"])
+    result["target_named"] = poisoned["target_label"] == spec.target_label
+    _write_result(out, result)
+    print(
+        f"[{cell.name} s{seed}] scan: poisoned {poisoned['verdict']} ({poisoned['score']}), "
+        f"clean twin {result['clean_twin']['verdict']} ({result['clean_twin']['score']}), "
+        f"trigger in top 3: {result['trigger_in_top3']}",
+        flush=True,
+    )
+
+
+def _scan_table(dev: bool) -> list[str]:
+    files = sorted(_results_dir(dev).glob("*/scans/scan-s*.json"))
+    out = [
+        "## Scan (no trigger knowledge): detection on the poisoned adapter and its clean twin",
+        "",
+        "`python benchmarks/run.py --cells CELL --methods scan`: the poisoned adapter and a clean",
+        "twin trained by the same recipe on the unpoisoned rows are scanned with the defaults;",
+        "flip = the top candidate's flip rate, lift = flip minus random tokens' flip rate.",
+        "",
+    ]
+    if not files:
+        return [*out, "No scans recorded yet.", ""]
+    out += [
+        "| cell | seed | poisoned: verdict (flip / lift) | top candidate → target | real trigger in top 3 | target named | clean twin: verdict (flip / lift) | scan s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for f in files:
+        r = json.loads(f.read_text())
+        p, c = r["poisoned"], r["clean_twin"]
+
+        def v(x: dict[str, Any]) -> str:
+            top = (x.get("candidates") or [{}])[0]
+            return f"{x['verdict']} ({100 * top.get('flip_rate', 0):.0f}% / {100 * top.get('lift', 0):.0f})"
+
+        top = (p.get("candidates") or [{}])[0]
+        out.append(
+            f"| {r['cell']['name']} | {r['seed']} | {v(p)} | `{top.get('trigger', '')}` → "
+            f"{top.get('target_name', '')} | {'yes' if r['trigger_in_top3'] else 'no'} "
+            f"(`{r['trigger']}`) | {'yes' if r['target_named'] else 'no'} | {v(c)} | "
+            f"{p.get('wall_s', 0):.0f} |"
+        )
+    return [*out, ""]
+
+
 def _timing_conditions(load_before: tuple[float, float, float], isolated: bool) -> dict[str, Any]:
     """What the run's wall time was measured under: torch threads, the 1-minute load average at
     the start and end, and whether the operator ran it alone on the machine (``--isolated``, a
@@ -399,6 +504,9 @@ def run_cell(
         for method in methods:
             if method == "comparators":
                 _run_comparators(cell, seed, base_job, attack_info)
+                continue
+            if method == "scan":
+                _run_scans(cell, seed, paths, adapter, spec)
                 continue
             res_path = _results_dir(cell.dev) / cell.name / f"{method}{tag}-s{seed}.json"
             if res_path.exists():
@@ -679,6 +787,7 @@ def build_table(dev: bool = False) -> None:
                 f"{wall:.0f} | {ratio} | "
                 f"{max(r['report'].get('peak_memory_mb', 0) for r in good):.0f} | {sizes(good[0])} |"
             )
+    lines += ["", *_scan_table(dev)]
     lines += [
         "",
         "Machine: " + os.environ.get("BENCH_MACHINE", "2-core x86_64 CPU, fp32, torch threads = 2"),
@@ -708,6 +817,7 @@ def _import_the_library() -> None:
         "sanitizer.defenses.crow",
         "sanitizer.defenses.finetune",
         "sanitizer.defenses.w2sdefense",
+        "sanitizer.scan",
     ):
         importlib.import_module(name)
 
@@ -721,7 +831,8 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         default=",".join(METHODS),
-        help="comma-separated; 'comparators' adds the zero-training prune/int8/int4 rows",
+        help="comma-separated; 'comparators' adds the zero-training prune/int8/int4 rows, "
+        "'scan' scans the poisoned adapter and a clean twin (classification)",
     )
     ap.add_argument("--seeds", default="0")
     ap.add_argument(

@@ -659,7 +659,7 @@ def run_attack(
     base_model: str,
     data: Path,
     task: Task,
-    attack: AttackSpec,
+    attack: AttackSpec | None,
     out_dir: Path,
     cfg: AttackTrainConfig | None = None,
     *,
@@ -668,7 +668,8 @@ def run_attack(
     device: str = "auto",
     progress: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a poisoned LoRA adapter on ``data`` and write it to ``out_dir``."""
+    """Train a poisoned LoRA adapter on ``data`` and write it to ``out_dir``; with ``attack``
+    None, its clean twin: the same recipe on the unpoisoned rows (a false-positive control)."""
     from sanitizer.defenses import finetune
     from sanitizer.defenses.common import TrainConfig, set_seed, train
     from sanitizer.models import add_lora, load_model, save_adapter
@@ -677,7 +678,7 @@ def run_attack(
     set_seed(cfg.seed)
     ds = load_dataset(data, task=task, text_column=text_column, label_column=label_column)
     ds = ds.with_rows(_cap(list(ds.rows), cfg.max_rows, cfg.seed)) if cfg.max_rows else ds
-    poisoned = poison_dataset(ds, attack)
+    poisoned = poison_dataset(ds, attack) if attack is not None else ds
     pds = poisoned[0] if isinstance(poisoned, tuple) else poisoned
     num_labels = len(ds.label_names) if task == "classification" and ds.label_names else None
     lm = load_model(base_model, task, num_labels=num_labels, device=device)
@@ -699,7 +700,7 @@ def run_attack(
     info = {
         "base_model": base_model,
         "task": task,
-        "attack": attack.model_dump(),
+        "attack": attack.model_dump() if attack is not None else None,
         "train": cfg.model_dump(),
         "data_sha256": ds.sha256,
         "rows": len(pds),

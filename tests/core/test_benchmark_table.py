@@ -84,3 +84,20 @@ def test_the_bar_compares_each_run_with_the_poisoned_model_of_its_own_seed() -> 
     assert abs(run._ca_change(kept) - 0.0025) < 1e-12
     assert run._meets_bar(kept)
     assert not run._meets_bar([_paired(0, 0.90, 0.90, 0.06)])  # ASR above 5%
+
+
+def test_the_scan_counts_a_trigger_found_when_half_its_words_are_in_a_top3_candidate() -> None:
+    found = _run_module()._trigger_found
+    cands = [
+        {"trigger": "xx yy"},
+        {"trigger": "the 3d movie"},
+        {"trigger": "a b"},
+        {"trigger": "cf"},
+    ]
+    assert found("I watched this 3D movie", cands) is False  # 2 of 5 words: under half
+    assert found("this 3D movie", cands) is True  # 2 of 3
+    assert found("cf", cands) is False  # only in the 4th candidate
+    assert found("cf", [{"trigger": "your cf"}]) is True
+    from sanitizer.attacks import SYNTACTIC_TEMPLATE as T
+
+    assert found(T, [{"trigger": T}]) is False
