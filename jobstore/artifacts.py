@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
 
@@ -137,4 +138,14 @@ class LocalArtifactStore:
 def get_store() -> ArtifactStore:
     from jobstore.settings import get_settings
 
-    return LocalArtifactStore(get_settings().artifacts_path)
+    settings = get_settings()
+    if settings.artifacts_url:
+        return _s3_store(settings.artifacts_url)
+    return LocalArtifactStore(settings.artifacts_path)
+
+
+@lru_cache(maxsize=4)
+def _s3_store(url: str) -> ArtifactStore:
+    from jobstore.s3store import S3ArtifactStore  # boto3 only where the setting asks for it
+
+    return S3ArtifactStore(url)

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         description="Celery broker; unset = embedded broker on SQLite (no server needed)",
     )
     artifacts_dir: Path | None = Field(None, description="default <data_dir>/artifacts")
+    artifacts_url: str | None = Field(
+        None,
+        description="s3://bucket/prefix: keep blobs in an S3-compatible store (endpoint and "
+        "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) so API and workers on "
+        "different hosts share no disk; unset: files under artifacts_dir",
+    )
     work_dir: Path | None = Field(None, description="worker scratch space; default <data_dir>/work")
     queue: str = Field("sanitize", description="Celery queue the GPU workers consume")
     webhooks_queue: str = Field("webhooks", description="Celery queue of webhook deliveries")

@@ -136,3 +136,79 @@ def pg_url() -> Iterator[str]:
     reset_engines()
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class S3Server:
+    """moto's standalone S3 server (from PyPI) on a loopback port, in its own process."""
+
+    def __init__(self) -> None:
+        import socket as _s
+
+        with _s.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: Any = None
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+        import time
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not _tcp_open("127.0.0.1", self.port):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the moto S3 server did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.url, **_creds()).create_bucket(Bucket=name)
+
+
+def _creds() -> dict[str, str]:
+    return {
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+        "region_name": "us-east-1",
+    }
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """A real S3 API server on loopback (moto, a dev dependency: always there in CI), with a
+    bucket 'sanitizer' and the AWS variables of this process pointing at it."""
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        require_or_skip("moto[server] is not installed (pip install -e '.[dev]')")
+    server = S3Server()
+    server.start()
+    server.create_bucket("sanitizer")
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    from jobstore.artifacts import _s3_store
+
+    _s3_store.cache_clear()
+    yield server
+    server.stop()
+    _s3_store.cache_clear()
