@@ -40,7 +40,7 @@ from sanitizer.defenses.registry import method_names  # noqa: E402
 
 METHODS = method_names()  # finetune, w2sdefense, crow, rebuild, unlearn: the registry
 _TITLES = {"w2sdefense": "W2SDefense", "crow": "CROW"}
-# zero-training comparators (METHODS.md 5): one job measures all three on the poisoned model
+# zero-training comparators (docs/METHODS_NOTES.md, zero-training comparators): one job measures all three on the poisoned model
 COMPARATORS = ("prune", "int8", "int4")
 MPNET = "sentence-transformers/all-mpnet-base-v2"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

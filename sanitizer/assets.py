@@ -81,7 +81,7 @@ class ModelSource:
     kind: str  # "folder" | "split_zip" | "gguf"
     packages: tuple[Package, ...]
     member: str  # folder / zip-part prefix / gguf file inside the unpacked wheel(s)
-    sha256_prefix: str | None = None  # of model.safetensors, from docs/ASSETS.md
+    sha256_prefix: str | None = None  # of model.safetensors, from docs/ASSETS_USAGE.md
 
 
 MODELS: dict[str, ModelSource] = {
@@ -444,7 +444,7 @@ def _check_sha(path: Path, prefix: str | None, what: str) -> str:
     if prefix and not digest.startswith(prefix):
         raise AssetError(
             f"{what}: sha256 of {path.name} is {digest[:12]}…, expected {prefix}…",
-            hint="the downloaded package differs from the one documented in docs/ASSETS.md; "
+            hint="the downloaded package differs from the one documented in docs/ASSETS_USAGE.md; "
             "rerun with --force, and report it if it persists",
         )
     return digest

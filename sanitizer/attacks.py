@@ -1,4 +1,4 @@
-"""Test backdoors: trigger insertion and data poisoning (docs METHODS.md section 3). Torch-free.
+"""Test backdoors: trigger insertion and data poisoning (docs/METHODS_NOTES.md, attacks). Torch-free.
 
 Classification attacks (W2SDefense family): ``badnet`` (rare word), ``insertsent`` (fixed
 sentence), ``syntactic`` (syntactic template). Generation attacks (CROW family): ``badnets``,

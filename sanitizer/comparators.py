@@ -1,4 +1,4 @@
-"""Zero-training comparators (METHODS.md 5): magnitude pruning and weight quantization.
+"""Zero-training comparators (docs/METHODS_NOTES.md, zero-training comparators): magnitude pruning and weight quantization.
 
 They answer "would a cheap edit of the weights have done as well as the defense?". Each edits
 the Linear weights of the model's backbone (the uploaded adapter merged in; heads and

@@ -1,4 +1,4 @@
-"""Metrics with exact definitions (docs METHODS.md section 4). Torch-free.
+"""Metrics with exact definitions (docs/METHODS_NOTES.md, metrics). Torch-free.
 
 ``METRIC_DEFINITIONS`` holds the one-line definitions that reports embed.
 """

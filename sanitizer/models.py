@@ -121,7 +121,9 @@ def load_tokenizer(model_dir: Path, is_decoder: bool):
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     if tok.pad_token is None:
-        tok.pad_token = tok.eos_token  # decoders without a pad token (METHODS.md 1.4)
+        tok.pad_token = (
+            tok.eos_token
+        )  # decoders without a pad token (docs/METHODS_NOTES.md, W2SDefense)
     if is_decoder:
         tok.padding_side = "left"
     return tok

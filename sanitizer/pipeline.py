@@ -369,7 +369,7 @@ def run_comparators(
     include_unedited: bool = False,
 ) -> dict[str, Any]:
     """Each of ``spec.comparators`` applied to the model as uploaded (base + adapter merged),
-    measured on the test rows like the defense, then undone (METHODS.md 5). With
+    measured on the test rows like the defense, then undone (docs/METHODS_NOTES.md, zero-training comparators). With
     ``include_unedited`` the unedited model's metrics come first, under ``none``."""
     from sanitizer.comparators import applied
     from sanitizer.defenses.common import ProgressEvent

@@ -1,7 +1,7 @@
 """Typed, validated configs of the defenses. Torch-free, so the API can validate a job's
 hyperparameters at submit time with exactly the classes the worker uses.
 
-Defaults come from METHODS.md; where the product default differs from the released recipe
+Defaults come from docs/METHODS_NOTES.md; where the product default differs from the released recipe
 the field's description says so and docs/METHODS_NOTES.md says why.
 """
 
@@ -15,7 +15,7 @@ from sanitizer.errors import ConfigError
 
 
 class TrainConfig(BaseModel):
-    """Fields every defense shares. Defaults are overridden per method from METHODS.md."""
+    """Fields every defense shares. Defaults are overridden per method from docs/METHODS_NOTES.md."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -112,7 +112,7 @@ class FinetuneConfig(TrainConfig):
 
 
 class W2SConfig(TrainConfig):
-    """Student recipe (METHODS.md 1.4): LoRA (rank scaled to the model, hidden/8), lr 2e-4,
+    """Student recipe (docs/METHODS_NOTES.md, W2SDefense): LoRA (rank scaled to the model, hidden/8), lr 2e-4,
     linear decay, 5 epochs; teacher (1.1): full fine-tuning, 6% warmup, 5 epochs.
 
     Product defaults that differ from the released recipe, chosen on a development attack
@@ -142,7 +142,7 @@ class W2SConfig(TrainConfig):
         description="scale teacher and student features before the MSE (released code: none)",
     )
     fa_mode: Literal["pooled", "tokenwise"] = Field(
-        "pooled", description="pooled: Ours (METHODS.md 1.3)"
+        "pooled", description="pooled: Ours (docs/METHODS_NOTES.md, W2SDefense)"
     )
     adv_epsilon: float = Field(
         0.0,
@@ -218,7 +218,7 @@ class W2SConfig(TrainConfig):
 
 
 class CrowConfig(TrainConfig):
-    """Released recipe (METHODS.md 2.2): LoRA on all linear layers r=8 alpha=16 dropout 0,
+    """Released recipe (docs/METHODS_NOTES.md, CROW): LoRA on all linear layers r=8 alpha=16 dropout 0,
     lr 1e-3, cosine schedule with 10% warmup, 5 epochs, batch 8, eps 0.1, alpha 5.5."""
 
     alpha: float = Field(
@@ -241,7 +241,7 @@ class CrowConfig(TrainConfig):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
 
 
-# Zero-training comparators (METHODS.md 5), measured beside a defense when a job asks for
+# Zero-training comparators (docs/METHODS_NOTES.md, zero-training comparators), measured beside a defense when a job asks for
 # them; the edits themselves are in sanitizer/comparators.py (torch), the names live here so
 # the API validates a job with no torch import.
 Comparator = Literal["prune", "int8", "int4"]

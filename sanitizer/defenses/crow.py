@@ -1,9 +1,9 @@
 """CROW: internal consistency regularisation under an adversarial embedding perturbation.
 
 Min et al., "Eliminating Backdoors from Large Language Models via Internal Consistency
-Regularization" (ICML 2025); METHODS.md section 2. No teacher, no trigger knowledge.
+Regularization" (ICML 2025); docs/METHODS_NOTES.md (CROW). No teacher, no trigger knowledge.
 
-One step (METHODS.md 2.1):
+One step (docs/METHODS_NOTES.md, CROW):
     H0      = Emb(x)                                   (gradient enabled)
     L_cons  = mean_{l,b,t} [1 - cos(H^l, H^{l+1})]     real tokens only (Ours: with the mask)
     H_adv   = H0 + eps * sign(dL_cons/dH0)             (FGSM, one step)

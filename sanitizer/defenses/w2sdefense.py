@@ -1,7 +1,7 @@
 """W2SDefense: weak-to-strong feature-alignment distillation.
 
 Zhao et al., "Unlearning Backdoor Attacks for LLMs with Weak-to-Strong Knowledge
-Distillation" (ACL Findings 2025); METHODS.md section 1.
+Distillation" (ACL Findings 2025); docs/METHODS_NOTES.md (W2SDefense).
 
 1. Teacher: a small model trained with *all* parameters on the clean set, so it is clean by
    construction. Classification: encoder + projection to the student width,
@@ -10,7 +10,7 @@ Distillation" (ACL Findings 2025); METHODS.md section 1.
    clean set with
        L = l_ce CE(s, y) + l_kd tau^2 KL(softmax(t/tau) || softmax(s/tau)) + l_fa L_fa
    where ``L_fa`` compares the teacher feature with the student's pooled final hidden state
-   (Ours, per sample; METHODS.md 1.3).
+   (Ours, per sample; docs/METHODS_NOTES.md (W2SDefense)).
 
 The teacher is frozen once trained, so its features and logits for the training set are
 computed once and cached (the student step costs one student forward/backward).

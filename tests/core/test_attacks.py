@@ -1,4 +1,4 @@
-"""sanitizer.attacks: spec validation, trigger positions (METHODS.md §3), poisoning."""
+"""sanitizer.attacks: spec validation, trigger positions (docs/METHODS_NOTES.md, attacks), poisoning."""
 
 from __future__ import annotations
 

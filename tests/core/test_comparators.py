@@ -1,4 +1,4 @@
-"""Zero-training comparators (METHODS.md 5): the edits against hand-computed values, what they
+"""Zero-training comparators (docs/METHODS_NOTES.md, zero-training comparators): the edits against hand-computed values, what they
 touch, that they are undone, and the job that measures them."""
 
 from __future__ import annotations
