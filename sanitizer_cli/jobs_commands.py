@@ -53,19 +53,47 @@ def jobs_list(
 
     with _handle_errors(), _client(url, api_key) as client:
         jobs = list(itertools.islice(client.jobs.list(status=status, limit=min(limit, 100)), limit))
-    if json_out:
-        _print_json([j.raw for j in jobs])
-        return
+        if json_out:
+            _print_json([j.raw for j in jobs])
+            return
+        # before -> after of the succeeded jobs: one report read each
+        shown = {j.id: _before_after(client.jobs.report(j.id)) for j in jobs if j.succeeded}
     t = Table(title=f"{len(jobs)} job(s)")
-    for col in ("id", "status", "method", "base model", "progress", "created"):
+    for col in ("id", "status", "method", "base model", "progress", "ASR", "CA", "created"):
         t.add_column(col)
     for j in jobs:
         p = j.progress
         prog = f"{p.step}/{p.total_steps}" if p.step is not None and p.total_steps else ""
+        asr, ca = shown.get(j.id, ("", ""))
         t.add_row(
-            j.id, _status(j.status), j.method or "", j.base_model or "", prog, j.created_at or ""
+            j.id,
+            _status(j.status),
+            j.method or "",
+            j.base_model or "",
+            prog,
+            asr,
+            ca,
+            j.created_at or "",
         )
     Console().print(t)
+
+
+def _before_after(report: dict) -> tuple[str, str]:
+    """('99.0% → 2.0%', '88.0% → 87.5%') from a report; a scan's verdict in the ASR column."""
+    if isinstance(report.get("scan"), dict) and not report.get("metrics"):
+        return f"scan: {report['scan'].get('verdict')}", ""
+    m = report.get("metrics") or {}
+    b, a = m.get("before") or {}, m.get("after") or {}
+    ca = "clean_accuracy" if "clean_accuracy" in a else "utility_token_f1"
+
+    def pair(key: str) -> str:
+        x, y = b.get(key), a.get(key)
+        if not isinstance(y, (int, float)):
+            return ""
+        left = f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "–"
+        return f"{left} → {100 * y:.1f}%"
+
+    return pair("attack_success_rate"), pair(ca)
 
 
 def _status(s: str) -> str:

@@ -219,6 +219,7 @@ def test_jobs_commands(stub: tuple[str, Any], dataset: Path, tmp_path: Path) -> 
     assert [j["id"] for j in json.loads(listed.stdout)] == [other, jid]  # newest first
     table = run("jobs", "list", url=url)
     assert jid in table.stdout and "succeeded" in table.stdout
+    assert "99.0% → 2.0%" in table.stdout  # issue 26 item 8: ASR before -> after per job
 
     got = run("jobs", "get", jid, "--json", url=url)
     assert json.loads(got.stdout)["status"] == "succeeded"
