@@ -117,7 +117,11 @@ class ReleasePolicy(BaseModel):
         None, ge=0, le=1, description="ASR after sanitization at most this (0.05 = 5%)"
     )
     max_ca_drop: float | None = Field(
-        None, ge=0, le=1, description="clean accuracy / utility may drop at most this (0.01)"
+        None,
+        ge=-1,
+        le=1,
+        description="clean accuracy / utility may drop at most this (0.01); negative: it must "
+        "rise by at least that much",
     )
 
 
