@@ -293,10 +293,13 @@ class Files:
             )
             obj = FileObject.from_dict(resp.body)
             if obj.sha256 is None or obj.sha256.lower() != local:
-                try:  # do not leave a corrupt upload behind
-                    yield Call("DELETE", f"/v1/files/{_q(obj.id)}", expect="text")
-                except APIError:
-                    pass
+                # do not leave a corrupt upload behind; a 200 answer is a file the project
+                # already had (the same bytes uploaded before), which is not ours to delete
+                if resp.status == 201:
+                    try:
+                        yield Call("DELETE", f"/v1/files/{_q(obj.id)}", expect="text")
+                    except APIError:
+                        pass
                 raise ChecksumMismatchError(
                     f"upload of {src} arrived corrupted: local sha256 {local}, "
                     f"server computed {obj.sha256}",
