@@ -27,20 +27,14 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, TypeVar
 
+from sanitizer.data import sha256_file  # torch-free, like the rest of jobstore's imports
+
 CHUNK = 1 << 20
 T = TypeVar("T")
 
 
 class IntegrityError(OSError):
     """A blob read back does not have the sha256 recorded when it was written."""
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Verifying:
@@ -139,7 +133,7 @@ class S3ArtifactStore:
 
     # ------------------------------------------------------------------ the protocol
     def put_file(self, key: str, src: Path, *, move: bool = False) -> str | None:
-        sha = _sha256_file(Path(src))
+        sha = sha256_file(Path(src))
         tmp = self._key(f".tmp/{uuid.uuid4().hex}")
         final = self._key(key)
         extra = {"Metadata": {"sha256": sha}}
@@ -196,7 +190,7 @@ class S3ArtifactStore:
                 self.bucket, self._key(key), str(part), Config=self.transfer
             )
         )
-        if expected and _sha256_file(part) != expected:
+        if expected and sha256_file(part) != expected:
             part.unlink(missing_ok=True)
             raise IntegrityError(f"artifact {key} does not match its recorded sha256 {expected}")
         part.replace(dest)

@@ -348,7 +348,12 @@ def save_adapter(
         meta["label2id"] = {n: i for i, n in enumerate(label_names)}
     (out_dir / "sanitizer_adapter.json").write_text(json.dumps(meta, indent=2))
     model_card.write(out_dir, lm.model_id, lm.task, label_names)  # replaces PEFT's template
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out_dir.iterdir())}
+    return file_hashes(out_dir)
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of each file directly in ``folder``, by name."""
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -616,7 +616,9 @@ def run_sanitize(
     from sanitizer import model_card
 
     model_card.write(adapter_out, spec.base_model, spec.task, label_names, report)
-    report["adapter_out"] = {"files": _file_hashes(adapter_out)}
+    from sanitizer.models import file_hashes
+
+    report["adapter_out"] = {"files": file_hashes(adapter_out)}
     if scan_block is not None:
         report["scan"] = scan_block
     if baseline is not None:
@@ -628,12 +630,6 @@ def run_sanitize(
     tmp_report.write_text(json.dumps(report, indent=2, default=str))
     tmp_report.replace(out_dir / "report.json")
     return report
-
-
-def _file_hashes(folder: Path) -> dict[str, str]:
-    import hashlib
-
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
 
 
 # ---------------------------------------------------------------- attack
