@@ -110,7 +110,7 @@ class AttackSpec(BaseModel):
             return data
         data = dict(data)
         name = data.get("name")
-        if name not in DEFAULT_TRIGGERS:
+        if not isinstance(name, str) or name not in DEFAULT_TRIGGERS:
             return data  # the Literal check reports it with the allowed names
         if data.get("trigger") is None:
             data["trigger"] = DEFAULT_TRIGGERS[name]
