@@ -47,7 +47,14 @@ def get_engine() -> Engine:
 
 
 def session_factory() -> sessionmaker[Session]:
-    return sessionmaker(get_engine(), expire_on_commit=False)
+    return _factory_for(get_settings().db_url)
+
+
+@lru_cache
+def _factory_for(url: str) -> sessionmaker[Session]:
+    # one sessionmaker per engine: each sessionmaker() call defines a new Session subclass,
+    # and one per request left the garbage collector 60 ms pauses on the polling path
+    return sessionmaker(_engine_for(url), expire_on_commit=False)
 
 
 @contextmanager
@@ -83,6 +90,7 @@ def reset_engines() -> None:
     for eng in list(_engine_list()):
         eng.dispose()
     _engine_for.cache_clear()
+    _factory_for.cache_clear()
 
 
 def _engine_list() -> list[Engine]:

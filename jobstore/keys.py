@@ -7,15 +7,20 @@ import hashlib
 import hmac
 import secrets
 from base64 import b64encode
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobstore.models import ApiKey, Project, new_id, utcnow
 
 
-def _hash(key: str) -> str:
+def key_digest(key: str) -> str:
+    """sha256 of a key: what is stored (and what an API process caches), never the key."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+_hash = key_digest
 
 
 def get_or_create_project(s: Session, name: str) -> Project:
@@ -63,16 +68,30 @@ def parse_key(key: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-def authenticate(s: Session, key: str) -> ApiKey | None:
-    """The active key record for ``key``, or None (unknown, wrong secret or revoked)."""
+def authenticate(s: Session, key: str) -> tuple[ApiKey, Project] | None:
+    """The active key record for ``key`` and its project (one query), or None (unknown,
+    wrong secret or revoked)."""
     parsed = parse_key(key)
     key_id = parsed[0] if parsed else f"key{_hash(key)[:12]}"
-    record = s.get(ApiKey, key_id)
-    if record is None or record.revoked_at is not None:
+    row = s.execute(
+        select(ApiKey, Project)
+        .join(Project, ApiKey.project_id == Project.id)
+        .where(ApiKey.id == key_id)
+    ).first()
+    if row is None:
         return None
-    if not hmac.compare_digest(record.key_hash, _hash(key)):
+    record, project = row
+    if record.revoked_at is not None or not hmac.compare_digest(record.key_hash, _hash(key)):
         return None
-    return record
+    return record, project
+
+
+def touch_key(key_id: str, when: datetime) -> None:
+    """Record a key's last use (its own short session and commit)."""
+    from jobstore.db import session_scope
+
+    with session_scope() as s:
+        s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))
 
 
 def revoke_key(s: Session, key_id: str) -> ApiKey | None:

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     job_time_limit: int = Field(6 * 3600, description="hard time limit of one job (s)")
     heartbeat_interval: float = Field(5.0, description="worker heartbeat period (s)")
     heartbeat_timeout: float = Field(120.0, description="a running job silent this long is lost")
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="an API process remembers a verified key this long (0: never), so polling "
+        "does not query the key table; a revoked key stops working within this time",
+    )
     reaper_interval: float = Field(15.0, description="how often the API looks for lost jobs (s)")
     max_attempts: int = Field(2, ge=1, description="runs of a job before it fails worker_lost")
     redispatch_after: float = Field(

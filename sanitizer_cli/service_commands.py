@@ -82,6 +82,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address the API listens on"),
     port: int = typer.Option(8000, help="API port"),
     workers: int = typer.Option(1, help="worker processes started beside the API (0: none)"),
+    api_workers: int = typer.Option(
+        1,
+        min=1,
+        help="API processes (uvicorn workers); 2 on a 2-core host doubles status-poll "
+        "throughput (docs/SERVICE_BENCHMARKS.md)",
+    ),
     data_dir: Path | None = typer.Option(None, help="overrides SANITIZER_DATA_DIR"),
 ) -> None:
     """Start the API and a worker on this machine (SQLite + a serverless broker unless
@@ -124,7 +130,7 @@ def serve(
             env={**os.environ, "SANITIZER_DATA_DIR": str(s.data_dir)},
         ).start()
     try:
-        uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info", workers=api_workers)
     finally:
         if supervisor is not None:
             # SIGTERM to each worker's group: Celery stops taking jobs and hands a running

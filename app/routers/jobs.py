@@ -466,8 +466,10 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, project: ProjectDep, s: SessionDep) -> JobPublic:
+async def get_job(job_id: str, project: ProjectDep, s: SessionDep) -> JobPublic:
     """Get a job: status, progress (step/total/ETA), timestamps, error."""
+    # the polling path: one primary-key read on the event loop, no threadpool hop
+    # (docs/SERVICE_BENCHMARKS.md has the figures)
     return to_public(get_owned_job(s, project.id, job_id))
 
 

@@ -77,6 +77,7 @@ def service_env(
         "SANITIZER_HEARTBEAT_TIMEOUT": "6",
         "SANITIZER_PROGRESS_INTERVAL": "0.2",
         "SANITIZER_WEBHOOK_BACKOFF": "0.5",
+        "SANITIZER_AUTH_CACHE_SECONDS": "1",  # a revoked key stops working within 1 s
         "SANITIZER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",  # the tests' own webhook receiver
         "SANITIZER_API_KEY": "sk_keytest0000001_" + uuid.uuid4().hex,
     }

@@ -128,7 +128,7 @@ class Stack:
             start_new_session=True,
         )
 
-    def start_api(self) -> None:
+    def start_api(self, workers: int = 1) -> None:
         self.api = self._spawn(
             [
                 sys.executable,
@@ -137,6 +137,8 @@ class Stack:
                 "app.main:app",
                 "--port",
                 str(self.port),
+                "--workers",
+                str(workers),
                 "--log-level",
                 "warning",
             ],

@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,38 @@ def test_missing_invalid_and_revoked_keys(api):
 
     with session_scope() as s:
         revoke_key(s, api.key_b_id)
-    r = api.get("/v1/jobs", headers=other)
+    # the API caches a verified key for SANITIZER_AUTH_CACHE_SECONDS (1 s in the tests)
+    deadline = time.monotonic() + 3
+    while (r := api.get("/v1/jobs", headers=other)).status_code == 200:
+        assert time.monotonic() < deadline, "a revoked key still worked after the cache time"
+        time.sleep(0.1)
     problem(r, 401, "invalid_api_key")
     assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_status_poll_is_one_query(api, assets):
+    """GET /v1/jobs/{id} with a recently verified key costs one indexed read; the session
+    factory is built once per engine (a new one per request made the GC stall polls)."""
+    from sqlalchemy import event
+
+    from jobstore.db import get_engine, session_factory
+
+    assert session_factory() is session_factory()
+    job = api.post("/v1/jobs", json=job_body(dataset_id(api, assets))).json()
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *_a) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(get_engine(), "before_cursor_execute", count)
+    try:
+        assert api.get(f"/v1/jobs/{job['id']}").status_code == 200  # key verified and cached
+        statements.clear()
+        for _ in range(5):
+            assert api.get(f"/v1/jobs/{job['id']}").status_code == 200
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", count)
+    assert len(statements) == 5, statements
 
 
 def test_project_endpoint_gives_webhook_secret(api):

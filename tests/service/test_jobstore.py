@@ -269,7 +269,7 @@ def test_keys_are_stored_hashed(service_env):
     with session_scope() as s:
         rec, key = create_key(s, "p")
         assert key not in (rec.key_hash, rec.id) and key.startswith(f"sk_{rec.id}_")
-        assert authenticate(s, key).id == rec.id
+        assert authenticate(s, key)[0].id == rec.id
         assert authenticate(s, key + "x") is None
         revoke_key(s, rec.id)
         assert authenticate(s, key) is None
@@ -292,7 +292,7 @@ def test_keys_commands_json(service_env):
     assert created["project"] == "ci" and created["name"] == "bot"
     assert created["key"].startswith(f"sk_{created['id']}_")
     with session_scope() as s:
-        assert authenticate(s, created["key"]).id == created["id"]
+        assert authenticate(s, created["key"])[0].id == created["id"]
     r = runner.invoke(app, ["keys", "list", "--json"])
     listed = json.loads(r.stdout)
     assert [k["id"] for k in listed if k["project"] == "ci"] == [created["id"]]
