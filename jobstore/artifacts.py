@@ -30,6 +30,13 @@ class ArtifactStore(Protocol):
     def open(self, key: str) -> IO[bytes]:
         """Open the blob for reading (raises FileNotFoundError)."""
 
+    def open_range(self, key: str, start: int, end: int) -> IO[bytes]:
+        """Bytes ``start`` to ``end`` (inclusive) of the blob: an HTTP Range answer."""
+
+    def presign(self, key: str, seconds: int, filename: str) -> str | None:
+        """A URL that fetches the blob without credentials for ``seconds`` (None: the store
+        has no such URLs and the API streams the bytes itself)."""
+
     def fetch(self, key: str, dest: Path) -> Path:
         """Make the blob available as a local file at ``dest``."""
 
@@ -112,6 +119,14 @@ class LocalArtifactStore:
     def open(self, key: str) -> IO[bytes]:
         return open(self.path(key), "rb")
 
+    def open_range(self, key: str, start: int, end: int) -> IO[bytes]:
+        f = open(self.path(key), "rb")
+        f.seek(start)
+        return _Limited(f, end - start + 1)  # type: ignore[return-value]
+
+    def presign(self, key: str, seconds: int, filename: str) -> str | None:
+        return None
+
     def fetch(self, key: str, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path(key), dest)
@@ -133,6 +148,29 @@ class LocalArtifactStore:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+
+class _Limited:
+    """A file read up to ``n`` bytes."""
+
+    def __init__(self, f: IO[bytes], n: int) -> None:
+        self.f, self.left = f, n
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.f.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> _Limited:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def get_store() -> ArtifactStore:

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     job_time_limit: int = Field(6 * 3600, description="hard time limit of one job (s)")
     heartbeat_interval: float = Field(5.0, description="worker heartbeat period (s)")
     heartbeat_timeout: float = Field(120.0, description="a running job silent this long is lost")
+    download_redirect: bool = Field(
+        False,
+        description="with an S3 artifact store: answer an adapter download with a 307 to a "
+        "short-lived pre-signed URL (the bytes then bypass the API)",
+    )
+    presign_seconds: int = Field(
+        300, ge=10, le=7 * 24 * 3600, description="lifetime of a pre-signed download URL (s)"
+    )
     auth_cache_seconds: float = Field(
         5.0,
         ge=0,

@@ -96,6 +96,30 @@ def request_kwargs(call: Call, upload_file: Any = None) -> dict[str, Any]:
     return kw
 
 
+def download_headers(resp: httpx.Response) -> httpx.Headers:
+    """The final response's headers, plus the X-Content-SHA256 the API sent on a redirect to
+    a pre-signed URL (the object store's answer does not carry it)."""
+    headers = httpx.Headers(resp.headers)
+    for hop in resp.history:
+        if "x-content-sha256" in hop.headers and "x-content-sha256" not in headers:
+            headers["x-content-sha256"] = hop.headers["x-content-sha256"]
+    return headers
+
+
+def resume_state(path: Path | None) -> tuple[int, Any]:
+    """Bytes already downloaded to ``path`` (a retry after a broken transfer) and a sha256
+    fed with them, so the resumed download is hashed whole."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if path is None or not path.exists():
+        return 0, h
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return path.stat().st_size, h
+
+
 def _clean(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if d is None:
         return None

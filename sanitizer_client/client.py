@@ -28,8 +28,10 @@ from sanitizer_client._core import (
     RetryPolicy,
     Sleep,
     build_response,
+    download_headers,
     raise_for_status,
     request_kwargs,
+    resume_state,
 )
 from sanitizer_client.errors import APIConnectionError, APITimeoutError
 
@@ -95,6 +97,8 @@ class _SyncDriver:
         raise AssertionError("unreachable")
 
     def _send(self, call: Call) -> Response:
+        if call.expect == "download":
+            return self._download(call)
         upload = open(call.upload.path, "rb") if call.upload else None  # fresh per attempt
         try:
             request = self.http.build_request(
@@ -102,23 +106,41 @@ class _SyncDriver:
             )
             resp = self.http.send(request, stream=True)
             try:
-                if call.expect == "download" and resp.status_code < 400:
-                    assert call.download_to is not None
-                    h = hashlib.sha256()
-                    with open(call.download_to, "wb") as f:
-                        for chunk in resp.iter_bytes():
-                            h.update(chunk)
-                            f.write(chunk)
-                    return Response(resp.status_code, resp.headers, None, h.hexdigest())
                 content = resp.read()
             finally:
                 resp.close()
-            if call.expect == "download":
-                raise_for_status(resp.status_code, resp.headers, content)
             return build_response(call, resp.status_code, resp.headers, content)
         finally:
             if upload:
                 upload.close()
+
+    def _download(self, call: Call) -> Response:
+        """Stream to ``call.download_to``; a retry after a broken transfer resumes with
+        ``Range``; a 307 to a pre-signed URL is followed (httpx drops the API key when the
+        host changes)."""
+        assert call.download_to is not None
+        have, h = resume_state(call.download_to)
+        while True:
+            request = self.http.build_request(call.method, call.path, **request_kwargs(call))
+            if have:
+                request.headers["Range"] = f"bytes={have}-"
+            resp = self.http.send(request, stream=True, follow_redirects=True)
+            try:
+                if resp.status_code == 416 and have:  # the part on disk is not a prefix
+                    have, h = 0, hashlib.sha256()
+                    continue
+                if resp.status_code < 400:
+                    if resp.status_code != 206:
+                        have, h = 0, hashlib.sha256()
+                    with open(call.download_to, "ab" if have else "wb") as f:
+                        for chunk in resp.iter_bytes():
+                            h.update(chunk)
+                            f.write(chunk)
+                    return Response(resp.status_code, download_headers(resp), None, h.hexdigest())
+                content = resp.read()
+            finally:
+                resp.close()
+            raise_for_status(resp.status_code, resp.headers, content)
 
 
 class _AsyncDriver:
@@ -164,6 +186,8 @@ class _AsyncDriver:
         raise AssertionError("unreachable")
 
     async def _send(self, call: Call) -> Response:
+        if call.expect == "download":
+            return await self._download(call)
         # httpx streams a sync file object in async multipart uploads as well.
         upload = open(call.upload.path, "rb") if call.upload else None
         try:
@@ -172,23 +196,39 @@ class _AsyncDriver:
             )
             resp = await self.http.send(request, stream=True)
             try:
-                if call.expect == "download" and resp.status_code < 400:
-                    assert call.download_to is not None
-                    h = hashlib.sha256()
-                    with open(call.download_to, "wb") as f:
-                        async for chunk in resp.aiter_bytes():
-                            h.update(chunk)
-                            f.write(chunk)
-                    return Response(resp.status_code, resp.headers, None, h.hexdigest())
                 content = await resp.aread()
             finally:
                 await resp.aclose()
-            if call.expect == "download":
-                raise_for_status(resp.status_code, resp.headers, content)
             return build_response(call, resp.status_code, resp.headers, content)
         finally:
             if upload:
                 upload.close()
+
+    async def _download(self, call: Call) -> Response:
+        """As the sync driver's: resume with ``Range``, follow a pre-signed redirect."""
+        assert call.download_to is not None
+        have, h = resume_state(call.download_to)
+        while True:
+            request = self.http.build_request(call.method, call.path, **request_kwargs(call))
+            if have:
+                request.headers["Range"] = f"bytes={have}-"
+            resp = await self.http.send(request, stream=True, follow_redirects=True)
+            try:
+                if resp.status_code == 416 and have:
+                    have, h = 0, hashlib.sha256()
+                    continue
+                if resp.status_code < 400:
+                    if resp.status_code != 206:
+                        have, h = 0, hashlib.sha256()
+                    with open(call.download_to, "ab" if have else "wb") as f:
+                        async for chunk in resp.aiter_bytes():
+                            h.update(chunk)
+                            f.write(chunk)
+                    return Response(resp.status_code, download_headers(resp), None, h.hexdigest())
+                content = await resp.aread()
+            finally:
+                await resp.aclose()
+            raise_for_status(resp.status_code, resp.headers, content)
 
 
 class Client:

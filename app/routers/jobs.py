@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -600,10 +600,24 @@ def get_report_html(job_id: str, project: ProjectDep, s: SessionDep, store: Stor
 @router.get(
     "/{job_id}/artifacts/adapter",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}}}},
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "the whole archive"},
+        206: {"content": {"application/zip": {}}, "description": "the requested byte range"},
+        307: {"description": "a short-lived pre-signed URL (SANITIZER_DOWNLOAD_REDIRECT)"},
+        416: {"description": "the Range lies outside the archive"},
+    },
 )
-def download_adapter(job_id: str, project: ProjectDep, s: SessionDep, store: StoreDep) -> Any:
-    """The sanitized adapter (.zip with manifest.json); sha256 in X-Content-SHA256."""
+def download_adapter(
+    job_id: str,
+    project: ProjectDep,
+    s: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    request: Request,
+) -> Any:
+    """The sanitized adapter (.zip with manifest.json); sha256 in X-Content-SHA256 and as
+    the ETag. ``Range: bytes=N-`` resumes a broken download (206). With an S3 store and
+    SANITIZER_DOWNLOAD_REDIRECT, a 307 to a pre-signed URL, issued after the same checks."""
     job = get_owned_job(s, project.id, job_id)
     _finished(job, "artifact")
     if not job.artifact_sha256:
@@ -615,7 +629,30 @@ def download_adapter(job_id: str, project: ProjectDep, s: SessionDep, store: Sto
             hint=f"read its report at GET /v1/jobs/{job.id}/report",
         )
     key = f"jobs/{job.id}/adapter.zip"
-    blob = store.open(key)
+    filename = f"{job.id}-adapter.zip"
+    headers = {
+        "X-Content-SHA256": job.artifact_sha256,
+        "ETag": f'"{job.artifact_sha256}"',
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
+    if settings.download_redirect:
+        url = store.presign(key, settings.presign_seconds, filename)
+        if url is not None:
+            return RedirectResponse(
+                url,
+                status_code=307,
+                headers={"X-Content-SHA256": job.artifact_sha256, "Cache-Control": "no-store"},
+            )
+    size = store.size(key)
+    span = byte_range(request.headers.get("range"), request.headers.get("if-range"), size,
+                      headers["ETag"])  # fmt: skip
+    if span is None:
+        blob, status, length = store.open(key), 200, size
+    else:
+        start, end = span
+        blob, status, length = store.open_range(key, start, end), 206, end - start + 1
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
 
     def chunks() -> Iterator[bytes]:
         with blob:
@@ -623,10 +660,40 @@ def download_adapter(job_id: str, project: ProjectDep, s: SessionDep, store: Sto
 
     return StreamingResponse(
         chunks(),
+        status_code=status,
         media_type="application/zip",
-        headers={
-            "X-Content-SHA256": job.artifact_sha256 or "",
-            "Content-Length": str(store.size(key)),
-            "Content-Disposition": f'attachment; filename="{job.id}-adapter.zip"',
-        },
+        headers={**headers, "Content-Length": str(length)},
     )
+
+
+def byte_range(
+    header: str | None, if_range: str | None, size: int, etag: str
+) -> tuple[int, int] | None:
+    """The one byte range a ``Range`` header asks for, or None for the whole body (no header,
+    several ranges, another unit, or an ``If-Range`` for an older version). Raises a 416 when
+    the range lies outside the body."""
+    if not header or (if_range is not None and if_range.strip() != etag):
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if not dash or not (first or last) or not (first + last).isascii():
+            raise ValueError
+        if first:
+            start = int(first)
+            end = min(int(last), size - 1) if last else size - 1
+        else:  # bytes=-N: the last N bytes
+            start, end = max(0, size - int(last)), size - 1
+    except ValueError:
+        return None  # a malformed Range is ignored (RFC 9110 14.2)
+    if start >= size or start > end:
+        raise ApiError(
+            416,
+            "range_not_satisfiable",
+            f"the range '{header}' lies outside the archive of {size} bytes",
+            hint="resume with 'Range: bytes=N-' where N is the number of bytes you already have",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return start, end

@@ -626,6 +626,57 @@ def test_finished_job_serves_report_html_and_artifact(api, assets):
     assert jid in r.text  # the served page names its job
 
 
+def finished_job_with_adapter(api, assets, payload: bytes) -> tuple[str, str]:
+    """A succeeded job whose adapter.zip is ``payload``, written directly to the store."""
+    from jobstore import status as st
+    from jobstore.artifacts import get_store
+    from jobstore.db import session_scope
+    from jobstore.models import Job
+
+    jid = api.post("/v1/jobs", json=job_body(dataset_id(api, assets))).json()["id"]
+    sha = get_store().put_bytes(f"jobs/{jid}/adapter.zip", payload)
+    with session_scope() as s:
+        job = s.get(Job, jid)
+        st.transition(job, st.RUNNING)
+        st.transition(job, st.SUCCEEDED)
+        job.artifact_sha256 = sha
+    return jid, sha
+
+
+def test_adapter_download_serves_byte_ranges(api, assets):
+    """Issue 25 item 3: a broken download resumes with Range (206 + Content-Range)."""
+    payload = bytes(range(256)) * 40
+    jid, sha = finished_job_with_adapter(api, assets, payload)
+    url = f"/v1/jobs/{jid}/artifacts/adapter"
+    whole = api.get(url)
+    assert whole.status_code == 200 and whole.content == payload
+    assert whole.headers["accept-ranges"] == "bytes" and whole.headers["etag"] == f'"{sha}"'
+    part = api.get(url, headers={"Range": "bytes=1000-"})
+    assert part.status_code == 206 and part.content == payload[1000:]
+    assert part.headers["content-range"] == f"bytes 1000-{len(payload) - 1}/{len(payload)}"
+    assert int(part.headers["content-length"]) == len(payload) - 1000
+    assert part.headers["x-content-sha256"] == sha  # of the whole archive
+    mid = api.get(url, headers={"Range": "bytes=10-19"})
+    assert mid.status_code == 206 and mid.content == payload[10:20]
+    tail = api.get(url, headers={"Range": "bytes=-7"})
+    assert tail.status_code == 206 and tail.content == payload[-7:]
+    same = api.get(url, headers={"Range": "bytes=5-", "If-Range": f'"{sha}"'})
+    assert same.status_code == 206 and same.content == payload[5:]
+    # an If-Range naming another version, several ranges, a malformed header: the whole body
+    for headers in (
+        {"Range": "bytes=5-", "If-Range": '"0000"'},
+        {"Range": "bytes=0-1,5-6"},
+        {"Range": "bytes=abc"},
+        {"Range": "items=0-1"},
+    ):
+        r = api.get(url, headers=headers)
+        assert r.status_code == 200 and r.content == payload, headers
+    body = problem(
+        api.get(url, headers={"Range": f"bytes={len(payload)}-"}), 416, "range_not_satisfiable"
+    )
+    assert "bytes=N-" in body["hint"]
+
+
 @pytest.mark.parametrize(
     ("policy", "passed"),
     [({"max_asr": 0.05, "max_ca_drop": 0.02}, True), ({"max_asr": 0.01}, False)],

@@ -121,3 +121,82 @@ def test_api_and_worker_share_no_disk(stack, assets, redis_url, pg_url, s3, tmp_
     keys = {o["Key"] for o in raw.list_objects_v2(Bucket="sanitizer").get("Contents", [])}
     assert f"prod/jobs/{job['id']}/adapter.zip" in keys
     assert sum(k.startswith("prod/files/") for k in keys) == 3  # adapter, clean, test
+
+
+def test_store_ranges_and_presigned_urls(s3, tmp_path: Path) -> None:
+    import httpx
+
+    store = S3ArtifactStore("s3://sanitizer/svc")
+    data = bytes(range(256)) * 100
+    store.put_bytes("jobs/j1/adapter.zip", data)
+    with store.open_range("jobs/j1/adapter.zip", 100, 199) as f:
+        assert f.read() == data[100:200]
+    url = store.presign("jobs/j1/adapter.zip", 60, "j1-adapter.zip")
+    assert url is not None and "X-Amz-Signature=" in url
+    r = httpx.get(url)  # no credentials: the signature is the permission
+    assert r.status_code == 200 and r.content == data
+    assert 'filename="j1-adapter.zip"' in r.headers["content-disposition"]
+    part = httpx.get(url, headers={"Range": "bytes=1000-"})
+    assert part.status_code == 206 and part.content == data[1000:]
+    # (moto does not check signatures, so a forged URL is not tested here; S3 refuses it)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_downloads_redirect_to_presigned_urls_after_the_tenant_check(
+    stack,  # noqa: F811
+    assets,
+    s3,
+    tmp_path,
+    monkeypatch,
+) -> None:
+    """SANITIZER_DOWNLOAD_REDIRECT: the live API answers the owner with a 307 to a pre-signed
+    URL on the S3 server, the SDK follows it and verifies the archive, and another project
+    gets a 404 and no URL."""
+    import httpx
+
+    from jobstore import status as st
+    from jobstore.artifacts import get_store
+    from jobstore.db import session_scope
+    from jobstore.keys import create_key
+    from jobstore.models import Job
+    from sanitizer_client import Client
+    from sanitizer_client.errors import NotFoundError
+    from tests.client.stub_service import adapter_archive
+    from tests.service.conftest import reset_caches
+    from tests.service.test_e2e import inputs, submit
+
+    env = {"SANITIZER_ARTIFACTS_URL": "s3://sanitizer/redir", "SANITIZER_DOWNLOAD_REDIRECT": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    reset_caches()
+    stack.env.update(env, **s3.env())
+    stack.start_api()
+    with stack.client() as c:
+        jid = submit(c, inputs(c, assets))["id"]
+    payload = adapter_archive({"adapter_model.safetensors": b"w" * 50_000})
+    sha = get_store().put_bytes(f"jobs/{jid}/adapter.zip", payload)
+    with session_scope() as s:
+        job = s.get(Job, jid)
+        st.transition(job, st.RUNNING)
+        st.transition(job, st.SUCCEEDED)
+        job.artifact_sha256 = sha
+        _, other_key = create_key(s, "project-other")
+
+    url = f"{stack.url}/v1/jobs/{jid}/artifacts/adapter"
+    r = httpx.get(url, headers={"Authorization": f"Bearer {stack.key}"})
+    assert r.status_code == 307, r.text
+    location = r.headers["location"]
+    assert location.startswith(s3.url) and "X-Amz-Expires=300" in location
+    assert r.headers["x-content-sha256"] == sha and r.headers["cache-control"] == "no-store"
+    assert hashlib.sha256(httpx.get(location).content).hexdigest() == sha
+
+    with Client(stack.url, stack.key) as c:
+        got = c.jobs.download_adapter(jid, tmp_path / "a.zip")
+    assert got.verified and got.archive_sha256 == sha
+
+    denied = httpx.get(url, headers={"Authorization": f"Bearer {other_key}"})
+    assert denied.status_code == 404 and "location" not in denied.headers
+    assert denied.json()["code"] == "job_not_found"
+    with Client(stack.url, other_key) as c, pytest.raises(NotFoundError):
+        c.jobs.download_adapter(jid, tmp_path / "b.zip")
