@@ -53,6 +53,9 @@ class ArtifactStore(Protocol):
     def delete_prefix(self, prefix: str) -> None:
         """Delete every blob whose key starts with ``prefix/``."""
 
+    def list_prefix(self, prefix: str) -> list[tuple[str, int]]:
+        """(key below ``prefix/``, size) of every blob there, sorted."""
+
 
 def _check_key(key: str) -> PurePosixPath:
     p = PurePosixPath(key)
@@ -148,6 +151,16 @@ class LocalArtifactStore:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def list_prefix(self, prefix: str) -> list[tuple[str, int]]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(
+            (p.relative_to(base).as_posix(), p.stat().st_size)
+            for p in base.rglob("*")
+            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+        )
 
 
 class _Limited:

@@ -250,3 +250,15 @@ class S3ArtifactStore:
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+    def list_prefix(self, prefix: str) -> list[tuple[str, int]]:
+        base = self._key(prefix) + "/"
+        out = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=base
+        ):
+            for o in page.get("Contents", []):
+                rel = o["Key"][len(base) :]
+                if rel and not PurePosixPath(rel).name.startswith(".tmp"):
+                    out.append((rel, int(o["Size"])))
+        return sorted(out)

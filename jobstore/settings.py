@@ -42,6 +42,15 @@ class Settings(BaseSettings):
         "different hosts share no disk; unset: files under artifacts_dir",
     )
     work_dir: Path | None = Field(None, description="worker scratch space; default <data_dir>/work")
+    model_cache: Path | None = Field(
+        None,
+        description="where base models published to the artifact store (`sanitizer models "
+        "push`) are cached on this host; default <data_dir>/model-cache",
+    )
+    model_cache_bytes: int = Field(
+        50 * 1024**3, ge=0, description="size bound of the model cache; least recently used "
+        "models are evicted beyond it",
+    )  # fmt: skip
     queue: str = Field("sanitize", description="Celery queue the GPU workers consume")
     webhooks_queue: str = Field("webhooks", description="Celery queue of webhook deliveries")
     redis_key_prefix: str = Field("", description="prefix of every broker key (shared Redis)")
@@ -136,6 +145,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_path(self) -> Path:
         return self.artifacts_dir or self.data_dir / "artifacts"
+
+    @property
+    def model_cache_path(self) -> Path:
+        return self.model_cache or self.data_dir / "model-cache"
 
     @property
     def work_path(self) -> Path:

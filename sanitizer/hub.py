@@ -30,6 +30,23 @@ def _folder_name(model_id: str) -> str:
     return model_id.replace("/", "--")
 
 
+MODEL_CACHE_ENV = "SANITIZER_MODEL_CACHE"
+
+
+def cache_folder_name(model_id: str, revision: str | None) -> str:
+    """Folder of (id, revision) in a service host's model cache."""
+    return f"{_folder_name(model_id)}@{revision or 'main'}"
+
+
+def _cached(model_id: str, revision: str | None) -> Path | None:
+    """A model the service copied from its artifact store (jobstore.model_cache)."""
+    root = os.environ.get(MODEL_CACHE_ENV)
+    if not root:
+        return None
+    folder = Path(root) / cache_folder_name(model_id, revision)
+    return folder if (folder / ".sanitizer-model.json").is_file() else None
+
+
 def _hf_cache_candidates(model_id: str, revision: str | None) -> list[Path]:
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     hub = Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub"))
@@ -62,16 +79,28 @@ def resolve_model(model_id: str, revision: str | None = None, *, local_paths: bo
     folder = model_store_dir() / _folder_name(model_id)
     if (folder / "config.json").is_file():
         return folder
+    cached = _cached(model_id, revision)
+    if cached is not None:
+        return cached
     for cand in _hf_cache_candidates(model_id, revision):
         if (cand / "config.json").is_file():
             return cand
     if is_local:
         return local.resolve()
     available = ", ".join(list_models()) or "none"
+    if not local_paths:  # a remote client: name the remedy, not this server's disk
+        hint = (
+            "use one of the available ids, or ask the operator to install the model "
+            "(`sanitizer assets`, or `sanitizer models push` to the service's store)"
+        )
+    else:
+        hint = (
+            "run `sanitizer assets` to install the bundled models, or copy a Hugging Face "
+            f"folder to {folder}"
+        )
     raise UnknownModelError(
         f"base model '{model_id}' is not available on this server (available: {available})",
-        hint="run `sanitizer assets` to install the bundled models, or copy a Hugging Face "
-        f"folder to {folder}",
+        hint=hint,
     )
 
 

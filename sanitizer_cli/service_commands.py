@@ -14,6 +14,10 @@ import typer
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Base models shared with every worker host through the artifact store.",
+    no_args_is_help=True,
+)
 
 DEFAULT_PROJECT = "default"
 
@@ -229,8 +233,48 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     typer.echo(f"database at {get_settings().db_url.split('@')[-1]} is at {revision}")
 
 
+@models_app.command("push")
+def models_push(
+    model_id: str = typer.Argument(..., help="an installed model id, e.g. org/name"),
+    revision: str | None = typer.Option(None, help="the revision jobs will name (default main)"),
+    source: Path | None = typer.Option(
+        None, help="the model folder (default: the id's folder in SANITIZER_MODEL_STORE)"
+    ),
+) -> None:
+    """Publish a base model to the artifact store (SANITIZER_ARTIFACTS_URL), so worker hosts
+    that lack it copy it into their model cache when a job names it."""
+    from jobstore.artifacts import get_store
+    from jobstore.model_cache import push_model, store_prefix
+    from sanitizer.errors import SanitizerError
+    from sanitizer.hub import resolve_model
+
+    try:
+        folder = source or resolve_model(model_id, revision, local_paths=False)
+        n = push_model(get_store(), folder, model_id, revision)
+    except (SanitizerError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"pushed {n} files of {model_id} to {store_prefix(model_id, revision)}/")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Models installed on this host and models published to the artifact store."""
+    from jobstore.artifacts import get_store
+    from jobstore.model_cache import PREFIX
+    from sanitizer.hub import list_models
+
+    for m in list_models():
+        typer.echo(f"{m}\tinstalled")
+    published = sorted({k.split("/", 1)[0] for k, _ in get_store().list_prefix(PREFIX)})
+    for folder in published:
+        name, _, rev = folder.partition("@")
+        typer.echo(f"{name.replace('--', '/', 1)}\tpublished\t{rev}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("worker")(worker)
     app.add_typer(keys_app, name="keys")
     app.add_typer(db_app, name="db")
+    app.add_typer(models_app, name="models")

@@ -239,12 +239,13 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
         # the API took model ids only; the worker holds to that as well, so a job row that
         # names a folder (written some other way, or an id that became a folder on this host
         # since) never has the worker load a model from an arbitrary path on its disk
-        from sanitizer.hub import resolve_model
+        # (and a model published to the artifact store is copied into this host's cache)
+        from jobstore.model_cache import resolve
 
-        resolve_model(job.base_model, job.base_revision, local_paths=False)
+        resolve(job.base_model, job.base_revision)
         teacher = ((job.spec or {}).get("hyperparameters") or {}).get("teacher_model")
         if teacher:
-            resolve_model(str(teacher), local_paths=False)
+            resolve(str(teacher))
         missing = [
             i
             for i in (job.clean_dataset_file_id, job.test_dataset_file_id, job.adapter_file_id)

@@ -159,7 +159,7 @@ def _check_inputs(
     """Everything that can be checked without torch, so bad jobs fail now with a 4xx.
     Returns the body as it is stored: target labels given by name resolved to ids."""
     from app.uploads import validate_dataset
-    from sanitizer.hub import resolve_model
+    from jobstore.model_cache import resolve
     from sanitizer.safety import check_adapter_dir, check_adapter_fits, extract_archive
 
     methods = registry.method_names(include_auto=True)  # read per request: the registry
@@ -199,13 +199,13 @@ def _check_inputs(
     except ConfigError as exc:
         raise from_library(exc, field="method") from exc
     try:
-        model_dir = resolve_model(body.base_model, body.base_revision, local_paths=False)
+        model_dir = resolve(body.base_model, body.base_revision)
     except SanitizerError as exc:
         raise from_library(exc, field="base_model") from exc
     teacher = getattr(config, "teacher_model", None)
     if teacher:
         try:
-            resolve_model(teacher, local_paths=False)
+            resolve(teacher)
         except SanitizerError as exc:
             raise from_library(exc, field="hyperparameters.teacher_model") from exc
     ev = body.evaluation

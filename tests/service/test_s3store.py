@@ -100,7 +100,15 @@ def test_api_and_worker_share_no_disk(stack, assets, redis_url, pg_url, s3, tmp_
     )  # fmt: skip
     stack.env["SANITIZER_DATA_DIR"] = str(api_dir)
     stack.start_api()
+    # the GPU host has no models of its own: tiny/bert is published to the store once and
+    # the worker copies it into its model cache
+    from jobstore.model_cache import push_model
+
+    push_model(
+        S3ArtifactStore("s3://sanitizer/prod"), assets["store"] / "tiny--bert", "tiny/bert", None
+    )
     stack.env["SANITIZER_DATA_DIR"] = str(worker_dir)
+    stack.env["SANITIZER_MODEL_STORE"] = str(tmp_path / "no-models-here")
     stack.start_worker()
     with stack.client() as c:
         ids = inputs(c, assets)
@@ -111,6 +119,7 @@ def test_api_and_worker_share_no_disk(stack, assets, redis_url, pg_url, s3, tmp_
         sha = hashlib.sha256(r.content).hexdigest()
         assert sha == r.headers["x-content-sha256"] == job["artifacts"]["adapter"]["sha256"]
         assert c.get(f"/v1/jobs/{job['id']}/report").json()["job"]["id"] == job["id"]
+    assert (worker_dir / "model-cache" / "tiny--bert@main" / "config.json").is_file()
     # neither host kept a blob of its own: uploads and outputs live in the store only
     for host in (api_dir, worker_dir):
         blobs = [p for p in host.rglob("*") if p.is_file() and "artifacts" in p.parts]
