@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from app import problems
 from app.middleware import BodyLimit, RequestContext, RequestIdFilter
 from app.queue import get_queue
-from app.routers import files, health, jobs, project, ui
+from app.routers import catalog, files, health, jobs, project, ui
 from jobstore.artifacts import get_store
 from jobstore.db import session_factory, session_scope, upgrade
 from jobstore.files import expire_files
@@ -83,7 +83,7 @@ def create_app() -> FastAPI:
     problems.document(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestContext)  # outermost: the 413 carries the request id too
-    for r in (files.router, jobs.router, project.router, health.router, ui.router):
+    for r in (files.router, jobs.router, catalog.router, project.router, health.router, ui.router):
         app.include_router(r)
     if _collector is None:  # one per process (tests build several apps)
         _collector = health.StoreCollector(get_queue)

@@ -245,3 +245,33 @@ class ProjectPublic(BaseModel):
     id: str
     name: str
     webhook_secret: str = Field(description="verifies the webhook-signature header")
+
+
+class ModelPublic(BaseModel):
+    id: str = Field(description="the id a job names as base_model (or a teacher_model)")
+    object: Literal["model"] = "model"
+    revision: str | None = Field(None, description="published revision (None: installed)")
+    source: Literal["installed", "published"] = Field(
+        description="installed on the API host, or published to the artifact store "
+        "(`sanitizer models push`) and copied to a worker host when a job names it"
+    )
+
+
+class ModelsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]
+
+
+class MethodPublic(BaseModel):
+    id: str
+    object: Literal["method"] = "method"
+    summary: str
+    needs_trusted_base: bool = Field(
+        description="needs a base model id plus an adapter (it rebuilds on the base)"
+    )
+    hyperparameters: dict[str, Any] = Field(description="JSON schema of its hyperparameters")
+
+
+class MethodsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[MethodPublic]

@@ -105,9 +105,17 @@ def resolve_model(model_id: str, revision: str | None = None, *, local_paths: bo
 
 
 def list_models() -> list[str]:
+    """Ids ``resolve_model`` finds: the model store's, and the Hugging Face cache's."""
+    found = set()
     store = model_store_dir()
-    if not store.is_dir():
-        return []
-    return sorted(
-        p.name.replace("--", "/", 1) for p in store.iterdir() if (p / "config.json").is_file()
-    )
+    if store.is_dir():
+        found |= {
+            p.name.replace("--", "/", 1) for p in store.iterdir() if (p / "config.json").is_file()
+        }
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub = Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub"))
+    if hub.is_dir():
+        for p in hub.glob("models--*"):
+            if any((snap / "config.json").is_file() for snap in (p / "snapshots").glob("*")):
+                found.add(p.name.removeprefix("models--").replace("--", "/", 1))
+    return sorted(found)

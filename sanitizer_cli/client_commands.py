@@ -441,6 +441,8 @@ def submit(
 
     result: dict[str, Any] = {}
     with _handle_errors(), _client(url, api_key, http_timeout) as client:
+        _check_names(client, base_model, method if job_type == "sanitize" else None,
+                     hyperparameters.get("teacher_model"))  # fmt: skip
         files = {}
         for name, path, purpose in (
             ("adapter_file", adapter, "adapter"),
@@ -562,6 +564,32 @@ def submit(
             if scan is not None:
                 typer.echo(_scan_line(scan))
         raise typer.Exit(code)
+
+
+def _check_names(client: Any, base_model: str, method: str | None, teacher: Any) -> None:
+    """Before any upload: the model(s) and the method must exist on the service, or nothing is
+    uploaded (no orphan files) and the error lists what does exist."""
+    from sanitizer_client import NotFoundError
+
+    try:
+        models = client.models.ids()
+        methods = client.methods.ids()
+    except NotFoundError:
+        return  # a service older than /v1/models: it checks at submission
+    for flag, name in (("--base-model", base_model), ("-p teacher_model", teacher)):
+        if name is not None and str(name) not in models:
+            _die(
+                EXIT_USAGE,
+                f"{flag} {name}: the service has no such model (it has: "
+                f"{', '.join(models) or 'none'}); nothing was uploaded. An operator installs "
+                "one with `sanitizer assets` or publishes it with `sanitizer models push`",
+            )
+    if method is not None and method not in methods:
+        _die(
+            EXIT_USAGE,
+            f"--method {method}: unknown on the service (use one of: {', '.join(methods)}); "
+            "nothing was uploaded",
+        )
 
 
 # ------------------------------------------------------------------ jobs

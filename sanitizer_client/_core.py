@@ -9,6 +9,7 @@ nothing else differs between the sync and async clients.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import json
 import os
@@ -527,3 +528,23 @@ class Jobs:
     report_html = operation(_report_html)
     wait = operation(_wait)
     download_adapter = operation(_download_adapter)
+
+
+class Catalog:
+    """``client.models`` / ``client.methods``: what a job may name, read before uploading."""
+
+    def __init__(self, driver: Any, path: str) -> None:
+        self._driver, self._path = driver, path
+
+    def _list(self) -> Gen[builtins.list[dict[str, Any]]]:
+        """Every entry (``id`` and its details), as the service lists them."""
+        resp = yield Call("GET", self._path)
+        return builtins.list(resp.body["data"])
+
+    def _ids(self) -> Gen[builtins.list[str]]:
+        """Just the ids."""
+        resp = yield Call("GET", self._path)
+        return [str(d["id"]) for d in resp.body["data"]]
+
+    list = operation(_list)
+    ids = operation(_ids)

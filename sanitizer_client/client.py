@@ -20,6 +20,7 @@ import tenacity
 from sanitizer_client import __version__
 from sanitizer_client._core import (
     Call,
+    Catalog,
     Files,
     Gen,
     Jobs,
@@ -262,6 +263,8 @@ class Client:
         driver = _SyncDriver(self._http, policy, self.base_url)
         self.files = Files(driver)
         self.jobs = Jobs(driver)
+        self.models = Catalog(driver, "/v1/models")
+        self.methods = Catalog(driver, "/v1/methods")
 
     def close(self) -> None:
         self._http.close()
@@ -301,6 +304,8 @@ class AsyncClient:
         driver = _AsyncDriver(self._http, policy, self.base_url)
         self.files = Files(driver)
         self.jobs = Jobs(driver)
+        self.models = Catalog(driver, "/v1/models")
+        self.methods = Catalog(driver, "/v1/methods")
 
     async def aclose(self) -> None:
         await self._http.aclose()

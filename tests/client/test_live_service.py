@@ -261,7 +261,17 @@ def test_input_errors_exit_3(live: dict[str, Any], tmp_path: Path) -> None:
         str(live["clean"]),
     )
     assert bad.returncode == 3, bad.stderr
-    assert "unknown_method" in bad.stderr  # the service's answer, not a usage error
+    # checked against the service's GET /v1/methods before any upload (issue 26 item 10)
+    assert "--method nope: unknown on the service" in bad.stderr and "rebuild" in bad.stderr
+    assert "nothing was uploaded" in bad.stderr
+    before = {f.id for f in Client(live["url"], live["key"]).files.list()}
+    no_model = _cli(
+        live["env"], "submit", "--base-model", "org/absent", "--clean-data", str(live["clean"])
+    )
+    assert no_model.returncode == 3, no_model.stderr
+    assert "org/absent" in no_model.stderr and "tiny/bert" in no_model.stderr  # what exists
+    assert str(live["root"]) not in no_model.stderr  # no server path reaches a remote client
+    assert {f.id for f in Client(live["url"], live["key"]).files.list()} == before  # no orphans
     pickle_adapter = tmp_path / "pickled"
     pickle_adapter.mkdir()
     (pickle_adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')

@@ -779,3 +779,23 @@ def test_a_pipeline_rerun_reuses_its_uploads_and_replays_its_job(api, assets):
         headers={"Authorization": f"Bearer {api.key_b}"},
     )
     assert b.status_code == 201 and b.json()["id"] != first.json()["id"]
+
+
+def test_models_and_methods_are_listed_for_clients(api, assets):
+    """What a job may name, read before uploading (issue 26 item 10): installed and
+    published models, and the methods with their hyperparameter schemas."""
+    from jobstore.artifacts import get_store
+    from jobstore.model_cache import push_model
+
+    problem(api.get("/v1/models", headers={"Authorization": ""}), 401, "missing_api_key")
+    models = api.get("/v1/models").json()
+    ids = {m["id"]: m for m in models["data"]}
+    assert {"tiny/bert", "tiny/teacher"} <= set(ids) and ids["tiny/bert"]["source"] == "installed"
+    assert str(assets["store"]) not in json.dumps(models)  # ids, never server paths
+    push_model(get_store(), assets["store"] / "tiny--other", "org/published", "v1")
+    again = {(m["id"], m["source"], m["revision"]) for m in api.get("/v1/models").json()["data"]}
+    assert ("org/published", "published", "v1") in again
+    methods = {m["id"]: m for m in api.get("/v1/methods").json()["data"]}
+    assert {"auto", "rebuild", "crow", "w2sdefense", "finetune"} <= set(methods)
+    assert methods["rebuild"]["needs_trusted_base"] is True
+    assert "epochs" in methods["crow"]["hyperparameters"]["properties"]
