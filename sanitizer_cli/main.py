@@ -7,7 +7,7 @@ on a machine without torch.
 
 import typer
 
-from sanitizer_cli import assets_cmd, client_commands, lib_commands, service_commands
+from sanitizer_cli import assets_cmd, client_commands, hub_commands, lib_commands, service_commands
 
 app = typer.Typer(
     help="Remove backdoors from fine-tuned language models (rebuild, CROW, W2SDefense, ...) "
@@ -38,7 +38,7 @@ def _root(
     """Remove backdoors from fine-tuned language models and scan models for them."""
 
 
-for module in (assets_cmd, lib_commands, service_commands, client_commands):
+for module in (assets_cmd, lib_commands, service_commands, client_commands, hub_commands):
     module.register(app)
 
 
