@@ -176,6 +176,13 @@ class Progress(BaseModel):
     eta_seconds: float | None = None
     losses: dict[str, float] = Field(default_factory=dict)
     message: str | None = None
+    overall: float | None = Field(
+        None, description="share of the whole job done (0..1), across phases; null until the "
+        "training phase has a step rate to estimate from",
+    )  # fmt: skip
+    overall_eta_seconds: float | None = Field(
+        None, description="seconds until the whole job ends (estimated; null: not yet known)"
+    )
 
 
 class JobError(BaseModel):

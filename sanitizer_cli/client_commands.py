@@ -208,6 +208,11 @@ class ProgressView:
         steps = f"{p.step}/{p.total_steps}" if p.step is not None and p.total_steps else ""
         loss = " ".join(f"{k}={v:.4f}" for k, v in p.losses.items())
         eta = f"ETA {_duration(p.eta_seconds)}" if p.eta_seconds is not None else ""
+        if p.overall is not None and not job.done:  # the whole job, across phases
+            whole = f"job {100 * p.overall:.0f}%"
+            if p.overall_eta_seconds is not None:
+                whole += f", done in {_duration(p.overall_eta_seconds)}"
+            eta = f"{eta} ({whole})" if eta else f"({whole})"
         if self._progress is not None:
             self._progress.update(
                 self._task,

@@ -26,6 +26,8 @@ class Progress:
     eta_seconds: float | None = None
     losses: dict[str, float] = field(default_factory=dict)
     message: str | None = None
+    overall: float | None = None  # share of the whole job done, across phases (0..1)
+    overall_eta_seconds: float | None = None  # until the whole job ends (estimated)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -43,6 +45,8 @@ class Progress:
             if isinstance(losses, dict)
             else {},
             message=d.get("message"),
+            overall=_num(d.get("overall")),
+            overall_eta_seconds=_num(d.get("overall_eta_seconds")),
             raw=d,
         )
 

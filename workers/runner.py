@@ -28,6 +28,7 @@ from jobstore.db import session_scope
 from jobstore.jobs import add_event, finish
 from jobstore.models import File, Job, utcnow
 from jobstore.settings import get_settings
+from workers.overall import OverallProgress, plan_for
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,11 @@ class Heartbeat(threading.Thread):
 class Reporter:
     """The pipeline's ``progress`` and ``should_cancel`` callbacks, throttled."""
 
-    def __init__(self, job_id: str, min_interval: float) -> None:
+    def __init__(
+        self, job_id: str, min_interval: float, spec: dict[str, Any] | None = None
+    ) -> None:
         self.job_id, self.min_interval = job_id, min_interval
+        self.overall = OverallProgress(plan_for(spec or {}), time.monotonic())
         self._last_write = 0.0
         self._last_phase: str | None = None
         self._last_check = 0.0
@@ -68,6 +72,7 @@ class Reporter:
     def progress(self, event: Any) -> None:
         d = event.to_dict() if hasattr(event, "to_dict") else dict(event)
         now = time.monotonic()
+        overall, overall_eta = self.overall.update(d, now)  # every event: the rates stay true
         new_phase = d.get("phase") != self._last_phase
         last_step = d.get("total_steps") and d.get("step") == d.get("total_steps")
         if not (new_phase or last_step or now - self._last_write >= self.min_interval):
@@ -82,6 +87,8 @@ class Reporter:
             "eta_seconds": d.get("eta_seconds"),
             "losses": losses,
             "message": d.get("message") or None,
+            "overall": overall,
+            "overall_eta_seconds": overall_eta,
         }
         message = d.get("message") or (
             f"{d.get('phase')}: step {progress['step']}/{progress['total_steps']}"
@@ -234,7 +241,7 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
 
     settings = get_settings()
     running = [st.RUNNING, st.CANCELLING]
-    reporter = Reporter(job.id, settings.progress_interval)
+    reporter = Reporter(job.id, settings.progress_interval, job.spec)
     try:
         # the API took model ids only; the worker holds to that as well, so a job row that
         # names a folder (written some other way, or an id that became a folder on this host
