@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from sanitizer_cli.client_commands import (
+from sanitizer_cli.client_common import (
     EXIT_JOB,
     EXIT_OK,
     EXIT_POLICY,
