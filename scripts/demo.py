@@ -231,7 +231,7 @@ def main() -> int:
     from rich.console import Console
 
     from sanitizer.report_html import Policy, render_report_html
-    from sanitizer_cli.client_commands import ProgressView
+    from sanitizer_cli.client_common import ProgressView
     from sanitizer_client import Client, WaitTimeoutError
 
     t0 = time.monotonic()
