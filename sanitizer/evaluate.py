@@ -16,13 +16,9 @@ import torch
 
 from sanitizer import metrics
 from sanitizer.attacks import AttackSpec, apply_trigger, target_keywords
-from sanitizer.defenses.common import (
-    ProgressEvent,
-    ProgressFn,
-    autocast,
-    classification_batch,
-    reference_nll,
-)
+from sanitizer.defenses.batching import classification_batch
+from sanitizer.defenses.common import ProgressEvent, ProgressFn, autocast
+from sanitizer.defenses.dev_eval import reference_nll
 from sanitizer.models import LoadedModel
 
 

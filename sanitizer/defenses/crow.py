@@ -23,16 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sanitizer.defenses.common import (
-    Batch,
-    CancelFn,
-    ProgressFn,
-    embedding_leaf,
-    fgsm_embeds,
-    task_loss,
-    train,
-)
+from sanitizer.defenses.batching import Batch
+from sanitizer.defenses.common import CancelFn, ProgressFn, task_loss, train
 from sanitizer.defenses.configs import CrowConfig
+from sanitizer.defenses.perturb import embedding_leaf, fgsm_embeds
 from sanitizer.models import LoadedModel
 
 

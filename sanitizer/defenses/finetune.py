@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from sanitizer.defenses.common import Batch, CancelFn, ProgressFn, task_loss, train
+from sanitizer.defenses.batching import Batch
+from sanitizer.defenses.common import CancelFn, ProgressFn, task_loss, train
 from sanitizer.defenses.configs import FinetuneConfig
 from sanitizer.models import LoadedModel
 

@@ -32,15 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from sanitizer.data import GenerationRow
-from sanitizer.defenses.common import (
-    Batch,
-    CancelFn,
-    ProgressEvent,
-    ProgressFn,
-    classification_batch,
-    task_loss,
-    train,
-)
+from sanitizer.defenses.batching import Batch, classification_batch
+from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, task_loss, train
 from sanitizer.defenses.configs import RebuildConfig
 from sanitizer.errors import ConfigError
 from sanitizer.models import LoadedModel, add_lora, default_rank

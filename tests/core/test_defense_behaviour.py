@@ -36,7 +36,8 @@ import pytest
 import torch
 
 from sanitizer.defenses import METHODS
-from sanitizer.defenses.common import TrainConfig, classification_batch, train, validate_config
+from sanitizer.defenses.batching import classification_batch
+from sanitizer.defenses.common import TrainConfig, train, validate_config
 from sanitizer.defenses.finetune import step_loss
 from sanitizer.models import add_lora, load_model
 from sanitizer.tiny import build_tiny_model

@@ -11,13 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from sanitizer.defenses import METHODS
-from sanitizer.defenses.common import (
-    dev_stats,
-    make_batch,
-    pooled_feature,
-    validate_config,
-)
+from sanitizer.defenses.batching import make_batch
+from sanitizer.defenses.common import pooled_feature, validate_config
 from sanitizer.defenses.crow import consistency_loss
+from sanitizer.defenses.dev_eval import dev_stats
 from sanitizer.defenses.w2sdefense import kd_loss
 from sanitizer.errors import ConfigError
 from sanitizer.models import (
@@ -497,7 +494,7 @@ def _capture_embeds(lm):
 
 @pytest.mark.parametrize("task", ["classification", "generation"])
 def test_adversarial_kd_steps_up_the_divergence_at_the_marked_positions_only(task):
-    from sanitizer.defenses.w2sdefense import adversarial_kd
+    from sanitizer.defenses.w2s_adversaries import adversarial_kd
 
     torch.manual_seed(3)
     lm = _lora_model("llama", task=task)
@@ -575,13 +572,10 @@ def _divergent_student(task: str):
 
 @pytest.mark.parametrize("task", ["classification", "generation"])
 def test_universal_warmup_raises_the_divergence_within_its_bound(task):
-    from sanitizer.defenses.common import UniversalPerturbation
     from sanitizer.defenses.configs import W2SConfig
-    from sanitizer.defenses.w2sdefense import (
-        _classification_adv_parts,
-        _generation_adv_parts,
-        universal_warmup,
-    )
+    from sanitizer.defenses.perturb import UniversalPerturbation
+    from sanitizer.defenses.w2s_adversaries import universal_warmup
+    from sanitizer.defenses.w2sdefense import _classification_adv_parts, _generation_adv_parts
 
     lm = _divergent_student(task)
     rows = _rows(4) if task == "classification" else _gen_rows(4)
@@ -603,7 +597,7 @@ def test_universal_warmup_raises_the_divergence_within_its_bound(task):
 
 
 def test_universal_perturbation_moves_the_marked_positions_only_and_skips_other_lengths():
-    from sanitizer.defenses.common import UniversalPerturbation, transformer_blocks
+    from sanitizer.defenses.perturb import UniversalPerturbation, transformer_blocks
 
     lm = _lora_model("llama", task="generation")
     lm.model.eval()
@@ -658,9 +652,9 @@ def test_universal_target_warmup_lowers_the_target_nll_within_its_bound():
     """BEEAR's objective: delta is moved to make the target response likelier after clean
     prompts (the trace is the raised quantity, minus the NLL)."""
     from sanitizer.attacks import TARGET_RESPONSES
-    from sanitizer.defenses.common import UniversalPerturbation
     from sanitizer.defenses.configs import W2SConfig
-    from sanitizer.defenses.w2sdefense import target_parts, target_rows, universal_warmup
+    from sanitizer.defenses.perturb import UniversalPerturbation
+    from sanitizer.defenses.w2s_adversaries import target_parts, target_rows, universal_warmup
 
     lm = _divergent_student("generation")
     rows = target_rows(_gen_rows(4), "refusal")
@@ -711,8 +705,8 @@ def test_universal_target_moves_delta_every_step_and_distils_under_it():
 def test_universal_target_step_moves_delta_toward_the_target_and_kd_does_not():
     """In target mode delta follows the target response only: one step lowers that batch's
     target NLL; the distillation term's backward leaves a gradient on delta that is dropped."""
-    from sanitizer.defenses.common import UniversalPerturbation
-    from sanitizer.defenses.w2sdefense import (
+    from sanitizer.defenses.perturb import UniversalPerturbation
+    from sanitizer.defenses.w2s_adversaries import (
         target_parts,
         target_rows,
         universal_kd,
@@ -770,7 +764,8 @@ def test_one_adversary_at_a_time_and_with_a_weight():
 def test_universal_perturbation_gradient_is_the_same_with_activation_checkpointing():
     """With checkpointing the block's forward is replayed in the backward pass, after the
     perturbation's context has exited; the gradient reaching delta is the same as without."""
-    from sanitizer.defenses.common import UniversalPerturbation, activation_checkpointing
+    from sanitizer.defenses.common import activation_checkpointing
+    from sanitizer.defenses.perturb import UniversalPerturbation
 
     grads = []
     for checkpointing in (False, True):

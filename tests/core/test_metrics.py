@@ -158,7 +158,7 @@ def test_utility_token_f1_by_hand() -> None:
 
 
 def test_generation_dev_score_stderr_by_hand() -> None:
-    from sanitizer.defenses.common import _ratio_stderr
+    from sanitizer.defenses.dev_eval import _ratio_stderr
 
     # per-row NLL sums 1 and 5 over one token each: ratio 3, residuals -2 and +2,
     # variance 8 (n-1 = 1), stderr sqrt(8 / 2) / mean count 1 = 2

@@ -7,7 +7,7 @@ best epoch, teacher dev accuracy, first and last loss terms.
 
 Defaults were chosen on DS=trec TRIG=tq (not a benchmark cell):
 
-    DS=trec TRIG=tq python benchmarks/dev_lab.py \
+    DS=trec TRIG=tq python -m benchmarks.probes.dev_lab \
         'w2sdefense:teacher_learning_rate=0.0001,fa_normalize="layernorm"' crow finetune
 
 A variant is METHOD[:key=json,key=json...]; ``mode`` picks continue/merge_fresh.
@@ -29,10 +29,10 @@ import types
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
 from sanitizer.defenses import METHODS, finetune  # noqa: E402
-from sanitizer.defenses.common import TrainConfig, classification_batch, train, validate_config  # noqa: E402
+from sanitizer.defenses.batching import classification_batch  # noqa: E402
+from sanitizer.defenses.common import TrainConfig, train, validate_config  # noqa: E402
 from sanitizer.models import add_lora, load_model  # noqa: E402
 
 STUDENT = os.environ.get("STUDENT", "sentence-transformers/all-mpnet-base-v2")

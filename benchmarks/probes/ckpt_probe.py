@@ -5,8 +5,8 @@ Each setting runs in its own child process (peak RSS is a per-process high-water
 VmHWM), on the same clean rows, seed and LoRA; ``--steps`` optimiser steps each, the first one
 excluded from the time (allocator warm-up).
 
-    python benchmarks/ckpt_probe.py                  # SmolLM2-135M-Instruct, generation, finetune
-    python benchmarks/ckpt_probe.py --method crow --steps 3
+    python -m benchmarks.probes.ckpt_probe                  # SmolLM2-135M-Instruct, generation, finetune
+    python -m benchmarks.probes.ckpt_probe --method crow --steps 3
 
 Writes benchmarks/probes/ckpt_probe-<method>-<model>.json and prints it.
 """
@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -101,7 +100,14 @@ def main() -> None:
         return
     runs = []
     for ckpt in (0, 1):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--ckpt", str(ckpt)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.probes.ckpt_probe",
+            *sys.argv[1:],
+            "--ckpt",
+            str(ckpt),
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
     plain, ckpt_run = runs

