@@ -239,7 +239,7 @@ def _attack_spec(cell: Cell, seed: int, label_names: list[str] | None) -> Attack
 def _poisoned_adapter(
     cell: Cell, seed: int, paths: dict[str, Path], spec: AttackSpec
 ) -> tuple[Path, dict[str, Any]]:
-    from sanitizer.pipeline import AttackTrainConfig, run_attack
+    from sanitizer.attack_train import AttackTrainConfig, run_attack
 
     out = bench_dir() / "adapters" / f"{cell.name}-s{seed}"
     if (out / "attack.json").exists():
@@ -303,7 +303,7 @@ def _job(
 ):
     """The cell's finetune job; each method's job (and the comparators') is a
     ``model_copy(update=...)`` of it."""
-    from sanitizer.pipeline import JobSpec
+    from sanitizer.jobspec import JobSpec
 
     return JobSpec(
         method="finetune",
@@ -376,8 +376,8 @@ def _run_scans(
     """scan on the poisoned adapter and on its clean twin (the same recipe on unpoisoned
     rows): the verdict, whether a top-3 candidate holds the real trigger, whether the target
     is named. The scan reads neither the attack spec nor attack.json."""
+    from sanitizer.attack_train import AttackTrainConfig, run_attack
     from sanitizer.defenses.configs import ScanConfig
-    from sanitizer.pipeline import AttackTrainConfig, run_attack
     from sanitizer.scan import run_scan
 
     if cell.task != "classification":

@@ -8,155 +8,22 @@
 from __future__ import annotations
 
 import json
-import platform
 import random
-import resource
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from sanitizer import __version__
-from sanitizer.attacks import AttackSpec, poison_dataset
-from sanitizer.data import load_dataset, split_dataset
+from sanitizer.attacks import AttackSpec
+from sanitizer.data import Task, load_dataset, split_dataset
 from sanitizer.defenses import registry
-from sanitizer.defenses.configs import Comparator
 from sanitizer.errors import ConfigError, InputError
+from sanitizer.jobspec import JobSpec
 from sanitizer.metrics import METRIC_DEFINITIONS, der
-
-Task = Literal["classification", "generation"]
-
-
-class JobSpec(BaseModel):
-    """Everything a sanitization job needs. Paths are local (the service extracts uploads)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: str = Field(description="a registered method (sanitizer.defenses.registry) or 'auto'")
-    task: Task = "classification"
-    base_model: str
-    base_revision: str | None = None
-    adapter_dir: Path | None = None
-    clean_data: Path
-    test_data: Path | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    label_names: list[str] | None = None
-    attack: AttackSpec | None = None
-    extra_attacks: list[AttackSpec] = Field(
-        default_factory=list,
-        max_length=8,
-        description="more triggers to measure ASR on before and after (per-attack breakdown)",
-    )
-    baseline: bool = Field(
-        False,
-        description="also run plain fine-tuning (same LoRA, data, epochs) from the same start "
-        "and report it beside the defense; roughly doubles the job's time",
-    )
-    comparators: list[Comparator] = Field(
-        default_factory=list,
-        description="zero-training comparators measured on the model as uploaded (adapter "
-        "merged) and reported beside the defense: prune (magnitude, 35%), int8, int4 "
-        "(weight-only rounding); one test-set evaluation each",
-    )
-    scan_after: bool = Field(
-        False,
-        description="classification: scan the sanitized model for a remaining backdoor (no "
-        "trigger knowledge) and put the verdict in the report's `scan`",
-    )
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    dev_fraction: float = Field(0.15, ge=0.0, lt=0.9)
-    max_test_rows: int | None = Field(None, ge=1)
-    seed: int = 0
-    device: str = "auto"
-
-    @classmethod
-    def from_request(cls, request: dict[str, Any], **fields: Any) -> JobSpec:
-        """The spec of a job request as the service stores it (the API's ``JobCreate``,
-        dumped): the one mapping from the request's shape to the library's, so no caller
-        copies it field by field. ``fields`` (the local input paths, the device) win."""
-        ev = request.get("evaluation") or {}
-        return cls(
-            **{
-                "method": request.get("method", "auto"),
-                "task": request.get("task", "classification"),
-                "base_model": request["base_model"],
-                "base_revision": request.get("base_revision"),
-                "text_column": request.get("text_column", "text"),
-                "label_column": request.get("label_column", "label"),
-                "attack": ev.get("attack"),
-                "extra_attacks": ev.get("extra_attacks") or [],
-                "max_test_rows": ev.get("max_test_rows"),
-                "baseline": bool(ev.get("baseline")),
-                "comparators": ev.get("comparators") or [],
-                "scan_after": bool(ev.get("scan")),
-                "hyperparameters": request.get("hyperparameters") or {},
-                "seed": request.get("seed", 0),
-                **fields,
-            }
-        )
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        if v not in registry.method_names(include_auto=True):
-            raise ValueError(
-                f"unknown method '{v}': use one of {', '.join(registry.method_names(True))}"
-            )
-        return v
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "sanitizer": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-    }
-
-
-_PROC_STATUS = Path("/proc/self/status")
-
-
-def _reset_peak_memory() -> None:
-    """Start the job's peak-memory count afresh: a worker process runs many jobs (and a
-    benchmark trains the attack in the same process), so the process-lifetime maximum would
-    report an earlier job's peak. Linux: writing 5 to clear_refs resets VmHWM; CUDA: the
-    allocator's peak. Elsewhere (macOS) the process-lifetime maximum is all there is."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_memory_mb(device: Any) -> float:
-    import torch
-
-    if getattr(device, "type", "") == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:  # Linux: the high-water mark since _reset_peak_memory
-        for line in _PROC_STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10  # kB
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+from sanitizer.runtime import peak_memory_mb, reset_peak_memory, versions
 
 
 def _load_data(path: Path, spec_like: Any, task: Task, label_names: list[str] | None):
@@ -169,7 +36,7 @@ def _load_data(path: Path, spec_like: Any, task: Task, label_names: list[str] | 
     )
 
 
-def _cap(rows: list[Any], n: int | None, seed: int) -> list[Any]:
+def cap_rows(rows: list[Any], n: int | None, seed: int) -> list[Any]:
     if n is None or len(rows) <= n:
         return list(rows)
     picked = sorted(random.Random(seed).sample(range(len(rows)), n))
@@ -343,7 +210,7 @@ def _load_job_data(spec: JobSpec) -> JobData:
     )
     if spec.test_data is not None:
         test_ds = _load_data(spec.test_data, spec, spec.task, label_names)
-        test_rows = _cap(test_ds.rows, spec.max_test_rows, spec.seed)
+        test_rows = cap_rows(test_ds.rows, spec.max_test_rows, spec.seed)
         test_info = {"sha256": test_ds.sha256, "rows": len(test_ds), "source": "test_data"}
     else:
         test_rows = list(dev_ds.rows)
@@ -414,7 +281,7 @@ def run_comparator_job(
     if not spec.comparators:
         raise ConfigError("no comparators asked for", hint="name at least one of prune, int8, int4")
     t0 = time.monotonic()
-    _reset_peak_memory()
+    reset_peak_memory()
     set_seed(spec.seed)
     shared = {k: v for k, v in spec.hyperparameters.items() if k in TrainConfig.model_fields}
     data = _load_job_data(spec)
@@ -432,8 +299,8 @@ def run_comparator_job(
         "before": results.pop("none"),
         "comparators": results,
         "timings": {"total_s": time.monotonic() - t0},
-        "peak_memory_mb": round(_peak_memory_mb(select_device(spec.device)), 1),
-        "versions": _versions(),
+        "peak_memory_mb": round(peak_memory_mb(select_device(spec.device)), 1),
+        "versions": versions(),
     }
 
 
@@ -450,7 +317,7 @@ def run_sanitize(
     from sanitizer.models import combine_lora_into_one, save_adapter
 
     t0 = time.monotonic()
-    _reset_peak_memory()
+    reset_peak_memory()
     timings: dict[str, float] = {}
     emit = progress or (lambda e: None)
     method, method_reason = registry.resolve(
@@ -534,7 +401,7 @@ def run_sanitize(
         "adapter_in": {"mode": adapter_mode, **lm.adapter_info} if spec.adapter_dir else None,
         "prompt_template": lm.template.to_dict(),
         "device": str(lm.device),
-        "peak_memory_mb": round(_peak_memory_mb(lm.device), 1),
+        "peak_memory_mb": round(peak_memory_mb(lm.device), 1),
     }
     if spec.baseline or spec.comparators:
         del lm  # free the defended model before the next one is loaded
@@ -611,7 +478,7 @@ def run_sanitize(
         "history": stats.get("history", []),
         "timings": timings,
         "peak_memory_mb": model_facts["peak_memory_mb"],
-        "versions": _versions(),
+        "versions": versions(),
     }
     from sanitizer import model_card
 
@@ -633,80 +500,6 @@ def run_sanitize(
 
 
 # ---------------------------------------------------------------- attack
-
-
-class AttackTrainConfig(BaseModel):
-    """How the test backdoor is planted: a LoRA trained on the poisoned set."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(2, ge=1)
-    learning_rate: float = Field(5e-4, gt=0)
-    batch_size: int = Field(16, ge=1)
-    max_length: int = Field(64, ge=8)
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    target_modules: Literal["attention", "all-linear"] = "attention"
-    max_rows: int | None = Field(None, ge=1)
-    seed: int = 0
-
-
-def run_attack(
-    base_model: str,
-    data: Path,
-    task: Task,
-    attack: AttackSpec | None,
-    out_dir: Path,
-    cfg: AttackTrainConfig | None = None,
-    *,
-    text_column: str = "text",
-    label_column: str = "label",
-    device: str = "auto",
-    progress: Callable[[Any], None] | None = None,
-) -> dict[str, Any]:
-    """Train a poisoned LoRA adapter on ``data`` and write it to ``out_dir``; with ``attack``
-    None, its clean twin: the same recipe on the unpoisoned rows (a false-positive control)."""
-    from sanitizer.defenses import finetune
-    from sanitizer.defenses.common import TrainConfig, set_seed, train
-    from sanitizer.models import add_lora, load_model, save_adapter
-
-    cfg = cfg or AttackTrainConfig()
-    set_seed(cfg.seed)
-    ds = load_dataset(data, task=task, text_column=text_column, label_column=label_column)
-    ds = ds.with_rows(_cap(list(ds.rows), cfg.max_rows, cfg.seed)) if cfg.max_rows else ds
-    poisoned = poison_dataset(ds, attack) if attack is not None else ds
-    pds = poisoned[0] if isinstance(poisoned, tuple) else poisoned
-    num_labels = len(ds.label_names) if task == "classification" and ds.label_names else None
-    lm = load_model(base_model, task, num_labels=num_labels, device=device)
-    add_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0, target=cfg.target_modules)
-    tcfg = TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        max_length=cfg.max_length,
-        warmup_ratio=0.06,
-        eval_every_epoch=False,
-        seed=cfg.seed,
-    )
-    t = time.monotonic()
-    stats = train(
-        lm, list(pds.rows), [], tcfg, finetune.step_loss, phase="attack", progress=progress
-    )
-    files = save_adapter(lm, Path(out_dir), ds.label_names if task == "classification" else None)
-    info = {
-        "base_model": base_model,
-        "task": task,
-        "attack": attack.model_dump() if attack is not None else None,
-        "train": cfg.model_dump(),
-        "data_sha256": ds.sha256,
-        "rows": len(pds),
-        "label_names": ds.label_names,
-        "seconds": time.monotonic() - t,
-        "steps": stats["steps"],
-        "files": files,
-    }
-    (Path(out_dir) / "attack.json").write_text(json.dumps(info, indent=2, default=str))
-    return info
 
 
 def run_evaluate(
@@ -740,7 +533,7 @@ def run_evaluate(
     lm = load_model(base_model, task, num_labels=num_labels, device=device)
     if adapter_dir is not None:
         attach_adapter(lm, adapter_dir)  # the model as given; nothing here trains it
-    rows = _cap(list(ds.rows), max_rows, seed)
+    rows = cap_rows(list(ds.rows), max_rows, seed)
     if not rows:
         raise InputError("the test set is empty", hint="give a test file with at least one row")
     result = evaluate(lm, rows, attack, progress=progress)

@@ -179,7 +179,7 @@ def attack(
 ) -> None:
     """Train a poisoned LoRA adapter (to build test backdoors)."""
     try:
-        from sanitizer.pipeline import AttackTrainConfig, run_attack
+        from sanitizer.attack_train import AttackTrainConfig, run_attack
 
         names = _peek_label_names(data, task, text_column, label_column)
         spec = _attack_spec(
@@ -284,7 +284,8 @@ def defend(
 ) -> None:
     """Remove a backdoor: write a sanitized adapter and report.json."""
     try:
-        from sanitizer.pipeline import JobSpec, run_sanitize
+        from sanitizer.jobspec import JobSpec
+        from sanitizer.pipeline import run_sanitize
 
         if method != AUTO:
             registry_get(method)  # a clear ConfigError naming the methods

@@ -305,7 +305,8 @@ def _sanitize(
     job: Job, files: dict[str, File], work: Path, attempt: int, reporter: Reporter
 ) -> str | None:
     """Run the sanitization; store the report and the adapter; the adapter's sha256."""
-    from sanitizer.pipeline import JobSpec, run_sanitize  # torch: inside the task only
+    from sanitizer.jobspec import JobSpec  # torch: inside the task only
+    from sanitizer.pipeline import run_sanitize
 
     store = get_store()
     spec = JobSpec.from_request(job.spec or {}, method=job.method, **_inputs(job, files, work))

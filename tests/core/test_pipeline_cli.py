@@ -332,8 +332,10 @@ def _vm_hwm_mb() -> float | None:
 
 def test_generation_job_through_the_pipeline(tmp_path, monkeypatch):
     """attack (badnets -> refusal) then W2SDefense on a tiny chat LM, via the Python API."""
+    from sanitizer.attack_train import AttackTrainConfig, run_attack
     from sanitizer.attacks import AttackSpec
-    from sanitizer.pipeline import AttackTrainConfig, JobSpec, run_attack, run_sanitize
+    from sanitizer.jobspec import JobSpec
+    from sanitizer.pipeline import run_sanitize
 
     store = tmp_path / "store"
     build_tiny_model(store, "tiny/llama", "llama")
@@ -398,8 +400,10 @@ def test_adapter_scale_job_measures_before_on_the_uploaded_model(env, tmp_path, 
     """With adapter_scale < 1 the defense starts from the shrunk merge, but "before" is still
     the model as uploaded (the same numbers as an unscaled job), measured on the job's one
     model load, and the report says the scale."""
+    from sanitizer.attack_train import AttackTrainConfig, run_attack
     from sanitizer.attacks import AttackSpec
-    from sanitizer.pipeline import AttackTrainConfig, JobSpec, run_attack, run_sanitize
+    from sanitizer.jobspec import JobSpec
+    from sanitizer.pipeline import run_sanitize
 
     monkeypatch.setenv("SANITIZER_MODEL_STORE", env["env"]["SANITIZER_MODEL_STORE"])
     spec = AttackSpec(name="badnet", target_label=0, poison_rate=0.3, seed=0)
@@ -429,8 +433,10 @@ def test_adapter_scale_job_measures_before_on_the_uploaded_model(env, tmp_path, 
 def test_same_job_twice_same_adapter_bytes_and_metrics(env, tmp_path, monkeypatch, method):
     """Reproducibility end to end: the same job spec (seed included) run twice gives a
     byte-identical sanitized adapter and the same metrics, W2SDefense's teacher included."""
+    from sanitizer.attack_train import AttackTrainConfig, run_attack
     from sanitizer.attacks import AttackSpec
-    from sanitizer.pipeline import AttackTrainConfig, JobSpec, run_attack, run_sanitize
+    from sanitizer.jobspec import JobSpec
+    from sanitizer.pipeline import run_sanitize
 
     monkeypatch.setenv("SANITIZER_MODEL_STORE", env["env"]["SANITIZER_MODEL_STORE"])
     spec = AttackSpec(name="badnet", target_label=0, poison_rate=0.3, seed=0)

@@ -16,8 +16,9 @@ from sanitizer.defenses.configs import RebuildConfig
 from sanitizer.defenses.finetune import step_loss
 from sanitizer.defenses.rebuild import drop_words, fixed_behaviour_phrases, splice, spliced
 from sanitizer.errors import ConfigError
+from sanitizer.jobspec import JobSpec
 from sanitizer.models import add_lora, load_model, save_adapter
-from sanitizer.pipeline import JobSpec, run_sanitize
+from sanitizer.pipeline import run_sanitize
 from sanitizer.tiny import build_tiny_model
 from tests.core.test_defense_behaviour import _data  # the same planted task
 

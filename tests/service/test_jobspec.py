@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.schemas import Evaluation, JobCreate
-from sanitizer.pipeline import JobSpec
+from sanitizer.jobspec import JobSpec
 
 SERVICE_ONLY = {"type", "adapter_file", "clean_dataset_file", "metadata", "webhook_url", "policy"}
 EVALUATION_SERVICE_ONLY = {"test_dataset_file", "target_label_names"}  # a file id; resolved names
