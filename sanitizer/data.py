@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import random
 from collections.abc import Sequence
@@ -36,7 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from sanitizer.errors import DataValidationError, InputError, Problem
+from sanitizer.data_readers import Problems, decode, read_csv, read_jsonl, read_parquet
+from sanitizer.errors import InputError
 
 Task = Literal["classification", "generation"]
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
@@ -114,130 +114,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 # ---------------------------------------------------------------- reading records
 
 
-class _Problems:
-    """Collects problems up to a cap; raising happens at the end of loading."""
-
-    def __init__(self, file: str, cap: int) -> None:
-        self.file, self.cap = file, cap
-        self.items: list[Problem] = []
-        self.header_line: int | None = None  # 1 for CSV: missing columns point at the header
-
-    def add(self, line: int | None, column: str | None, message: str) -> None:
-        if len(self.items) < self.cap:
-            self.items.append(Problem(self.file, line, column, message))
-
-    @property
-    def full(self) -> bool:
-        return len(self.items) >= self.cap
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise DataValidationError(
-                self.items, hint="fix the listed rows or columns and upload the file again"
-            )
-
-
-def _decode(raw: bytes, probs: _Problems) -> str | None:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        offset = exc.start
-        line = raw.count(b"\n", 0, offset) + 1
-        probs.add(
-            line,
-            None,
-            f"file is not UTF-8 (byte 0x{raw[offset]:02x} at offset {offset}); re-save it as UTF-8",
-        )
-        return None
-
-
-def _read_csv(text: str, probs: _Problems) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    csv.field_size_limit(1 << 26)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records: list[tuple[int, dict[str, Any]]] = []
-    header: list[str] = []
-    prev_end = 0
-    try:
-        for fields in reader:
-            start = prev_end + 1
-            prev_end = reader.line_num
-            if not header:
-                if not fields:
-                    continue
-                header = [h.strip() for h in fields]
-                continue
-            if not fields or all(not f.strip() for f in fields):
-                continue  # blank line
-            if len(fields) != len(header):
-                probs.add(
-                    start,
-                    None,
-                    f"expected {len(header)} fields ({', '.join(header)}) but found "
-                    f"{len(fields)}; quote fields that contain commas or line breaks",
-                )
-                continue
-            records.append((start, dict(zip(header, fields, strict=True))))
-    except csv.Error as exc:
-        probs.add(prev_end + 1, None, f"malformed CSV ({exc}); check the quoting on this line")
-    if not header:
-        probs.add(1, None, "the file is empty; a CSV needs a header line and data rows")
-    return header, records
-
-
-def _read_jsonl(text: str, probs: _Problems) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    records: list[tuple[int, dict[str, Any]]] = []
-    seen: dict[str, None] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except RecursionError:
-            probs.add(lineno, None, "JSON nested too deeply; each line must be one flat object")
-            continue
-        except json.JSONDecodeError as exc:
-            probs.add(
-                lineno,
-                None,
-                f"malformed JSON ({exc.msg} at character {exc.colno}); each line must be one "
-                "JSON object",
-            )
-            continue
-        if not isinstance(obj, dict):
-            probs.add(
-                lineno,
-                None,
-                f"expected a JSON object, found {type(obj).__name__}; each line must be one "
-                'JSON object like {"text": ..., "label": ...}',
-            )
-            continue
-        for k in obj:
-            seen.setdefault(k, None)
-        records.append((lineno, obj))
-    return list(seen), records
-
-
-def _read_parquet(
-    path: Path, probs: _Problems
-) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        probs.add(
-            None,
-            None,
-            "reading .parquet needs pyarrow (pip install pyarrow); or convert the file to CSV "
-            "or JSONL",
-        )
-        return [], []
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        probs.add(None, None, f"cannot read parquet file ({exc}); re-export it")
-        return [], []
-    return list(table.column_names), [(i, r) for i, r in enumerate(table.to_pylist(), start=1)]
-
-
 # ---------------------------------------------------------------- task parsing
 
 
@@ -259,7 +135,7 @@ def _label_text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else str(value)
 
 
-def _missing_column(probs: _Problems, col: str, found: list[str], option: str) -> None:
+def _missing_column(probs: Problems, col: str, found: list[str], option: str) -> None:
     probs.add(
         probs.header_line,
         col,
@@ -271,7 +147,7 @@ def _missing_column(probs: _Problems, col: str, found: list[str], option: str) -
 def _parse_classification(
     header: list[str],
     records: list[tuple[int, dict[str, Any]]],
-    probs: _Problems,
+    probs: Problems,
     text_column: str,
     label_column: str,
     label_names: list[str] | None,
@@ -396,7 +272,7 @@ def _parse_classification(
 
 
 def _chat_to_row(
-    messages: Any, line: int, probs: _Problems, keep_system: bool
+    messages: Any, line: int, probs: Problems, keep_system: bool
 ) -> GenerationRow | None:
     if not isinstance(messages, list) or not all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
@@ -433,7 +309,7 @@ def _chat_to_row(
 def _parse_generation(
     header: list[str],
     records: list[tuple[int, dict[str, Any]]],
-    probs: _Problems,
+    probs: Problems,
     keep_system: bool,
 ) -> list[GenerationRow]:
     has_chat = "messages" in header
@@ -491,7 +367,7 @@ def load_dataset(
     """Read and validate ``path``; raise DataValidationError listing every problem found."""
     path = Path(path)
     name = path.name
-    probs = _Problems(name, max_problems)
+    probs = Problems(name, max_problems)
     if task not in ("classification", "generation"):
         raise InputError(f"unknown task '{task}'", hint="use 'classification' or 'generation'")
     suffix = path.suffix.lower()
@@ -509,15 +385,15 @@ def load_dataset(
     raw = path.read_bytes() if suffix != ".parquet" else b""
     digest = hashlib.sha256(raw).hexdigest() if raw else sha256_file(path)
     if suffix == ".parquet":
-        header, records = _read_parquet(path, probs)
+        header, records = read_parquet(path, probs)
     else:
-        text = _decode(raw, probs)
+        text = decode(raw, probs)
         if text is None:
             probs.raise_if_any()
         assert text is not None
         if suffix == ".csv":
             probs.header_line = 1
-        header, records = (_read_csv if suffix == ".csv" else _read_jsonl)(text, probs)
+        header, records = (read_csv if suffix == ".csv" else read_jsonl)(text, probs)
 
     names: list[str] | None = None
     rows: list[Any]
