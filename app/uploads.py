@@ -192,7 +192,8 @@ async def receive(request: Request, settings: Settings) -> Upload:
 
 def validate_adapter(path: Path, work: Path, settings: Settings) -> dict[str, Any]:
     """Unpack into ``work`` with the library's safe extractor and check the PEFT folder."""
-    from sanitizer.safety import check_adapter_dir, extract_archive
+    from sanitizer.archives import extract_archive
+    from sanitizer.safety import check_adapter_dir
 
     if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise ApiError(

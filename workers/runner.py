@@ -152,7 +152,7 @@ def _send_webhook(delivery_id: str) -> None:
 
 def _inputs(job: Job, files: dict[str, File], work: Path) -> dict[str, Any]:
     """Fetch the job's files into ``work/inputs`` and return the JobSpec fields they give."""
-    from sanitizer.safety import extract_archive
+    from sanitizer.archives import extract_archive
 
     settings = get_settings()
     store = get_store()

@@ -96,7 +96,8 @@ def check_inputs(
     Returns the body as it is stored: target labels given by name resolved to ids."""
     from app.uploads import validate_dataset
     from jobstore.model_cache import resolve
-    from sanitizer.safety import check_adapter_dir, check_adapter_fits, extract_archive
+    from sanitizer.archives import extract_archive
+    from sanitizer.safety import check_adapter_dir, check_adapter_fits
 
     methods = registry.method_names(include_auto=True)  # read per request: the registry
     if body.type == "scan":

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sanitizer import safety
+from sanitizer import archives
+from sanitizer.archives import extract_archive
 from sanitizer.errors import AdapterMismatchError, InputError, UnsafeFileError
-from sanitizer.safety import check_adapter_dir, extract_archive, read_safetensors_header
+from sanitizer.safety import check_adapter_dir, read_safetensors_header
 
 MB = 1 << 20
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -151,13 +152,13 @@ class _Endless(io.RawIOBase):
 
 
 def test_stream_counts_actual_bytes(tmp_path: Path) -> None:
-    budget = safety._Budget(max_bytes=3 * MB, max_files=10, archive=tmp_path / "x.zip")
+    budget = archives._Budget(max_bytes=3 * MB, max_files=10, archive=tmp_path / "x.zip")
     with pytest.raises(UnsafeFileError, match="data actually extracted exceeds the limit"):
-        safety._stream(_Endless(), tmp_path / "f", budget, 10**12, "f", None)
+        archives._stream(_Endless(), tmp_path / "f", budget, 10**12, "f", None)
     assert (tmp_path / "f").stat().st_size <= 3 * MB
-    budget2 = safety._Budget(max_bytes=100 * MB, max_files=10, archive=tmp_path / "x.zip")
+    budget2 = archives._Budget(max_bytes=100 * MB, max_files=10, archive=tmp_path / "x.zip")
     with pytest.raises(UnsafeFileError, match="larger than its header declares"):
-        safety._stream(_Endless(), tmp_path / "g", budget2, 5000, "g", None)
+        archives._stream(_Endless(), tmp_path / "g", budget2, 5000, "g", None)
 
 
 def test_too_many_files(tmp_path: Path) -> None:
@@ -337,7 +338,8 @@ def test_safetensors_header_length_lies(tmp_path: Path) -> None:
 def test_core_modules_do_not_import_heavy_packages() -> None:
     code = (
         "import sys; import sanitizer.data, sanitizer.attacks, sanitizer.metrics, "
-        "sanitizer.safety; "
+        "sanitizer.safety, sanitizer.archives, sanitizer.jobspec, sanitizer.data_readers, "
+        "sanitizer.report_html, sanitizer.publish; "
         "print(sorted(m for m in ('torch', 'transformers', 'peft', 'fastapi', 'celery', "
         "'pyarrow') if m in sys.modules))"
     )
