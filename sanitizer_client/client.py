@@ -20,10 +20,7 @@ import tenacity
 from sanitizer_client import __version__
 from sanitizer_client._core import (
     Call,
-    Catalog,
-    Files,
     Gen,
-    Jobs,
     Page,
     Response,
     RetryPolicy,
@@ -34,6 +31,7 @@ from sanitizer_client._core import (
     request_kwargs,
     resume_state,
 )
+from sanitizer_client._resources import Catalog, Files, Jobs
 from sanitizer_client.errors import APIConnectionError, APITimeoutError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
