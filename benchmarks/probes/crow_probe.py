@@ -22,7 +22,8 @@ import json
 
 import torch
 
-from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir
+from benchmarks.cells import CELLS, DEV_CELLS
+from benchmarks.run import _attack_spec, _subset, bench_dir
 from sanitizer.attacks import triggered_test_set
 from sanitizer.data import load_dataset
 from sanitizer.defenses.batching import make_batch

@@ -33,7 +33,8 @@ import time
 
 import torch
 
-from benchmarks.run import CELLS, DEV_CELLS, _attack_spec, _subset, bench_dir
+from benchmarks.cells import CELLS, DEV_CELLS
+from benchmarks.run import _attack_spec, _subset, bench_dir
 from sanitizer.attacks import target_keywords, triggered_test_set
 from sanitizer.data import load_dataset
 from sanitizer.defenses.configs import W2SConfig

