@@ -190,7 +190,7 @@ def _job(
 def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str, Any]) -> None:
     """prune / int8 / int4 on the poisoned model: one result file each, like a method's (the
     edit takes no training, so its `defense_s` is 0)."""
-    from sanitizer.pipeline import run_comparator_job
+    from sanitizer.measure_jobs import run_comparator_job
 
     out = _results_dir(cell.dev) / cell.name
     if all((out / f"{c}-s{seed}.json").exists() for c in COMPARATORS):

@@ -20,7 +20,7 @@ from typing import Any
 from sanitizer.attacks import AttackSpec
 from sanitizer.data import Task, load_dataset, split_dataset
 from sanitizer.defenses import registry
-from sanitizer.errors import ConfigError, InputError
+from sanitizer.errors import ConfigError
 from sanitizer.jobspec import JobSpec
 from sanitizer.metrics import METRIC_DEFINITIONS, der
 from sanitizer.runtime import peak_memory_mb, reset_peak_memory, versions
@@ -43,7 +43,7 @@ def cap_rows(rows: list[Any], n: int | None, seed: int) -> list[Any]:
     return [rows[i] for i in picked]
 
 
-def _load_base(spec: JobSpec, num_labels: int | None):
+def load_base(spec: JobSpec, num_labels: int | None):
     from sanitizer.models import load_model
 
     return load_model(
@@ -70,7 +70,7 @@ def prepare_model(
     from sanitizer.defenses.common import check_checkpointing
     from sanitizer.models import add_lora, attach_adapter, default_rank, merge_adapter
 
-    lm = _load_base(spec, num_labels)
+    lm = load_base(spec, num_labels)
     if start == "uploaded":  # the method takes the model as uploaded and trains on the base
         if spec.adapter_dir is None:
             raise ConfigError(
@@ -126,7 +126,7 @@ def attack_label(attack: AttackSpec) -> str:
     return f"{attack.name} '{trigger}'"
 
 
-def _measure(
+def measure(
     lm: Any,
     rows: list[Any],
     spec: JobSpec,
@@ -176,7 +176,7 @@ def _run_baseline(
 
     finetune(lm, train_rows, dev_rows, ft_cfg, progress=relabel, should_cancel=should_cancel)
     train_s = time.monotonic() - t
-    after, per_attack = _measure(lm, test_rows, spec, eval_kw)
+    after, per_attack = measure(lm, test_rows, spec, eval_kw)
     return {
         "method": "finetune",
         "adapter_mode": mode,
@@ -202,7 +202,7 @@ class JobData:
         return len(self.label_names) if self.label_names else None
 
 
-def _load_job_data(spec: JobSpec) -> JobData:
+def load_job_data(spec: JobSpec) -> JobData:
     clean = _load_data(spec.clean_data, spec, spec.task, spec.label_names)
     label_names = clean.label_names if spec.task == "classification" else None
     train_ds, dev_ds, _ = split_dataset(
@@ -223,85 +223,8 @@ def _load_job_data(spec: JobSpec) -> JobData:
     return JobData(clean, train_ds, dev_ds, label_names, test_rows, test_info)
 
 
-def _eval_kw(spec: JobSpec, cfg: Any) -> dict[str, Any]:
+def eval_kwargs(spec: JobSpec, cfg: Any) -> dict[str, Any]:
     return {"max_length": cfg.max_length} if spec.task == "classification" else {}
-
-
-def run_comparators(
-    spec: JobSpec,
-    num_labels: int | None,
-    test_rows: list[Any],
-    eval_kw: dict[str, Any],
-    emit: Callable[[Any], None] = lambda e: None,
-    include_unedited: bool = False,
-) -> dict[str, Any]:
-    """Each of ``spec.comparators`` applied to the model as uploaded (base + adapter merged),
-    measured on the test rows like the defense, then undone (docs/METHODS_NOTES.md, zero-training comparators). With
-    ``include_unedited`` the unedited model's metrics come first, under ``none``."""
-    from sanitizer.comparators import applied
-    from sanitizer.defenses.common import ProgressEvent
-    from sanitizer.defenses.configs import COMPARATORS
-    from sanitizer.models import load_adapter
-
-    lm = _load_base(spec, num_labels)
-    if spec.adapter_dir is not None:
-        load_adapter(lm, spec.adapter_dir, "merge_fresh")
-    results: dict[str, Any] = {}
-    if include_unedited:
-        results["none"] = _measure(lm, test_rows, spec, eval_kw)[0]
-    for i, name in enumerate(spec.comparators):
-        emit(
-            ProgressEvent(
-                "comparators",
-                step=i,
-                total_steps=len(spec.comparators),
-                message=f"measuring the {name} comparator",
-            )
-        )
-        t = time.monotonic()
-        with applied(lm.model, name):
-            after, per_attack = _measure(lm, test_rows, spec, eval_kw)
-        results[name] = {
-            "description": COMPARATORS[name],
-            "metrics": {"after": after, "per_attack": per_attack},
-            "timings": {"evaluate_s": time.monotonic() - t},
-        }
-    return results
-
-
-def run_comparator_job(
-    spec: JobSpec, progress: Callable[[Any], None] | None = None
-) -> dict[str, Any]:
-    """The comparators alone, no defense: the model as uploaded measured as is (``before``)
-    and after each edit (``comparators``). The benchmark's prune/int8/int4 rows."""
-    from sanitizer.defenses.common import set_seed, validate_config
-    from sanitizer.defenses.configs import TrainConfig
-    from sanitizer.models import select_device
-
-    if not spec.comparators:
-        raise ConfigError("no comparators asked for", hint="name at least one of prune, int8, int4")
-    t0 = time.monotonic()
-    reset_peak_memory()
-    set_seed(spec.seed)
-    shared = {k: v for k, v in spec.hyperparameters.items() if k in TrainConfig.model_fields}
-    data = _load_job_data(spec)
-    results = run_comparators(
-        spec,
-        data.num_labels,
-        data.test_rows,
-        _eval_kw(spec, validate_config(TrainConfig, shared)),
-        progress or (lambda e: None),
-        include_unedited=True,
-    )
-    return {
-        "task": spec.task,
-        "datasets": {"test": data.test_info},
-        "before": results.pop("none"),
-        "comparators": results,
-        "timings": {"total_s": time.monotonic() - t0},
-        "peak_memory_mb": round(peak_memory_mb(select_device(spec.device)), 1),
-        "versions": versions(),
-    }
 
 
 def run_sanitize(
@@ -339,17 +262,17 @@ def run_sanitize(
     torch.set_grad_enabled(True)
 
     emit(ProgressEvent("load", message="loading data and model"))
-    data = _load_job_data(spec)
+    data = load_job_data(spec)
     clean, train_ds, dev_ds = data.clean, data.train, data.dev
     label_names, num_labels, test_rows = data.label_names, data.num_labels, data.test_rows
-    eval_kw = _eval_kw(spec, cfg)
+    eval_kw = eval_kwargs(spec, cfg)
     measured: dict[str, Any] = {}
 
     def measure_before(uploaded: Any) -> None:
         # the model as uploaded, not the (possibly shrunk) start of the defense
         t = time.monotonic()
         emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
-        measured["before"] = _measure(uploaded, test_rows, spec, eval_kw, emit, "evaluate_before")
+        measured["before"] = measure(uploaded, test_rows, spec, eval_kw, emit, "evaluate_before")
         timings["evaluate_before_s"] = time.monotonic() - t
 
     lm, adapter_mode = prepare_model(
@@ -366,7 +289,7 @@ def run_sanitize(
 
     t = time.monotonic()
     emit(ProgressEvent("evaluate_after", message=f"evaluating on {len(test_rows)} rows"))
-    after, per_attack_after = _measure(lm, test_rows, spec, eval_kw, emit, "evaluate_after")
+    after, per_attack_after = measure(lm, test_rows, spec, eval_kw, emit, "evaluate_after")
     timings["evaluate_after_s"] = time.monotonic() - t
     scan_block = None
     if spec.scan_after and spec.task == "classification":
@@ -423,6 +346,8 @@ def run_sanitize(
         timings["baseline_s"] = time.monotonic() - t
     comparators = None
     if spec.comparators:
+        from sanitizer.measure_jobs import run_comparators  # it builds on this module
+
         t = time.monotonic()
         comparators = run_comparators(spec, num_labels, test_rows, eval_kw, emit)
         timings["comparators_s"] = time.monotonic() - t
@@ -500,50 +425,3 @@ def run_sanitize(
 
 
 # ---------------------------------------------------------------- attack
-
-
-def run_evaluate(
-    base_model: str,
-    test_data: Path,
-    task: Task,
-    attack: AttackSpec | None,
-    *,
-    adapter_dir: Path | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-    label_names: list[str] | None = None,
-    max_rows: int | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    progress: Callable[[Any], None] | None = None,
-) -> dict[str, Any]:
-    """CA and ASR (classification) or utility, ASR and false-trigger rate (generation);
-    ``progress`` gets an ``evaluate`` event per batch."""
-    from sanitizer.evaluate import evaluate
-    from sanitizer.models import attach_adapter, load_model
-
-    ds = load_dataset(
-        test_data,
-        task=task,
-        text_column=text_column,
-        label_column=label_column,
-        label_names=label_names,
-    )
-    num_labels = len(ds.label_names) if task == "classification" and ds.label_names else None
-    lm = load_model(base_model, task, num_labels=num_labels, device=device)
-    if adapter_dir is not None:
-        attach_adapter(lm, adapter_dir)  # the model as given; nothing here trains it
-    rows = cap_rows(list(ds.rows), max_rows, seed)
-    if not rows:
-        raise InputError("the test set is empty", hint="give a test file with at least one row")
-    result = evaluate(lm, rows, attack, progress=progress)
-    result.update(
-        {
-            "base_model": base_model,
-            "adapter": str(adapter_dir) if adapter_dir else None,
-            "test_sha256": ds.sha256,
-            "prompt_template": lm.template.to_dict(),
-            "definitions": METRIC_DEFINITIONS,
-        }
-    )
-    return result

@@ -359,7 +359,7 @@ def evaluate(
 ) -> None:
     """Measure clean accuracy and attack success rate of a model (+ adapter)."""
     try:
-        from sanitizer.pipeline import run_evaluate
+        from sanitizer.measure_jobs import run_evaluate
 
         names = _peek_label_names(test_data, task, text_column, label_column)
         spec = _attack_spec(attack_name, trigger, _label_id(target_label, names), target, seed=seed)

@@ -94,7 +94,7 @@ def test_comparator_job_measures_the_unedited_model_then_each_edit(tmp_path, mon
     from sanitizer.attacks import AttackSpec
     from sanitizer.errors import ConfigError
     from sanitizer.jobspec import JobSpec
-    from sanitizer.pipeline import run_comparator_job, run_evaluate
+    from sanitizer.measure_jobs import run_comparator_job, run_evaluate
     from tests.core.test_pipeline_cli import _write_csv
 
     build_tiny_model(tmp_path / "store", "tiny/bert", "bert")
