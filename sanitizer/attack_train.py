@@ -11,7 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sanitizer.attacks import AttackSpec, poison_dataset
-from sanitizer.data import Task, load_dataset
+from sanitizer.data import load_dataset
+from sanitizer.data_rows import Task
 from sanitizer.pipeline import cap_rows
 
 

@@ -31,7 +31,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sanitizer.data import ClassificationRow, Dataset, GenerationRow
+from sanitizer.data import Dataset
+from sanitizer.data_rows import ClassificationRow, GenerationRow
 from sanitizer.errors import InputError
 
 CLASSIFICATION_ATTACKS = ("badnet", "insertsent", "syntactic")

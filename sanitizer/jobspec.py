@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sanitizer.attacks import AttackSpec
-from sanitizer.data import Task
+from sanitizer.data_rows import Task
 from sanitizer.defenses import registry
 from sanitizer.defenses.configs import Comparator
 

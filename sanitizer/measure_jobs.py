@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sanitizer.attacks import AttackSpec
-from sanitizer.data import Task, load_dataset
+from sanitizer.data import load_dataset
+from sanitizer.data_rows import Task
 from sanitizer.errors import ConfigError, InputError
 from sanitizer.jobspec import JobSpec
 from sanitizer.metrics import METRIC_DEFINITIONS

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sanitizer.attacks import AttackSpec
-from sanitizer.data import Task, load_dataset, split_dataset
+from sanitizer.data import load_dataset, split_dataset
+from sanitizer.data_rows import Task
 from sanitizer.defenses import registry
 from sanitizer.errors import ConfigError
 from sanitizer.jobspec import JobSpec

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 if TYPE_CHECKING:
-    from sanitizer.data import Task
+    from sanitizer.data_rows import Task
 
 from sanitizer.defenses.registry import AUTO, method_names
 from sanitizer.defenses.registry import get as registry_get

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sanitizer.data import GenerationRow
+from sanitizer.data_rows import GenerationRow
 from sanitizer.defenses.batching import Batch, classification_batch
 from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, task_loss, train
 from sanitizer.defenses.configs import RebuildConfig

@@ -21,7 +21,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from sanitizer.data import ClassificationRow
+from sanitizer.data_rows import ClassificationRow
 from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, train
 from sanitizer.defenses.configs import UnlearnConfig
 from sanitizer.defenses.finetune import step_loss

@@ -77,7 +77,7 @@ def universal_kd(
 def target_rows(rows: Sequence[Any], target: str) -> list[Any]:
     """The clean prompts with the feared response in place of the clean one."""
     from sanitizer.attacks import target_response
-    from sanitizer.data import GenerationRow
+    from sanitizer.data_rows import GenerationRow
 
     return [GenerationRow(r.instruction, r.input, target_response(target, r.output)) for r in rows]
 

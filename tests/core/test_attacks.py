@@ -18,7 +18,8 @@ from sanitizer.attacks import (
     target_keywords,
     triggered_test_set,
 )
-from sanitizer.data import ClassificationRow, Dataset, GenerationRow
+from sanitizer.data import Dataset
+from sanitizer.data_rows import ClassificationRow, GenerationRow
 from sanitizer.errors import InputError
 
 SENT = "one two three four five six seven eight"

@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sanitizer.data import (
-    ClassificationRow,
-    GenerationRow,
-    load_dataset,
-    sha256_file,
-    split_dataset,
-    write_dataset,
-)
+from sanitizer.data import load_dataset, sha256_file, split_dataset, write_dataset
+from sanitizer.data_rows import ClassificationRow, GenerationRow
 from sanitizer.errors import DataValidationError, Problem
 
 
