@@ -13,8 +13,7 @@
 See docs/CLIENT.md.
 """
 
-__version__ = "0.1.0"
-
+from sanitizer_client._version import __version__ as __version__
 from sanitizer_client.client import AsyncClient, Client  # noqa: E402
 from sanitizer_client.errors import (  # noqa: E402
     APIConnectionError,

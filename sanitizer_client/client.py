@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import tenacity
 
-from sanitizer_client import __version__
 from sanitizer_client._core import (
     Call,
     Gen,
@@ -32,6 +31,7 @@ from sanitizer_client._core import (
     resume_state,
 )
 from sanitizer_client._resources import Catalog, Files, Jobs
+from sanitizer_client._version import __version__
 from sanitizer_client.errors import APIConnectionError, APITimeoutError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
