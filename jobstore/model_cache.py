@@ -125,7 +125,8 @@ def ensure_model(
 
 
 def use_cache(root: Path) -> None:
-    """Point the library's model lookup at this host's cache (child processes inherit it)."""
+    """Point the library's model lookup at this host's cache for a job the worker runs (the
+    job's code, and child processes, read it from the environment)."""
     os.environ[MODEL_CACHE_ENV] = str(root)
 
 
@@ -138,13 +139,11 @@ def resolve(model_id: str, revision: str | None = None) -> Path:
     from sanitizer.hub import resolve_model
 
     settings = get_settings()
-    use_cache(settings.model_cache_path)
+    root = settings.model_cache_path
     try:
-        return resolve_model(model_id, revision, local_paths=False)
+        return resolve_model(model_id, revision, local_paths=False, cache=root)
     except UnknownModelError:
-        fetched = ensure_model(
-            get_store(), model_id, revision, settings.model_cache_path, settings.model_cache_bytes
-        )
+        fetched = ensure_model(get_store(), model_id, revision, root, settings.model_cache_bytes)
         if fetched is None:
             raise
-        return resolve_model(model_id, revision, local_paths=False)
+        return resolve_model(model_id, revision, local_paths=False, cache=root)

@@ -38,9 +38,10 @@ def cache_folder_name(model_id: str, revision: str | None) -> str:
     return f"{_folder_name(model_id)}@{revision or 'main'}"
 
 
-def _cached(model_id: str, revision: str | None) -> Path | None:
-    """A model the service copied from its artifact store (jobstore.model_cache)."""
-    root = os.environ.get(MODEL_CACHE_ENV)
+def _cached(model_id: str, revision: str | None, root: str | Path | None) -> Path | None:
+    """A model the service copied from its artifact store (jobstore.model_cache): in
+    ``root`` when given, else in ``$SANITIZER_MODEL_CACHE`` (a worker exports it for its job)."""
+    root = root or os.environ.get(MODEL_CACHE_ENV)
     if not root:
         return None
     folder = Path(root) / cache_folder_name(model_id, revision)
@@ -58,7 +59,13 @@ def _hf_cache_candidates(model_id: str, revision: str | None) -> list[Path]:
     return sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def resolve_model(model_id: str, revision: str | None = None, *, local_paths: bool = True) -> Path:
+def resolve_model(
+    model_id: str,
+    revision: str | None = None,
+    *,
+    local_paths: bool = True,
+    cache: str | Path | None = None,
+) -> Path:
     """Return the local folder of ``model_id``; raise UnknownModelError if it is not there.
 
     A folder path (absolute or relative to the working directory) holding a ``config.json`` is
@@ -79,7 +86,7 @@ def resolve_model(model_id: str, revision: str | None = None, *, local_paths: bo
     folder = model_store_dir() / _folder_name(model_id)
     if (folder / "config.json").is_file():
         return folder
-    cached = _cached(model_id, revision)
+    cached = _cached(model_id, revision, cache)
     if cached is not None:
         return cached
     for cand in _hf_cache_candidates(model_id, revision):

@@ -67,17 +67,24 @@ def push_adapter(
     commit_message: str = "Sanitized adapter (backdoor removal)",
 ) -> dict[str, str]:
     """Create ``repo_id`` if needed and commit the folder; return the repo and commit URLs."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
     names = check_folder(folder)
     api = HfApi(endpoint=endpoint, token=token)
-    repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type="model",
-        revision=revision,
-        commit_message=commit_message,
-        allow_patterns=names,
-    )
+    # sanitizer.models sets HF_HUB_OFFLINE=1 so nothing is ever *downloaded* at run time; a
+    # push the user asked for is the one request that must reach the Hub (uploads only)
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message,
+            allow_patterns=names,
+        )
+    finally:
+        constants.HF_HUB_OFFLINE = offline
     return {"repo_url": str(repo), "commit_url": commit.commit_url, "files": str(len(names))}

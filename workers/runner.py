@@ -247,8 +247,9 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
         # names a folder (written some other way, or an id that became a folder on this host
         # since) never has the worker load a model from an arbitrary path on its disk
         # (and a model published to the artifact store is copied into this host's cache)
-        from jobstore.model_cache import resolve
+        from jobstore.model_cache import resolve, use_cache
 
+        use_cache(settings.model_cache_path)  # the library loads the models by id below
         resolve(job.base_model, job.base_revision)
         teacher = ((job.spec or {}).get("hyperparameters") or {}).get("teacher_model")
         if teacher:

@@ -65,7 +65,13 @@ def service_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assets: dict[str, Path]
 ) -> dict[str, str]:
     """Environment of one isolated service: own data dir, SQLite, embedded broker."""
-    for var in ("DATABASE_URL", "REDIS_URL", "SANITIZER_DATABASE_URL", "SANITIZER_REDIS_URL"):
+    for var in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SANITIZER_DATABASE_URL",
+        "SANITIZER_REDIS_URL",
+        "SANITIZER_MODEL_CACHE",  # a worker exports it; never carried from one test to the next
+    ):
         monkeypatch.delenv(var, raising=False)
     env = {
         "SANITIZER_DATA_DIR": str(tmp_path / "data"),
