@@ -24,10 +24,10 @@ from pathlib import Path
 
 from jobstore.artifacts import ArtifactStore
 from sanitizer.data import sha256_file as sha_file
+from sanitizer.hub import CACHE_MARKER as MARKER
 from sanitizer.hub import MODEL_CACHE_ENV, cache_folder_name
 
 PREFIX = "models"
-MARKER = ".sanitizer-model.json"
 MANIFEST = "sanitizer-manifest.json"  # written last by push: a half-pushed model is unseen
 
 
@@ -37,6 +37,16 @@ class IntegrityError(RuntimeError):
 
 def store_prefix(model_id: str, revision: str | None) -> str:
     return f"{PREFIX}/{cache_folder_name(model_id, revision)}"
+
+
+def published_models(store: ArtifactStore) -> list[tuple[str, str]]:
+    """(model id, revision) of every model published to ``store``."""
+    folders = sorted({key.split("/", 1)[0] for key, _ in store.list_prefix(PREFIX)})
+    out = []
+    for folder in folders:
+        name, _, revision = folder.partition("@")
+        out.append((name.replace("--", "/", 1), revision))
+    return out
 
 
 def push_model(store: ArtifactStore, folder: Path, model_id: str, revision: str | None) -> int:

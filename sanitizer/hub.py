@@ -31,6 +31,7 @@ def _folder_name(model_id: str) -> str:
 
 
 MODEL_CACHE_ENV = "SANITIZER_MODEL_CACHE"
+CACHE_MARKER = ".sanitizer-model.json"  # written last into a complete cached copy
 
 
 def cache_folder_name(model_id: str, revision: str | None) -> str:
@@ -45,7 +46,7 @@ def _cached(model_id: str, revision: str | None, root: str | Path | None) -> Pat
     if not root:
         return None
     folder = Path(root) / cache_folder_name(model_id, revision)
-    return folder if (folder / ".sanitizer-model.json").is_file() else None
+    return folder if (folder / CACHE_MARKER).is_file() else None
 
 
 def _hf_cache_candidates(model_id: str, revision: str | None) -> list[Path]:

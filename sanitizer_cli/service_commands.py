@@ -261,15 +261,13 @@ def models_push(
 def models_list() -> None:
     """Models installed on this host and models published to the artifact store."""
     from jobstore.artifacts import get_store
-    from jobstore.model_cache import PREFIX
+    from jobstore.model_cache import published_models
     from sanitizer.hub import list_models
 
     for m in list_models():
         typer.echo(f"{m}\tinstalled")
-    published = sorted({k.split("/", 1)[0] for k, _ in get_store().list_prefix(PREFIX)})
-    for folder in published:
-        name, _, rev = folder.partition("@")
-        typer.echo(f"{name.replace('--', '/', 1)}\tpublished\t{rev}")
+    for model_id, revision in published_models(get_store()):
+        typer.echo(f"{model_id}\tpublished\t{revision}")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 from app.deps import ProjectDep, StoreDep
 from app.schemas import MethodPublic, MethodsPublic, ModelPublic, ModelsPublic
-from jobstore.model_cache import PREFIX
+from jobstore.model_cache import published_models
 from sanitizer.defenses import registry
 from sanitizer.hub import list_models
 
@@ -18,12 +18,8 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 def list_service_models(project: ProjectDep, store: StoreDep) -> ModelsPublic:
     """Base models a job may name: installed on the service, or published to its store."""
     data = [ModelPublic(id=m, source="installed") for m in list_models()]
-    published = sorted({key.split("/", 1)[0] for key, _ in store.list_prefix(PREFIX)})
-    for folder in published:
-        name, _, revision = folder.partition("@")
-        data.append(
-            ModelPublic(id=name.replace("--", "/", 1), revision=revision, source="published")
-        )
+    for model_id, revision in published_models(store):
+        data.append(ModelPublic(id=model_id, revision=revision, source="published"))
     return ModelsPublic(data=data)
 
 
