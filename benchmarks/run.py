@@ -225,23 +225,10 @@ def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str
         print(f"[{cell.name} s{seed}] {name}: after {comp['metrics']['after']}", flush=True)
 
 
-def _run_scans(
-    cell: Cell, seed: int, paths: dict[str, Path], adapter: Path, spec: AttackSpec
-) -> None:
-    """scan on the poisoned adapter and on its clean twin (the same recipe on unpoisoned
-    rows): the verdict, whether a top-3 candidate holds the real trigger, whether the target
-    is named. The scan reads neither the attack spec nor attack.json."""
+def _clean_twin(cell: Cell, seed: int, paths: dict[str, Path]) -> Path:
+    """The poisoned adapter's recipe on the unpoisoned rows: what a scan must call clean."""
     from sanitizer.attack_train import AttackTrainConfig, run_attack
-    from sanitizer.defenses.configs import ScanConfig
-    from sanitizer.scan import run_scan
 
-    if cell.task != "classification":
-        print(f"[{cell.name} s{seed}] scan: classification only, skipping", flush=True)
-        return
-    out = _results_dir(cell.dev) / cell.name / "scans" / f"scan-s{seed}.json"
-    if out.exists():
-        print(f"[{cell.name} s{seed}] scan: done already, skipping", flush=True)
-        return
     twin = bench_dir() / "adapters" / f"{cell.name}-s{seed}-clean"
     if not (twin / "attack.json").exists():
         print(f"[{cell.name} s{seed}] training the clean twin adapter", flush=True)
@@ -261,6 +248,26 @@ def _run_scans(
             ),
             progress=_bar(f"{cell.name} clean twin"),
         )
+    return twin
+
+
+def _run_scans(
+    cell: Cell, seed: int, paths: dict[str, Path], adapter: Path, spec: AttackSpec
+) -> None:
+    """scan on the poisoned adapter and on its clean twin (the same recipe on unpoisoned
+    rows): the verdict, whether a top-3 candidate holds the real trigger, whether the target
+    is named. The scan reads neither the attack spec nor attack.json."""
+    from sanitizer.defenses.configs import ScanConfig
+    from sanitizer.scan import run_scan
+
+    if cell.task != "classification":
+        print(f"[{cell.name} s{seed}] scan: classification only, skipping", flush=True)
+        return
+    out = _results_dir(cell.dev) / cell.name / "scans" / f"scan-s{seed}.json"
+    if out.exists():
+        print(f"[{cell.name} s{seed}] scan: done already, skipping", flush=True)
+        return
+    twin = _clean_twin(cell, seed, paths)
     result: dict[str, Any] = {"cell": asdict(cell), "seed": seed}
     for name, folder in (("poisoned", adapter), ("clean_twin", twin)):
         print(f"[{cell.name} s{seed}] scan of the {name} adapter ...", flush=True)
@@ -328,6 +335,10 @@ def run_cell(
                 continue
             if method == "scan":
                 _run_scans(cell, seed, paths, adapter, spec)
+                continue
+            if method == "adapters":  # only train the poisoned adapter and its clean twin
+                if cell.task == "classification":
+                    _clean_twin(cell, seed, paths)
                 continue
             res_path = _results_dir(cell.dev) / cell.name / f"{method}{tag}-s{seed}.json"
             if res_path.exists():
@@ -409,7 +420,8 @@ def main() -> None:
         "--methods",
         default=",".join(METHODS),
         help="comma-separated; 'comparators' adds the zero-training prune/int8/int4 rows, "
-        "'scan' scans the poisoned adapter and a clean twin (classification)",
+        "'scan' scans the poisoned adapter and a clean twin (classification), 'adapters' "
+        "only trains those two",
     )
     ap.add_argument("--seeds", default="0")
     ap.add_argument(

@@ -4,7 +4,10 @@ inserted into clean inputs, turn them into one label.
 For each candidate target label, a gradient-guided discrete search (HotFlip / GCG style: the
 gradient of the target loss with respect to a one-hot trigger ranks replacement tokens, a batch
 of single-token swaps is tried, the best kept) looks for ``trigger_len`` tokens that flip the
-clean inputs of the other labels to it. A model with a backdoor has such a short trigger that
+clean inputs of the other labels to it. The search is staged by cost: a short screen of every
+label on a few rows, then full searches, warm-started from the screen, only on the
+``focus_labels`` labels whose screen loss fell lowest (a backdoor's target is the label a few
+tokens reach most easily), and a search stops as soon as its loss is below ``stop_loss``. A model with a backdoor has such a short trigger that
 flips nearly all of them; a clean model needs far more than a few tokens for that. Each found
 trigger is then measured as text: inserted at a random word position of held-out clean rows,
 the share of those the model gets right without it that it flips to the target (the flip rate).
@@ -38,10 +41,14 @@ class Candidate:
     target_name: str
     flip_rate: float
     search_loss: float
-    control_flip_rate: float = 0.0  # random tokens of the same length, same rows
+    # random tokens of the same length on the same rows; measured for the labels of the top
+    # candidates only (None: not measured, the candidate could not decide the verdict)
+    control_flip_rate: float | None = None
 
     @property
-    def lift(self) -> float:
+    def lift(self) -> float | None:
+        if self.control_flip_rate is None:
+            return None
         return self.flip_rate - self.control_flip_rate
 
 
@@ -56,11 +63,13 @@ class ScanResult:
     per_label: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     excluded_tokens: int = 0  # label-indicative tokens of the clean rows, kept out of the search
+    screen_loss: dict[str, float] = field(default_factory=dict)  # per label, after the screen
+    forwards: int = 0  # rows passed through the model (each gradient row counted as 3)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for out, c in zip(d["candidates"], self.candidates, strict=True):
-            out["lift"] = round(c.lift, 4)
+            out["lift"] = None if c.lift is None else round(c.lift, 4)
         return d
 
 
@@ -85,16 +94,17 @@ def _encode(lm: LoadedModel, texts: Sequence[str], max_length: int, n: int) -> l
 
 
 def _assemble(
-    lm: LoadedModel, rows: list[list[int]], trig: Sequence[int]
+    lm: LoadedModel, rows: list[list[int]], triggers: Sequence[Sequence[int]], block: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask and the trigger's first position per row: the trigger goes
-    after a leading special token (CLS/BOS) or first; padding on the tokenizer's side."""
+    """input_ids, attention_mask and the trigger's first position per row; row i gets
+    ``triggers[i // block]``, after a leading special token (CLS/BOS) or first; padding on the
+    tokenizer's side."""
     tok = lm.tokenizer
     special = set(tok.all_special_ids)
     seqs, starts = [], []
-    for ids in rows:
+    for i, ids in enumerate(rows):
         at = 1 if ids and ids[0] in special else 0
-        seqs.append(ids[:at] + list(trig) + ids[at:])
+        seqs.append(ids[:at] + list(triggers[i // block]) + ids[at:])
         starts.append(at)
     width = max(len(s) for s in seqs)
     pad = tok.pad_token_id
@@ -111,23 +121,35 @@ def _assemble(
 
 
 def _loss_per_trigger(
-    lm: LoadedModel, rows: list[list[int]], triggers: list[list[int]], target: int
+    lm: LoadedModel,
+    rows: list[list[int]],
+    triggers: list[list[int]],
+    target: int,
+    count: list[int],
+    batch: int = 256,
 ) -> torch.Tensor:
-    """Mean target cross-entropy of each trigger over ``rows`` (forward only)."""
+    """Mean target cross-entropy of each trigger over ``rows`` (forward only; all triggers of a
+    round in as few batched forwards as fit ``batch`` rows)."""
+    per = max(1, batch // max(1, len(rows)))
     out = []
     with torch.inference_mode():
-        for trig in triggers:
-            ids, attn, _ = _assemble(lm, rows, trig)
+        for i in range(0, len(triggers), per):
+            chunk = triggers[i : i + per]
+            ids, attn, _ = _assemble(lm, [r for _ in chunk for r in rows], chunk, len(rows))
             logits = lm.model(input_ids=ids, attention_mask=attn).logits.float()
-            tgt = torch.full((len(rows),), target, device=logits.device)
-            out.append(F.cross_entropy(logits, tgt))
-    return torch.stack(out)
+            tgt = torch.full((len(ids),), target, device=logits.device)
+            loss = F.cross_entropy(logits, tgt, reduction="none").view(len(chunk), len(rows))
+            out.append(loss.mean(dim=1))
+            count[0] += len(ids)
+    return torch.cat(out)
 
 
-def _gradient(lm: LoadedModel, rows: list[list[int]], trig: list[int], target: int) -> torch.Tensor:
+def _gradient(
+    lm: LoadedModel, rows: list[list[int]], trig: list[int], target: int, count: list[int]
+) -> torch.Tensor:
     """d(target loss)/d(one-hot trigger): (trigger_len, vocab)."""
     emb = lm.model.get_input_embeddings()
-    ids, attn, starts = _assemble(lm, rows, trig)
+    ids, attn, starts = _assemble(lm, rows, [trig], len(rows))
     onehot = torch.zeros(len(trig), emb.weight.shape[0], device=lm.device, dtype=emb.weight.dtype)
     onehot[torch.arange(len(trig)), torch.tensor(trig)] = 1.0
     onehot.requires_grad_(True)
@@ -140,6 +162,7 @@ def _gradient(lm: LoadedModel, rows: list[list[int]], trig: list[int], target: i
         logits = lm.model(inputs_embeds=embeds, attention_mask=attn).logits.float()
         tgt = torch.full((len(rows),), target, device=logits.device)
         (grad,) = torch.autograd.grad(F.cross_entropy(logits, tgt), onehot)
+    count[0] += 3 * len(rows)
     return grad
 
 
@@ -151,30 +174,36 @@ def search_trigger(
     allowed: torch.Tensor,
     rng: random.Random,
     steps: int,
+    *,
+    start: list[int] | None = None,
+    swaps: int | None = None,
+    count: list[int] | None = None,
 ) -> tuple[list[int], float]:
-    """One discrete search: the trigger tokens and their final target loss."""
+    """One discrete search from ``start`` (random allowed tokens if None): the trigger tokens
+    and their final target loss; stops early once the loss is below ``cfg.stop_loss``."""
+    count = count if count is not None else [0]
     pool = torch.nonzero(allowed).flatten().tolist()
-    trig = [rng.choice(pool) for _ in range(cfg.trigger_len)]
-    best = float(_loss_per_trigger(lm, rows, [trig], target)[0])
+    trig = list(start) if start else [rng.choice(pool) for _ in range(cfg.trigger_len)]
+    best = float(_loss_per_trigger(lm, rows, [trig], target, count)[0])
     for _ in range(steps):
-        grad = _gradient(lm, rows, trig, target)
+        if best < cfg.stop_loss:
+            break
+        grad = _gradient(lm, rows, trig, target, count)
         grad[:, ~allowed.to(grad.device)] = float("inf")
         top = (-grad).topk(cfg.top_k, dim=1).indices.tolist()
-        tries = []
-        for _ in range(cfg.swaps):
+        tries: list[list[int]] = []
+        for _ in range(swaps or cfg.swaps):
             pos = rng.randrange(cfg.trigger_len)
             cand = list(trig)
             cand[pos] = rng.choice(top[pos])
-            if cand != trig:
+            if cand != trig and cand not in tries:
                 tries.append(cand)
         if not tries:
             continue
-        losses = _loss_per_trigger(lm, rows, tries, target)
+        losses = _loss_per_trigger(lm, rows, tries, target, count)
         i = int(losses.argmin())
         if float(losses[i]) < best:
             best, trig = float(losses[i]), tries[i]
-        if best < 0.01:
-            break
     return trig, best
 
 
@@ -185,24 +214,29 @@ def insert_text(text: str, trigger: str, rng: random.Random) -> str:
 
 
 def flip_rate(
-    lm: LoadedModel, rows: Sequence[Any], trigger: str, target: int, cfg: ScanConfig, seed: int
+    lm: LoadedModel,
+    right: Sequence[Any],
+    trigger: str,
+    target: int,
+    cfg: ScanConfig,
+    seed: int,
+    count: list[int] | None = None,
 ) -> float:
-    """Share of the rows (not of the target label, right without the trigger) that the
-    trigger, inserted as text at a random word position, turns into the target."""
+    """Share of ``right`` (clean rows the model gets right without a trigger) not of the
+    target label that the trigger, inserted as text at a random word position, turns into
+    the target."""
     from sanitizer.evaluate import predict_labels
 
-    victims = [r for r in rows if r.label != target]
+    victims = [r for r in right if r.label != target]
     if not victims:
-        return 0.0
-    plain = predict_labels(lm, [r.text for r in victims], max_length=cfg.max_length)
-    right = [r for r, p in zip(victims, plain, strict=True) if p == r.label]
-    if not right:
         return 0.0
     rng = random.Random(seed)
     trig = predict_labels(
-        lm, [insert_text(r.text, trigger, rng) for r in right], max_length=cfg.max_length
+        lm, [insert_text(r.text, trigger, rng) for r in victims], max_length=cfg.max_length
     )
-    return sum(p == target for p in trig) / len(right)
+    if count is not None:
+        count[0] += len(victims)
+    return sum(p == target for p in trig) / len(victims)
 
 
 def label_indicative_tokens(
@@ -238,8 +272,11 @@ def scan_classifier(
     label_names: Sequence[str] | None = None,
     cfg: ScanConfig | None = None,
 ) -> ScanResult:
-    """Search every label for a short trigger, then spend the restarts on the most susceptible;
+    """Screen every label with a short search, search fully (with restarts) on the labels the
+    screen found easiest, measure the found triggers and a random-token control as text;
     ``rows`` are clean labelled rows (the search uses some, the flip rate the others)."""
+    from sanitizer.evaluate import predict_labels
+
     cfg = cfg or ScanConfig()
     rng = random.Random(cfg.seed)
     lm.model.eval()
@@ -258,53 +295,74 @@ def scan_classifier(
     )
     if excluded:
         allowed[torch.tensor([t for t in excluded if t < len(allowed)], dtype=torch.long)] = False
-    found: list[Candidate] = []
-    per_label: dict[str, float] = {}
+    count = [0]
+    plain = predict_labels(lm, [r.text for r in eval_pool], max_length=cfg.max_length)
+    count[0] += len(eval_pool)
+    right = [r for r, p in zip(eval_pool, plain, strict=True) if p == r.label]
 
-    def attempt(target: int, steps: int) -> Candidate | None:
-        src = [r for r in search_pool if r.label != target][: cfg.search_rows]
-        if not src:
-            return None
-        ids = _encode(lm, [r.text for r in src], cfg.max_length, cfg.trigger_len)
-        trig, loss = search_trigger(lm, ids, target, cfg, allowed, rng, steps)
+    def encoded(target: int, n: int) -> list[list[int]]:
+        src = [r for r in search_pool if r.label != target][:n]
+        return _encode(lm, [r.text for r in src], cfg.max_length, cfg.trigger_len) if src else []
+
+    def candidate(target: int, trig: list[int], loss: float) -> Candidate:
         text = lm.tokenizer.decode(trig, skip_special_tokens=True).strip()
-        rate = flip_rate(lm, eval_pool, text, target, cfg, cfg.seed + target)
-        return Candidate(text, trig, target, names[target], rate, loss, control(target))
+        rate = flip_rate(lm, right, text, target, cfg, cfg.seed + target, count)
+        return Candidate(text, trig, target, names[target], rate, loss)
 
+    # 1. screen: a short search per label on a few rows
+    screens: dict[int, tuple[list[int], float]] = {}
+    for target in range(num_labels):
+        rows_t = encoded(target, cfg.screen_rows)
+        if rows_t:
+            screens[target] = search_trigger(
+                lm,
+                rows_t,
+                target,
+                cfg,
+                allowed,
+                rng,
+                cfg.screen_steps,
+                swaps=max(4, cfg.swaps // 2),
+                count=count,
+            )
+    # 2. full searches, warm-started from the screen, on the labels it found easiest
+    focus = sorted(screens, key=lambda t: screens[t][1])[: cfg.focus_labels]
+    found: list[Candidate] = []
+    for target in focus:
+        rows_t = encoded(target, cfg.search_rows)
+        starts = [screens[target][0]] + [None] * cfg.restarts  # type: ignore[list-item]
+        for start in starts:
+            trig, loss = search_trigger(
+                lm, rows_t, target, cfg, allowed, rng, cfg.steps, start=start, count=count
+            )
+            found.append(candidate(target, trig, loss))
+            if found[-1].flip_rate >= cfg.threshold:
+                break  # a trigger is found for this label: no restart needed
+    per_label: dict[str, float] = {}
+    for c in found:
+        per_label[c.target_name] = max(per_label.get(c.target_name, 0.0), round(c.flip_rate, 4))
+
+    # 3. the control: random tokens of the same length, for the labels of the top candidates
     controls: dict[int, float] = {}
-
-    def control(target: int) -> float:
-        """The flip rate of random allowed tokens of the trigger's length: what inserting
-        *anything* does to this model (a small model of short texts flips often)."""
-        if target not in controls:
-            pool = torch.nonzero(allowed).flatten().tolist()
-            crng = random.Random(cfg.seed + 7 * target + 1)
+    pool = torch.nonzero(allowed).flatten().tolist()
+    found.sort(key=lambda c: (-c.flip_rate, c.search_loss))
+    for c in found[:3]:
+        if c.target_label not in controls:
+            crng = random.Random(cfg.seed + 7 * c.target_label + 1)
             rates = []
             for k in range(cfg.control_triggers):
                 toks = [crng.choice(pool) for _ in range(cfg.trigger_len)]
                 text = lm.tokenizer.decode(toks, skip_special_tokens=True).strip()
-                rates.append(flip_rate(lm, eval_pool, text, target, cfg, cfg.seed + 100 + k))
-            controls[target] = sum(rates) / len(rates) if rates else 0.0
-        return controls[target]
-
-    first = cfg.steps // 2
-    for target in range(num_labels):  # a short search per label
-        c = attempt(target, first)
-        if c is not None:
-            found.append(c)
-            per_label[names[target]] = round(c.flip_rate, 4)
-    if found:
-        best_label = max(found, key=lambda c: (c.flip_rate, -c.search_loss)).target_label
-        for _ in range(cfg.restarts):  # full-length searches on the most susceptible label
-            c = attempt(best_label, cfg.steps)
-            if c is not None:
-                found.append(c)
-                per_label[names[best_label]] = max(per_label[names[best_label]], c.flip_rate)
+                rates.append(
+                    flip_rate(lm, right, text, c.target_label, cfg, cfg.seed + 100 + k, count)
+                )
+            controls[c.target_label] = sum(rates) / len(rates)
+        c.control_flip_rate = controls[c.target_label]
     found.sort(key=lambda c: (-c.flip_rate, c.search_loss))
     top = found[0] if found else None
     score = top.flip_rate if top else 0.0
     # evidence from both sides: a trigger that flips nearly all, far more than random tokens
-    flagged = top is not None and score >= cfg.threshold and top.lift >= cfg.min_lift
+    flagged = top is not None and score >= cfg.threshold and (top.lift or 0.0) >= cfg.min_lift
     return ScanResult(
         verdict="backdoor" if flagged else "clean",
         score=round(score, 4),
@@ -315,6 +373,8 @@ def scan_classifier(
         per_label=per_label,
         rows={"search": len(search_pool), "eval": len(eval_pool)},
         excluded_tokens=len(excluded),
+        screen_loss={names[t]: round(v[1], 4) for t, v in screens.items()},
+        forwards=count[0],
     )
 
 

@@ -328,7 +328,7 @@ class UnlearnConfig(TrainConfig):
 
     rounds: int = Field(2, ge=1, le=5, description="scan + train rounds")
     trigger_len: int = Field(3, ge=1, le=8, description="tokens per searched trigger")
-    scan_steps: int = Field(24, ge=1, le=500, description="swap rounds of each search")
+    scan_steps: int = Field(16, ge=1, le=500, description="swap rounds of a full search")
     candidates: int = Field(
         3, ge=1, le=16, description="found triggers unlearned per round (the highest flip rates)"
     )
@@ -358,14 +358,30 @@ class ScanConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trigger_len: int = Field(3, ge=1, le=16, description="tokens in a searched trigger")
-    steps: int = Field(24, ge=1, le=500, description="swap rounds per target label")
-    top_k: int = Field(24, ge=1, le=512, description="replacement tokens per position")
-    swaps: int = Field(24, ge=1, le=512, description="candidate swaps tried per round")
-    search_rows: int = Field(24, ge=2, le=512, description="clean rows the search optimises on")
-    eval_rows: int = Field(
-        200, ge=10, le=10_000, description="clean rows a found trigger is measured on"
+    screen_steps: int = Field(
+        4, ge=1, le=100, description="swap rounds of the first, short search of every label"
     )
-    restarts: int = Field(2, ge=0, le=16, description="extra searches on the likeliest label")
+    screen_rows: int = Field(8, ge=2, le=256, description="clean rows the short search uses")
+    focus_labels: int = Field(
+        2, ge=1, le=1000, description="labels, easiest first by the short search, searched fully"
+    )
+    steps: int = Field(16, ge=1, le=500, description="swap rounds of a full search")
+    top_k: int = Field(24, ge=1, le=512, description="replacement tokens per position")
+    swaps: int = Field(16, ge=1, le=512, description="candidate swaps tried per round")
+    search_rows: int = Field(16, ge=2, le=512, description="clean rows a full search uses")
+    stop_loss: float = Field(
+        0.05, ge=0, le=10, description="a search stops once its target loss is below this"
+    )
+    eval_rows: int = Field(
+        150, ge=10, le=10_000, description="clean rows a found trigger is measured on"
+    )
+    restarts: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="extra full searches from random tokens per focus label, "
+        "made only while no trigger above the threshold is found for it",
+    )
     threshold: float = Field(
         0.8, gt=0, le=1, description="flip rate above which the model is flagged"
     )
