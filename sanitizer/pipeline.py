@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import tempfile
@@ -23,8 +22,8 @@ from sanitizer.data_rows import Task
 from sanitizer.defenses import registry
 from sanitizer.errors import ConfigError
 from sanitizer.jobspec import JobSpec
-from sanitizer.metrics import METRIC_DEFINITIONS, der
-from sanitizer.runtime import peak_memory_mb, reset_peak_memory, versions
+from sanitizer.report_json import build_report, metrics_block, write_report
+from sanitizer.runtime import peak_memory_mb, reset_peak_memory
 
 
 def _load_data(path: Path, spec_like: Any, task: Task, label_names: list[str] | None):
@@ -101,25 +100,6 @@ def prepare_model(
         )
     check_checkpointing(lm, cfg)  # refused now, not after a W2SDefense teacher is trained
     return lm, (mode if spec.adapter_dir is not None else "fresh")
-
-
-def sanity_warnings(before: dict[str, Any]) -> list[str]:
-    """What makes the 'before' numbers unfit to judge a defense by: a model that answers one
-    label for (nearly) everything, or a trigger that changes few answers."""
-    warnings = []
-    share = before.get("majority_prediction_share")
-    if share is not None and share >= 0.98:
-        warnings.append(
-            f"before the defense the model gives one label for {share:.0%} of the clean test "
-            "rows: it is barely a classifier, and its ASR says nothing about a backdoor"
-        )
-    asr, ftr = before.get("attack_success_rate"), before.get("false_trigger_rate")
-    if asr is not None and ftr is not None and asr - ftr < 0.25:
-        warnings.append(
-            f"before the defense the trigger moves few answers (ASR {asr:.1%}, {ftr:.1%} "
-            "without the trigger): the model may not carry this backdoor"
-        )
-    return warnings
 
 
 def attack_label(attack: AttackSpec) -> str:
@@ -237,8 +217,9 @@ def run_sanitize(
     """Measure, defend, measure; write ``out_dir/adapter/`` and ``out_dir/report.json``."""
     import torch
 
+    from sanitizer.adapter_files import combine_lora_into_one
     from sanitizer.defenses.common import ProgressEvent, set_seed, validate_config
-    from sanitizer.models import combine_lora_into_one, save_adapter
+    from sanitizer.models import save_adapter
 
     t0 = time.monotonic()
     reset_peak_memory()
@@ -264,7 +245,7 @@ def run_sanitize(
 
     emit(ProgressEvent("load", message="loading data and model"))
     data = load_job_data(spec)
-    clean, train_ds, dev_ds = data.clean, data.train, data.dev
+    train_ds, dev_ds = data.train, data.dev
     label_names, num_labels, test_rows = data.label_names, data.num_labels, data.test_rows
     eval_kw = eval_kwargs(spec, cfg)
     measured: dict[str, Any] = {}
@@ -318,7 +299,7 @@ def run_sanitize(
             )
     else:
         save_adapter(lm, adapter_out, label_names)
-    from sanitizer.models import sha256_of_dir
+    from sanitizer.adapter_files import sha256_of_dir
 
     model_facts = {
         "base_sha256": sha256_of_dir(lm.model_dir),
@@ -354,62 +335,20 @@ def run_sanitize(
         timings["comparators_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t0
 
-    metrics_block: dict[str, Any] = {
-        "before": before,
-        "after": after,
-        "definitions": METRIC_DEFINITIONS,
-    }
-    metrics_block["warnings"] = sanity_warnings(before)
-    if per_attack_before:
-        metrics_block["per_attack"] = {
-            k: {"before": per_attack_before[k], "after": per_attack_after[k]}
-            for k in per_attack_before
-        }
-    if spec.task == "classification" and "attack_success_rate" in before:
-        metrics_block["der"] = der(
-            before["attack_success_rate"],
-            after["attack_success_rate"],
-            before["clean_accuracy"],
-            after["clean_accuracy"],
-        )
-    report: dict[str, Any] = {
-        "schema_version": 1,
-        "method": method,
-        "method_requested": spec.method,
-        "method_reason": method_reason,
-        "task": spec.task,
-        "base_model": {
-            "id": spec.base_model,
-            "revision": spec.base_revision,
-            "sha256": model_facts["base_sha256"],
-        },
-        "adapter_in": model_facts["adapter_in"],
-        "datasets": {
-            "clean": {
-                "sha256": clean.sha256,
-                "rows": len(clean),
-                "train_rows": len(train_ds),
-                "dev_rows": len(dev_ds),
-            },
-            "test": data.test_info,
-        },
-        "label_names": label_names,
-        "attack": spec.attack.model_dump() if spec.attack else None,
-        "prompt_template": model_facts["prompt_template"],
-        "metrics": metrics_block,
-        "config": cfg.model_dump(),
-        "seed": spec.seed,
-        "device": model_facts["device"],
-        "training": {k: v for k, v in stats.items() if k != "history"},
-        "history": stats.get("history", []),
-        "timings": timings,
-        "peak_memory_mb": model_facts["peak_memory_mb"],
-        "versions": versions(),
-    }
+    report = build_report(
+        spec,
+        (method, method_reason),
+        data,
+        cfg,
+        stats,
+        timings,
+        model_facts,
+        metrics_block(spec, before, after, per_attack_before, per_attack_after),
+    )
     from sanitizer import model_card
 
     model_card.write(adapter_out, spec.base_model, spec.task, label_names, report)
-    from sanitizer.models import file_hashes
+    from sanitizer.adapter_files import file_hashes
 
     report["adapter_out"] = {"files": file_hashes(adapter_out)}
     if scan_block is not None:
@@ -418,10 +357,7 @@ def run_sanitize(
         report["baseline"] = baseline
     if comparators is not None:
         report["comparators"] = comparators
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_report = out_dir / "report.json.tmp"
-    tmp_report.write_text(json.dumps(report, indent=2, default=str))
-    tmp_report.replace(out_dir / "report.json")
+    write_report(out_dir, report)
     return report
 
 

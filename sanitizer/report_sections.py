@@ -53,7 +53,6 @@ def _kv_table(d: Any, prefix: str) -> str:
     return _table(["key", "value"], rows)
 
 
-
 @dataclass
 class Page:
     """What the sections read, and the sections they add."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sanitizer.adapter_files import combine_lora_into_one
 from sanitizer.defenses import METHODS
 from sanitizer.defenses.batching import make_batch
 from sanitizer.defenses.common import pooled_feature, validate_config
@@ -19,7 +20,6 @@ from sanitizer.defenses.w2sdefense import kd_loss
 from sanitizer.errors import ConfigError
 from sanitizer.models import (
     add_lora,
-    combine_lora_into_one,
     load_model,
     save_adapter,
     select_device,

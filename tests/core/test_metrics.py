@@ -128,7 +128,7 @@ def test_classification_report_has_false_trigger_rate_and_prediction_share(monke
 
 
 def test_sanity_warnings_flag_a_one_label_model_and_a_trigger_that_changes_little() -> None:
-    from sanitizer.pipeline import sanity_warnings
+    from sanitizer.report_json import sanity_warnings
 
     real = {
         "majority_prediction_share": 0.55,
