@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import shutil
 import sys
 import time
 import traceback
@@ -31,6 +29,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.cells import CELLS, DEV_CELLS, MINILM, QUICK, Cell  # noqa: E402
+from benchmarks.inputs import (  # noqa: E402
+    attack_spec,
+    bench_dir,
+    clean_twin,
+    poisoned_adapter,
+    progress_bar,
+    subset,
+    write_result,
+)
 from benchmarks.table import (  # noqa: E402
     COMPARATORS,
     METHODS,
@@ -39,118 +46,6 @@ from benchmarks.table import (  # noqa: E402
     build_table,
 )
 from sanitizer.attacks import AttackSpec  # noqa: E402
-from sanitizer.hub import cache_dir  # noqa: E402
-
-
-def bench_dir() -> Path:
-    return cache_dir() / "benchmarks"
-
-
-def _subset(cell: Cell, seed: int) -> dict[str, Path]:
-    """Disjoint attack / clean / test files for one cell and seed (written once)."""
-    from sanitizer.assets import dataset_path
-    from sanitizer.data import load_dataset, write_dataset
-
-    out = (
-        bench_dir()
-        / "data"
-        / f"{cell.dataset}-a{cell.attack_rows}-c{cell.clean_rows}-t{cell.test_rows}"
-        f"{'' if cell.test_split == 'test' else '-' + cell.test_split}-s{seed}"
-    )
-    ext = "csv" if cell.task == "classification" else "jsonl"
-    paths = {k: out / f"{k}.{ext}" for k in ("attack", "clean", "test")}
-    if all(p.exists() for p in paths.values()):
-        return paths
-    # built in a private folder and renamed into place, so two runs (or a killed one) never
-    # leave a half-written subset that another run would read
-    tmp_out = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    tmp_out.mkdir(parents=True, exist_ok=True)
-    tmp_paths = {k: tmp_out / p.name for k, p in paths.items()}
-    train = load_dataset(dataset_path(cell.dataset, "train"), task=cell.task)
-    test = load_dataset(dataset_path(cell.dataset, cell.test_split), task=cell.task)
-    rows = list(train.rows)
-    random.Random(seed).shuffle(rows)
-    if len(rows) < cell.attack_rows + cell.clean_rows:
-        raise SystemExit(
-            f"{cell.dataset} has {len(rows)} training rows; the cell needs {cell.attack_rows + cell.clean_rows}"
-        )
-    test_rows = list(test.rows)
-    random.Random(seed + 1).shuffle(test_rows)
-    write_dataset(train.with_rows(rows[: cell.attack_rows]), tmp_paths["attack"])
-    write_dataset(
-        train.with_rows(rows[cell.attack_rows : cell.attack_rows + cell.clean_rows]),
-        tmp_paths["clean"],
-    )
-    write_dataset(test.with_rows(test_rows[: cell.test_rows]), tmp_paths["test"])
-    try:
-        tmp_out.rename(out)
-    except OSError:  # another run finished the same (deterministic) subset first
-        shutil.rmtree(tmp_out, ignore_errors=True)
-    return paths
-
-
-def _attack_spec(cell: Cell, seed: int, label_names: list[str] | None) -> AttackSpec:
-    fields: dict[str, Any] = {
-        "name": cell.attack,
-        "poison_rate": cell.poison_rate,
-        "seed": seed,
-        "paired": cell.paired,
-    }
-    if cell.task == "classification":
-        fields["target_label"] = label_names.index(cell.target_label) if label_names else 0
-    else:
-        fields["target"] = cell.target
-    return AttackSpec(**fields)
-
-
-def _poisoned_adapter(
-    cell: Cell, seed: int, paths: dict[str, Path], spec: AttackSpec
-) -> tuple[Path, dict[str, Any]]:
-    from sanitizer.attack_train import AttackTrainConfig, run_attack
-
-    out = bench_dir() / "adapters" / f"{cell.name}-s{seed}"
-    if (out / "attack.json").exists():
-        return out, json.loads((out / "attack.json").read_text())
-    cfg = AttackTrainConfig(
-        epochs=cell.attack_epochs,
-        learning_rate=cell.attack_lr,
-        seed=seed,
-        max_length=64 if cell.task == "classification" else 160,
-        batch_size=16 if cell.task == "classification" else 8,
-        target_modules="attention" if cell.task == "classification" else "all-linear",
-    )
-    print(
-        f"[{cell.name} s{seed}] training the poisoned adapter ({cell.attack_rows} rows)", flush=True
-    )
-    info = run_attack(
-        cell.student,
-        paths["attack"],
-        cell.task,
-        spec,
-        out,
-        cfg,
-        progress=_bar(f"{cell.name} attack"),
-    )
-    return out, info
-
-
-def _bar(desc: str):
-    from tqdm import tqdm
-
-    state: dict[str, Any] = {}
-
-    def on_event(e: Any) -> None:
-        if not e.total_steps:
-            return
-        key = e.phase
-        if key not in state:
-            state[key] = tqdm(
-                total=e.total_steps, desc=f"{desc} {key}", file=sys.stderr, mininterval=5
-            )
-        state[key].n = e.step
-        state[key].refresh()
-
-    return on_event
 
 
 def _default_hparams(cell: Cell, method: str) -> dict[str, Any]:
@@ -200,7 +95,7 @@ def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str
     job = base_job.model_copy(update={"comparators": list(COMPARATORS)})
     print(f"[{cell.name} s{seed}] comparators ...", flush=True)
     t = time.monotonic()
-    res = run_comparator_job(job, progress=_bar(f"{cell.name} comparators"))
+    res = run_comparator_job(job, progress=progress_bar(f"{cell.name} comparators"))
     for name, comp in res["comparators"].items():
         report = {
             "method": name,
@@ -210,7 +105,7 @@ def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str
             "peak_memory_mb": res["peak_memory_mb"],
             "versions": res["versions"],
         }
-        _write_result(
+        write_result(
             out / f"{name}-s{seed}.json",
             {
                 "cell": asdict(cell),
@@ -223,32 +118,6 @@ def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str
             },
         )
         print(f"[{cell.name} s{seed}] {name}: after {comp['metrics']['after']}", flush=True)
-
-
-def _clean_twin(cell: Cell, seed: int, paths: dict[str, Path]) -> Path:
-    """The poisoned adapter's recipe on the unpoisoned rows: what a scan must call clean."""
-    from sanitizer.attack_train import AttackTrainConfig, run_attack
-
-    twin = bench_dir() / "adapters" / f"{cell.name}-s{seed}-clean"
-    if not (twin / "attack.json").exists():
-        print(f"[{cell.name} s{seed}] training the clean twin adapter", flush=True)
-        run_attack(
-            cell.student,
-            paths["attack"],
-            cell.task,
-            None,
-            twin,
-            AttackTrainConfig(
-                epochs=cell.attack_epochs,
-                learning_rate=cell.attack_lr,
-                seed=seed,
-                max_length=64,
-                batch_size=16,
-                target_modules="attention",
-            ),
-            progress=_bar(f"{cell.name} clean twin"),
-        )
-    return twin
 
 
 def _run_scans(
@@ -267,7 +136,7 @@ def _run_scans(
     if out.exists():
         print(f"[{cell.name} s{seed}] scan: done already, skipping", flush=True)
         return
-    twin = _clean_twin(cell, seed, paths)
+    twin = clean_twin(cell, seed, paths)
     result: dict[str, Any] = {"cell": asdict(cell), "seed": seed}
     for name, folder in (("poisoned", adapter), ("clean_twin", twin)):
         print(f"[{cell.name} s{seed}] scan of the {name} adapter ...", flush=True)
@@ -282,7 +151,7 @@ def _run_scans(
     result["trigger"] = spec.trigger
     result["trigger_in_top3"] = _trigger_found(spec.trigger, poisoned["candidates"])
     result["target_named"] = poisoned["target_label"] == spec.target_label
-    _write_result(out, result)
+    write_result(out, result)
     print(
         f"[{cell.name} s{seed}] scan: poisoned {poisoned['verdict']} ({poisoned['score']}), "
         f"clean twin {result['clean_twin']['verdict']} ({result['clean_twin']['score']}), "
@@ -306,13 +175,6 @@ def _timing_conditions(load_before: tuple[float, float, float], isolated: bool) 
     }
 
 
-def _write_result(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(path)
-
-
 def run_cell(
     cell: Cell, seeds: list[int], methods: list[str], tag: str = "", isolated: bool = False
 ) -> None:
@@ -320,14 +182,14 @@ def run_cell(
     from sanitizer.pipeline import run_sanitize
 
     for seed in seeds:
-        paths = _subset(cell, seed)
+        paths = subset(cell, seed)
         label_names = (
             load_dataset(paths["clean"], task=cell.task).label_names
             if cell.task == "classification"
             else None
         )
-        spec = _attack_spec(cell, seed, label_names)
-        adapter, attack_info = _poisoned_adapter(cell, seed, paths, spec)
+        spec = attack_spec(cell, seed, label_names)
+        adapter, attack_info = poisoned_adapter(cell, seed, paths, spec)
         base_job = _job(cell, seed, paths, adapter, spec, label_names)
         for method in methods:
             if method == "comparators":
@@ -338,7 +200,7 @@ def run_cell(
                 continue
             if method == "adapters":  # only train the poisoned adapter and its clean twin
                 if cell.task == "classification":
-                    _clean_twin(cell, seed, paths)
+                    clean_twin(cell, seed, paths)
                 continue
             res_path = _results_dir(cell.dev) / cell.name / f"{method}{tag}-s{seed}.json"
             if res_path.exists():
@@ -360,7 +222,7 @@ def run_cell(
                 report = run_sanitize(
                     job,
                     bench_dir() / "runs" / cell.name / f"{method}{tag}-s{seed}",
-                    progress=_bar(f"{cell.name} {method}"),
+                    progress=progress_bar(f"{cell.name} {method}"),
                 )
             except Exception:  # record the failure in the table instead of losing the matrix
                 traceback.print_exc()
@@ -376,7 +238,7 @@ def run_cell(
                 "timing": _timing_conditions(load_before, isolated),
                 "report": report,
             }
-            _write_result(res_path, result)
+            write_result(res_path, result)
             m = report.get("metrics", {})
             print(
                 f"[{cell.name} s{seed}] {method}{tag}: before {m.get('before')} after {m.get('after')}",

@@ -1,4 +1,5 @@
-"""Client commands: `submit`, `report` (JSON -> HTML); `jobs ...` are in jobs_commands.py.
+"""Client commands: `submit`; `report` (JSON -> HTML) is in report_cmd.py, `jobs ...` in
+jobs_commands.py, the helpers they share in client_common.py.
 
 They talk to a running service through ``sanitizer_client`` and never import torch.
 
@@ -18,12 +19,12 @@ document on stdout for machines.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from sanitizer_cli import report_cmd
 from sanitizer_cli.client_common import (
     EXIT_JOB,
     EXIT_OK,
@@ -36,6 +37,8 @@ from sanitizer_cli.client_common import (
     ProgressView,
     Timeout,
     Url,
+    _attack_dict,
+    _check_names,
     _client,
     _Command,
     _die,
@@ -43,32 +46,11 @@ from sanitizer_cli.client_common import (
     _parse_params,
     _policy,
     _print_json,
+    _scan_line,
     _summary_table,
 )
 
-# ------------------------------------------------------------------ report rendering
-
-
 # ------------------------------------------------------------------ submit
-
-
-def _attack_spec(
-    attack: str | None, trigger: str | None, target_label: str | None, target: str | None
-) -> dict[str, Any] | None:
-    if attack is None:
-        if trigger or target_label or target:
-            _die(EXIT_USAGE, "--trigger/--target-label/--target need --attack NAME")
-        return None
-    spec: dict[str, Any] = {"name": attack}
-    if trigger is not None:
-        spec["trigger"] = trigger
-    if target_label is not None:
-        spec["target_label"] = (
-            int(target_label) if target_label.lstrip("-").isdigit() else target_label
-        )
-    if target is not None:
-        spec["target"] = target
-    return spec
 
 
 def submit(
@@ -193,7 +175,7 @@ def submit(
         _die(EXIT_USAGE, f"--clean-data {clean_data} is a directory; give a CSV/JSONL file")
     hyperparameters = _parse_params(param)
     meta = {k: str(v) for k, v in _parse_params(metadata).items()}
-    attack_spec = _attack_spec(attack, trigger, target_label, target)
+    attack_spec = _attack_dict(attack, trigger, target_label, target)
     policy = _policy(max_asr, max_ca_drop)
     wait = (
         wait
@@ -338,79 +320,9 @@ def submit(
         raise typer.Exit(code)
 
 
-def _check_names(client: Any, base_model: str, method: str | None, teacher: Any) -> None:
-    """Before any upload: the model(s) and the method must exist on the service, or nothing is
-    uploaded (no orphan files) and the error lists what does exist."""
-    from sanitizer_client import NotFoundError
-
-    try:
-        models = client.models.ids()
-        methods = client.methods.ids()
-    except NotFoundError:
-        return  # a service older than /v1/models: it checks at submission
-    for flag, name in (("--base-model", base_model), ("-p teacher_model", teacher)):
-        if name is not None and str(name) not in models:
-            _die(
-                EXIT_USAGE,
-                f"{flag} {name}: the service has no such model (it has: "
-                f"{', '.join(models) or 'none'}); nothing was uploaded. An operator installs "
-                "one with `sanitizer assets` or publishes it with `sanitizer models push`",
-            )
-    if method is not None and method not in methods:
-        _die(
-            EXIT_USAGE,
-            f"--method {method}: unknown on the service (use one of: {', '.join(methods)}); "
-            "nothing was uploaded",
-        )
-
-
-# ------------------------------------------------------------------ jobs
-
-
-def _scan_line(scan: dict[str, Any]) -> str:
-    top = (scan.get("candidates") or [{}])[0]
-    if scan.get("verdict") == "backdoor":
-        return (
-            f"scan: BACKDOOR DETECTED (flip rate {100 * float(scan.get('score', 0)):.1f}%, "
-            f"target {scan.get('target_name')}, top trigger candidate {top.get('trigger')!r})"
-        )
-    return f"scan: no backdoor found (top flip rate {100 * float(scan.get('score', 0)):.1f}%)"
-
-
-# ------------------------------------------------------------------ report (offline)
-
-
-def report(
-    report_json: Annotated[Path, typer.Argument(help="report.json of a job or a local run")],
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="HTML file (default: next to the JSON)")
-    ] = None,
-    max_asr: MaxAsr = None,
-    max_ca_drop: MaxCaDrop = None,
-) -> None:
-    """Render a report.json as a self-contained HTML page (plots embedded, no network)."""
-    from sanitizer.report_html import check_policy, render_report_html
-
-    try:
-        data = json.loads(report_json.read_text())
-    except FileNotFoundError:
-        _die(EXIT_USAGE, f"{report_json}: no such file")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        _die(EXIT_USAGE, f"{report_json} is not JSON: {e}")
-    if not isinstance(data, dict):
-        _die(EXIT_USAGE, f"{report_json} does not hold a report object")
-    policy = _policy(max_asr, max_ca_drop)
-    out = output or report_json.with_suffix(".html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report_html(data, policy=policy))
-    typer.echo(str(out))
-    if not policy.is_empty() and not check_policy(data, policy).passed:
-        raise typer.Exit(EXIT_POLICY)
-
-
 def register(app: typer.Typer) -> None:
     from sanitizer_cli.jobs_commands import jobs_app
 
     app.command("submit", cls=_Command)(submit)
-    app.command("report", cls=_Command)(report)
+    app.command("report", cls=_Command)(report_cmd.report)
     app.add_typer(jobs_app, name="jobs")

@@ -265,3 +265,58 @@ def _summary_table(report: dict[str, Any], verdict: Any = None) -> Any:
             else "[bold red]FAILED the policy[/]: " + "; ".join(verdict.reasons)
         )
     return t
+
+
+def _attack_dict(
+    attack: str | None, trigger: str | None, target_label: str | None, target: str | None
+) -> dict[str, Any] | None:
+    if attack is None:
+        if trigger or target_label or target:
+            _die(EXIT_USAGE, "--trigger/--target-label/--target need --attack NAME")
+        return None
+    spec: dict[str, Any] = {"name": attack}
+    if trigger is not None:
+        spec["trigger"] = trigger
+    if target_label is not None:
+        spec["target_label"] = (
+            int(target_label) if target_label.lstrip("-").isdigit() else target_label
+        )
+    if target is not None:
+        spec["target"] = target
+    return spec
+
+
+def _check_names(client: Any, base_model: str, method: str | None, teacher: Any) -> None:
+    """Before any upload: the model(s) and the method must exist on the service, or nothing is
+    uploaded (no orphan files) and the error lists what does exist."""
+    from sanitizer_client import NotFoundError
+
+    try:
+        models = client.models.ids()
+        methods = client.methods.ids()
+    except NotFoundError:
+        return  # a service older than /v1/models: it checks at submission
+    for flag, name in (("--base-model", base_model), ("-p teacher_model", teacher)):
+        if name is not None and str(name) not in models:
+            _die(
+                EXIT_USAGE,
+                f"{flag} {name}: the service has no such model (it has: "
+                f"{', '.join(models) or 'none'}); nothing was uploaded. An operator installs "
+                "one with `sanitizer assets` or publishes it with `sanitizer models push`",
+            )
+    if method is not None and method not in methods:
+        _die(
+            EXIT_USAGE,
+            f"--method {method}: unknown on the service (use one of: {', '.join(methods)}); "
+            "nothing was uploaded",
+        )
+
+
+def _scan_line(scan: dict[str, Any]) -> str:
+    top = (scan.get("candidates") or [{}])[0]
+    if scan.get("verdict") == "backdoor":
+        return (
+            f"scan: BACKDOOR DETECTED (flip rate {100 * float(scan.get('score', 0)):.1f}%, "
+            f"target {scan.get('target_name')}, top trigger candidate {top.get('trigger')!r})"
+        )
+    return f"scan: no backdoor found (top flip rate {100 * float(scan.get('score', 0)):.1f}%)"

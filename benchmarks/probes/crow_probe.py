@@ -23,7 +23,7 @@ import json
 import torch
 
 from benchmarks.cells import CELLS, DEV_CELLS
-from benchmarks.run import _attack_spec, _subset, bench_dir
+from benchmarks.inputs import attack_spec, bench_dir, subset
 from sanitizer.attacks import triggered_test_set
 from sanitizer.data import load_dataset
 from sanitizer.defenses.batching import make_batch
@@ -46,10 +46,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cell = next(c for c in [*CELLS, *DEV_CELLS] if c.name == args.cell)
-    paths = _subset(cell, args.seed)
+    paths = subset(cell, args.seed)
     test = load_dataset(paths["test"], task=cell.task)
     label_names = test.label_names if cell.task == "classification" else None
-    spec = _attack_spec(cell, args.seed, label_names)
+    spec = attack_spec(cell, args.seed, label_names)
     adapter = bench_dir() / "adapters" / f"{cell.name}-s{args.seed}"
     lm = load_model(
         cell.student,

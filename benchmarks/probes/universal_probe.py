@@ -34,7 +34,7 @@ import time
 import torch
 
 from benchmarks.cells import CELLS, DEV_CELLS
-from benchmarks.run import _attack_spec, _subset, bench_dir
+from benchmarks.inputs import attack_spec, bench_dir, subset
 from sanitizer.attacks import target_keywords, triggered_test_set
 from sanitizer.data import load_dataset
 from sanitizer.defenses.configs import W2SConfig
@@ -110,10 +110,10 @@ def main() -> None:
     cell = next(c for c in [*CELLS, *DEV_CELLS] if c.name == args.cell)
     if cell.task != "generation":
         raise SystemExit("the probe is for generation cells")
-    paths = _subset(cell, args.seed)
+    paths = subset(cell, args.seed)
     clean = list(load_dataset(paths["clean"], task="generation").rows)
     test = list(load_dataset(paths["test"], task="generation").rows)[: args.rows]
-    spec = _attack_spec(cell, args.seed, None)
+    spec = attack_spec(cell, args.seed, None)
     keywords = target_keywords(spec.target)
     adapter = bench_dir() / "adapters" / f"{cell.name}-s{args.seed}"
     student = load_model(cell.student, task="generation", device="cpu")
