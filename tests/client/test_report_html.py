@@ -165,6 +165,7 @@ def test_embedded_json_cannot_break_out(report: dict[str, Any]) -> None:
 def test_module_is_torch_free() -> None:
     code = (
         "import sys, json; from sanitizer.report_html import render_report_html;"
+        "import sanitizer.report_json;"
         "render_report_html({'metrics': {'before': {'clean_accuracy': 0.5}}});"
         "print(json.dumps(['torch' in sys.modules, 'matplotlib.pyplot' in sys.modules]))"
     )

@@ -1,0 +1,134 @@
+"""The discrete trigger search under ``sanitizer.scan``: HotFlip / GCG style. The gradient of
+the target loss with respect to a one-hot trigger ranks replacement tokens per position; a batch
+of single-token swaps is tried (in batched forwards), the best kept. Each row passed through the
+model is counted in ``count`` (a gradient row as 3), so a scan can report its cost."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sanitizer.defenses.configs import ScanConfig
+from sanitizer.models import LoadedModel
+
+
+def encode(lm: LoadedModel, texts: Sequence[str], max_length: int, n: int) -> list[list[int]]:
+    enc = lm.tokenizer(list(texts), truncation=True, max_length=max_length - n)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def _assemble(
+    lm: LoadedModel, rows: list[list[int]], triggers: Sequence[Sequence[int]], block: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and the trigger's first position per row; row i gets
+    ``triggers[i // block]``, after a leading special token (CLS/BOS) or first; padding on the
+    tokenizer's side."""
+    tok = lm.tokenizer
+    special = set(tok.all_special_ids)
+    seqs, starts = [], []
+    for i, ids in enumerate(rows):
+        at = 1 if ids and ids[0] in special else 0
+        seqs.append(ids[:at] + list(triggers[i // block]) + ids[at:])
+        starts.append(at)
+    width = max(len(s) for s in seqs)
+    pad = tok.pad_token_id
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    left = getattr(tok, "padding_side", "right") == "left"
+    for i, s in enumerate(seqs):
+        off = width - len(s) if left else 0
+        input_ids[i, off : off + len(s)] = torch.tensor(s)
+        attn[i, off : off + len(s)] = 1
+        starts[i] += off
+    dev = lm.device
+    return input_ids.to(dev), attn.to(dev), torch.tensor(starts, device=dev)
+
+
+def _loss_per_trigger(
+    lm: LoadedModel,
+    rows: list[list[int]],
+    triggers: list[list[int]],
+    target: int,
+    count: list[int],
+    batch: int = 256,
+) -> torch.Tensor:
+    """Mean target cross-entropy of each trigger over ``rows`` (forward only; all triggers of a
+    round in as few batched forwards as fit ``batch`` rows)."""
+    per = max(1, batch // max(1, len(rows)))
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(triggers), per):
+            chunk = triggers[i : i + per]
+            ids, attn, _ = _assemble(lm, [r for _ in chunk for r in rows], chunk, len(rows))
+            logits = lm.model(input_ids=ids, attention_mask=attn).logits.float()
+            tgt = torch.full((len(ids),), target, device=logits.device)
+            loss = F.cross_entropy(logits, tgt, reduction="none").view(len(chunk), len(rows))
+            out.append(loss.mean(dim=1))
+            count[0] += len(ids)
+    return torch.cat(out)
+
+
+def _gradient(
+    lm: LoadedModel, rows: list[list[int]], trig: list[int], target: int, count: list[int]
+) -> torch.Tensor:
+    """d(target loss)/d(one-hot trigger): (trigger_len, vocab)."""
+    emb = lm.model.get_input_embeddings()
+    ids, attn, starts = _assemble(lm, rows, [trig], len(rows))
+    onehot = torch.zeros(len(trig), emb.weight.shape[0], device=lm.device, dtype=emb.weight.dtype)
+    onehot[torch.arange(len(trig)), torch.tensor(trig)] = 1.0
+    onehot.requires_grad_(True)
+    with torch.enable_grad():
+        embeds = emb(ids).detach().clone()
+        trig_emb = onehot @ emb.weight.detach()
+        for b in range(len(rows)):
+            s = int(starts[b])
+            embeds[b, s : s + len(trig)] = trig_emb
+        logits = lm.model(inputs_embeds=embeds, attention_mask=attn).logits.float()
+        tgt = torch.full((len(rows),), target, device=logits.device)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, tgt), onehot)
+    count[0] += 3 * len(rows)
+    return grad
+
+
+def search_trigger(
+    lm: LoadedModel,
+    rows: list[list[int]],
+    target: int,
+    cfg: ScanConfig,
+    allowed: torch.Tensor,
+    rng: random.Random,
+    steps: int,
+    *,
+    start: list[int] | None = None,
+    swaps: int | None = None,
+    count: list[int] | None = None,
+) -> tuple[list[int], float]:
+    """One discrete search from ``start`` (random allowed tokens if None): the trigger tokens
+    and their final target loss; stops early once the loss is below ``cfg.stop_loss``."""
+    count = count if count is not None else [0]
+    pool = torch.nonzero(allowed).flatten().tolist()
+    trig = list(start) if start else [rng.choice(pool) for _ in range(cfg.trigger_len)]
+    best = float(_loss_per_trigger(lm, rows, [trig], target, count)[0])
+    for _ in range(steps):
+        if best < cfg.stop_loss:
+            break
+        grad = _gradient(lm, rows, trig, target, count)
+        grad[:, ~allowed.to(grad.device)] = float("inf")
+        top = (-grad).topk(cfg.top_k, dim=1).indices.tolist()
+        tries: list[list[int]] = []
+        for _ in range(swaps or cfg.swaps):
+            pos = rng.randrange(cfg.trigger_len)
+            cand = list(trig)
+            cand[pos] = rng.choice(top[pos])
+            if cand != trig and cand not in tries:
+                tries.append(cand)
+        if not tries:
+            continue
+        losses = _loss_per_trigger(lm, rows, tries, target, count)
+        i = int(losses.argmin())
+        if float(losses[i]) < best:
+            best, trig = float(losses[i]), tries[i]
+    return trig, best
