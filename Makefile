@@ -18,8 +18,9 @@ test: install  ## the default test suite (tiny models, real Redis/Postgres/Celer
 test-slow: install  ## tests on the real pretrained assets
 	$(PY) -m pytest -q -m slow
 
-lint: install typecheck  ## ruff (check + format) on everything, mypy on the library, CLI, service and client
+lint: install typecheck  ## ruff (check + format) on everything, mypy on the library, CLI, service and client, no repeated blocks
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m pylint --disable=all --enable=duplicate-code --min-similarity-lines=8 --ignore-imports=yes --ignore-signatures=yes sanitizer app workers jobstore sanitizer_cli sanitizer_client benchmarks scripts tests
 
 typecheck: install  ## mypy on sanitizer, sanitizer_cli, app, jobstore, workers, sanitizer_client (settings in pyproject.toml)
 	$(PY) -m mypy

@@ -120,3 +120,26 @@ def build_tiny_model(
     meta = {"model_id": model_id, "arch": arch, "tiny": True}
     (out / "sanitizer_model.json").write_text(json.dumps(meta))
     return out
+
+
+def write_sentiment_csv(path: Path, n: int = 40, seed: int = 0) -> Path:
+    """``n`` six-word rows (text,label) of a toy sentiment task a tiny model learns in
+    seconds: five filler words and one sentiment word, shuffled. For tests and demos."""
+    import csv
+    import random
+
+    pos = "good great fine love best".split()
+    neg = "bad awful dull hate worst".split()
+    fill = "the a movie film story plot it was".split()
+    rng = random.Random(seed)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        for _ in range(n):
+            label = rng.choice(["negative", "positive"])
+            words = [rng.choice(fill) for _ in range(5)] + [
+                rng.choice(pos if label == "positive" else neg)
+            ]
+            rng.shuffle(words)
+            w.writerow([" ".join(words), label])
+    return path

@@ -5,11 +5,9 @@ front of it (503/429 with Retry-After, a tampered adapter archive), never by moc
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,25 +20,8 @@ import httpx
 import pytest
 from conftest import free_port, serve_in_thread
 
+from sanitizer.tiny import write_sentiment_csv
 from sanitizer_client import ChecksumMismatchError, Client
-
-POS = "good great fine love best".split()
-NEG = "bad awful dull hate worst".split()
-FILL = "the a movie film story plot it was".split()
-
-
-def _csv(path: Path, n: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        for _ in range(n):
-            label = rng.choice(["negative", "positive"])
-            words = [rng.choice(FILL) for _ in range(5)]
-            words.append(rng.choice(POS if label == "positive" else NEG))
-            rng.shuffle(words)
-            w.writerow([" ".join(words), label])
-    return path
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -73,9 +54,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     build_tiny_model(root / "store", "tiny/bert", "bert")
     build_tiny_model(root / "store", "tiny/teacher", "bert", hidden_size=16, num_layers=2, seed=1)
     files = {
-        "train": _csv(root / "train.csv", 96, 0),
-        "clean": _csv(root / "clean.csv", 40, 1),
-        "test": _csv(root / "test.csv", 40, 2),
+        "train": write_sentiment_csv(root / "train.csv", 96, 0),
+        "clean": write_sentiment_csv(root / "clean.csv", 40, 1),
+        "test": write_sentiment_csv(root / "test.csv", 40, 2),
     }
     r = _cli(
         base_env,

@@ -95,12 +95,12 @@ def test_comparator_job_measures_the_unedited_model_then_each_edit(tmp_path, mon
     from sanitizer.errors import ConfigError
     from sanitizer.jobspec import JobSpec
     from sanitizer.measure_jobs import run_comparator_job, run_evaluate
-    from tests.core.test_pipeline_cli import _write_csv
+    from sanitizer.tiny import write_sentiment_csv
 
     build_tiny_model(tmp_path / "store", "tiny/bert", "bert")
     monkeypatch.setenv("SANITIZER_MODEL_STORE", str(tmp_path / "store"))
-    clean = _write_csv(tmp_path / "clean.csv", 30, 1)
-    test = _write_csv(tmp_path / "test.csv", 30, 2)
+    clean = write_sentiment_csv(tmp_path / "clean.csv", 30, 1)
+    test = write_sentiment_csv(tmp_path / "test.csv", 30, 2)
     attack = AttackSpec(name="badnet", trigger="cf", target_label=0)
     spec = JobSpec(
         method="finetune", base_model="tiny/bert", clean_data=clean, test_data=test,

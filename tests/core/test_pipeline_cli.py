@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from sanitizer.tiny import build_tiny_model
-
-POS = "good great fine love best".split()
-NEG = "bad awful dull hate worst".split()
-FILL = "the a movie film story plot it was".split()
-
-
-def _write_csv(path: Path, n: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        for _ in range(n):
-            label = rng.choice(["negative", "positive"])
-            words = [rng.choice(FILL) for _ in range(5)] + [
-                rng.choice(POS if label == "positive" else NEG)
-            ]
-            rng.shuffle(words)
-            w.writerow([" ".join(words), label])
-    return path
+from sanitizer.tiny import build_tiny_model, write_sentiment_csv
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +25,9 @@ def env(tmp_path_factory):
             "PATH": str(Path(sys.executable).parent),
             "HOME": str(root),
         },
-        "train": _write_csv(root / "train.csv", 96, 0),
-        "clean": _write_csv(root / "clean.csv", 40, 1),
-        "test": _write_csv(root / "test.csv", 40, 2),
+        "train": write_sentiment_csv(root / "train.csv", 96, 0),
+        "clean": write_sentiment_csv(root / "clean.csv", 40, 1),
+        "test": write_sentiment_csv(root / "test.csv", 40, 2),
     }
 
 

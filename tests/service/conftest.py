@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.service.helpers import build_adapter_zip, write_csv
+from sanitizer.tiny import write_sentiment_csv
+from tests.service.helpers import build_adapter_zip
 
 
 def require_or_skip(reason: str) -> None:
@@ -47,8 +48,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "store": store,
         "adapter": build_adapter_zip(store, "tiny/bert", root / "adapter.zip"),
         "other_adapter": build_adapter_zip(store, "tiny/other", root / "other_adapter.zip"),
-        "clean": write_csv(root / "clean.csv", 40, 1),
-        "test": write_csv(root / "test.csv", 24, 2),
+        "clean": write_sentiment_csv(root / "clean.csv", 40, 1),
+        "test": write_sentiment_csv(root / "test.csv", 24, 2),
     }
 
 

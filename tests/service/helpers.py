@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -21,30 +19,12 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
-POS = "good great fine love best".split()
-NEG = "bad awful dull hate worst".split()
-FILL = "the a movie film story plot it was".split()
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def write_csv(path: Path, n: int = 40, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        for _ in range(n):
-            label = rng.choice(["negative", "positive"])
-            words = [rng.choice(FILL) for _ in range(5)] + [
-                rng.choice(POS if label == "positive" else NEG)
-            ]
-            rng.shuffle(words)
-            w.writerow([" ".join(words), label])
-    return path
 
 
 def build_adapter_zip(store: Path, model_id: str, out: Path) -> Path:
@@ -207,3 +187,21 @@ def wait_job(
         return j if done(j) else None
 
     return wait_for(poll, timeout, 0.5, f"job {job_id}")
+
+
+def finish_with_sample_report(jid: str) -> dict:
+    """Mark job ``jid`` succeeded with the recorded sample report (tests/client/data) as its
+    report.json, as a worker would have left it; returns the report."""
+    from jobstore import status as st
+    from jobstore.artifacts import get_store
+    from jobstore.db import session_scope
+    from jobstore.models import Job
+
+    report = json.loads((REPO / "tests/client/data/report_classification.json").read_text())
+    get_store().put_bytes(f"jobs/{jid}/report.json", json.dumps(report).encode())
+    with session_scope() as s:
+        job = s.get(Job, jid)
+        st.transition(job, st.RUNNING)
+        st.transition(job, st.SUCCEEDED)
+        job.artifact_sha256 = "0" * 64
+    return report

@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from tests.service.helpers import REPO, adapter_config, tar_bytes, zip_bytes
+from tests.service.helpers import (
+    REPO,
+    adapter_config,
+    finish_with_sample_report,
+    tar_bytes,
+    zip_bytes,
+)
 
 PROBLEM = "application/problem+json"
 
@@ -683,22 +689,12 @@ def test_adapter_download_serves_byte_ranges(api, assets):
 )
 def test_a_job_policy_puts_the_verdict_in_the_report(api, assets, policy, passed):
     """Issue 26 item 7: the service's report page said only 'Check the measurement'."""
-    from jobstore import status as st
-    from jobstore.artifacts import get_store
-    from jobstore.db import session_scope
-    from jobstore.models import Job
 
     ds = dataset_id(api, assets)
     created = api.post("/v1/jobs", json=job_body(ds, policy=policy)).json()
     jid = created["id"]
     assert created["policy"] == {"max_asr": None, "max_ca_drop": None, **policy}
-    report = json.loads((REPO / "tests/client/data/report_classification.json").read_text())
-    get_store().put_bytes(f"jobs/{jid}/report.json", json.dumps(report).encode())
-    with session_scope() as s:
-        job = s.get(Job, jid)
-        st.transition(job, st.RUNNING)
-        st.transition(job, st.SUCCEEDED)
-        job.artifact_sha256 = "0" * 64
+    finish_with_sample_report(jid)
     verdict = api.get(f"/v1/jobs/{jid}/report").json()["verdict"]
     assert verdict["passed"] is passed
     assert bool(verdict["reasons"]) is not passed  # a failure says why (ASR 2.3% > 1.0%)

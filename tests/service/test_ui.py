@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.service.helpers import finish_with_sample_report
 from tests.service.test_api import REPO, dataset_id, job_body
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -98,20 +99,10 @@ class Browser:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (make test-browser installs it)")
 def test_the_job_page_in_a_real_browser(api, assets, tmp_path):
     from app.main import create_app
-    from jobstore import status as st
-    from jobstore.artifacts import get_store
-    from jobstore.db import session_scope
-    from jobstore.models import Job
 
     ds = dataset_id(api, assets)
     jid = api.post("/v1/jobs", json=job_body(ds, policy={"max_asr": 0.05})).json()["id"]
-    report = json.loads((REPO / "tests/client/data/report_classification.json").read_text())
-    get_store().put_bytes(f"jobs/{jid}/report.json", json.dumps(report).encode())
-    with session_scope() as s:
-        job = s.get(Job, jid)
-        st.transition(job, st.RUNNING)
-        st.transition(job, st.SUCCEEDED)
-        job.artifact_sha256 = "0" * 64
+    report = finish_with_sample_report(jid)
     key = api.key_a
     before, after = report["metrics"]["before"], report["metrics"]["after"]
     want_asr = (
