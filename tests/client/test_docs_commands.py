@@ -1,7 +1,7 @@
 """Issue 26 item 6: every `sanitizer ...` command in the README and docs/ names a command and
 flags that exist (the README once said `report --out`; the flag is `--output`). Parsed from the
 fenced shell blocks and checked against the CLI's own click tree, so a renamed flag fails here
-before a reader finds it."""
+before a reader finds it. The README's runnable blocks are also executed: test_docs_run.py."""
 
 from __future__ import annotations
 
