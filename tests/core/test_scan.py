@@ -53,3 +53,30 @@ def test_a_sanitize_job_can_scan_its_own_result(poisoned_adapter):  # noqa: F811
     top = scan["candidates"][0]
     assert top["control_flip_rate"] > 0.1 and top["lift"] < 0.7, top
     assert scan["verdict"] == "clean", scan
+
+
+@pytest.mark.timeout(600)
+def test_scan_never_reads_the_attack_description(poisoned_adapter, tmp_path):  # noqa: F811
+    """The same folder with and without an attack.json (one naming a false trigger and target):
+    the same verdict, target and candidates, so the result comes from the weights alone."""
+    import json
+    import shutil
+
+    from sanitizer.scan import run_scan
+    from tests.core.test_rebuild import _csv
+
+    root, _, _ = poisoned_adapter
+    clean, _, _ = _data()
+    data = _csv(clean[400:600], tmp_path / "clean.csv")
+    told = tmp_path / "told"
+    shutil.copytree(root / "adapter", told)
+    (told / "attack.json").write_text(
+        json.dumps({"attack": {"name": "badnet", "trigger": "zz", "target_label": 1}})
+    )
+    assert not (root / "adapter" / "attack.json").exists()
+    cfg = ScanConfig(trigger_len=2)
+    plain = run_scan("tiny/enc", data, adapter_dir=root / "adapter", cfg=cfg, device="cpu")
+    given = run_scan("tiny/enc", data, adapter_dir=told, cfg=cfg, device="cpu")
+    assert plain["verdict"] == given["verdict"] == "backdoor"
+    assert plain["target_name"] == given["target_name"] == "negative"
+    assert plain["candidates"] == given["candidates"]
