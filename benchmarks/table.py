@@ -51,24 +51,41 @@ def _scan_table(dev: bool) -> list[str]:
     if not files:
         return [*out, "No scans recorded yet.", ""]
     out += [
-        "| cell | seed | poisoned: verdict (flip / lift) | top candidate → target | real trigger in top 3 | target named | clean twin: verdict (flip / lift) | scan s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cell | seed | poisoned: verdict (flip / lift) | top candidate → target | real trigger in top 3 | target named | clean twin: verdict (flip / lift) | scan s (poisoned / twin) | rows through the model (poisoned / twin) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    n = flagged = twins_flagged = found = named = 0
     for f in files:
         r = json.loads(f.read_text())
         p, c = r["poisoned"], r["clean_twin"]
 
         def v(x: dict[str, Any]) -> str:
             top = (x.get("candidates") or [{}])[0]
-            return f"{x['verdict']} ({100 * top.get('flip_rate', 0):.0f}% / {100 * top.get('lift', 0):.0f})"
+            lift = top.get("lift")
+            return (
+                f"{x['verdict']} ({100 * top.get('flip_rate', 0):.0f}% / "
+                f"{'–' if lift is None else f'{100 * lift:.0f}'})"
+            )
 
         top = (p.get("candidates") or [{}])[0]
         out.append(
             f"| {r['cell']['name']} | {r['seed']} | {v(p)} | `{top.get('trigger', '')}` → "
             f"{top.get('target_name', '')} | {'yes' if r['trigger_in_top3'] else 'no'} "
             f"(`{r['trigger']}`) | {'yes' if r['target_named'] else 'no'} | {v(c)} | "
-            f"{p.get('wall_s', 0):.0f} |"
+            f"{p.get('wall_s', 0):.0f} / {c.get('wall_s', 0):.0f} | "
+            f"{p.get('forwards', '–')} / {c.get('forwards', '–')} |"
         )
+        n += 1
+        flagged += p["verdict"] == "backdoor"
+        twins_flagged += c["verdict"] == "backdoor"
+        found += bool(r["trigger_in_top3"])
+        named += bool(r["target_named"])
+    out += [
+        "",
+        f"Poisoned adapters flagged: {flagged}/{n}; real trigger in a top-3 candidate: {found}/{n}; "
+        f"target named: {named}/{n}; clean twins flagged (false positives): {twins_flagged}/{n}. "
+        "Wall times are one torch thread with other benchmark processes sharing the 2 cores.",
+    ]
     return [*out, ""]
 
 
