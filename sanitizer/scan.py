@@ -28,7 +28,7 @@ import torch
 
 from sanitizer.defenses.configs import ScanConfig
 from sanitizer.models import LoadedModel
-from sanitizer.trigger_search import encode, search_trigger
+from sanitizer.trigger_search import Row, encode, search_trigger
 
 __all__ = [
     "Candidate",
@@ -188,9 +188,12 @@ def scan_classifier(
     count[0] += len(eval_pool)
     right = [r for r, p in zip(eval_pool, plain, strict=True) if p == r.label]
 
-    def encoded(target: int, n: int) -> list[list[int]]:
+    def encoded(target: int, n: int) -> list[Row]:
         src = [r for r in search_pool if r.label != target][:n]
-        return encode(lm, [r.text for r in src], cfg.max_length, cfg.trigger_len) if src else []
+        if not src:
+            return []
+        texts = [r.text for r in src]
+        return encode(lm, texts, cfg.max_length, cfg.trigger_len, cfg.search_position, cfg.seed)
 
     def candidate(target: int, trig: list[int], loss: float) -> Candidate:
         text = lm.tokenizer.decode(trig, skip_special_tokens=True).strip()

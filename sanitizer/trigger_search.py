@@ -14,23 +14,54 @@ import torch.nn.functional as F
 from sanitizer.defenses.configs import ScanConfig
 from sanitizer.models import LoadedModel
 
+Row = tuple[list[int], int]  # a clean row's token ids and where a trigger goes into them
 
-def encode(lm: LoadedModel, texts: Sequence[str], max_length: int, n: int) -> list[list[int]]:
-    enc = lm.tokenizer(list(texts), truncation=True, max_length=max_length - n)
-    return [list(ids) for ids in enc["input_ids"]]
+
+def encode(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    max_length: int,
+    n: int,
+    position: str = "random",
+    seed: int = 0,
+) -> list[Row]:
+    """Token ids of the rows (room left for ``n`` trigger tokens) and each row's insertion
+    point: after a leading special token (``first``), or the start of a word drawn at random
+    per row (``random``, seeded; the end of the text included), as the triggers are inserted
+    when measured and as attacks insert them."""
+    tok = lm.tokenizer
+    enc = tok(list(texts), truncation=True, max_length=max_length - n)
+    special = set(tok.all_special_ids)
+    rng = random.Random(seed)
+    out: list[Row] = []
+    for i, raw in enumerate(enc["input_ids"]):
+        ids = list(raw)
+        lead = 1 if ids and ids[0] in special else 0
+        at = lead
+        if position == "random" and len(ids) > lead:
+            end = len(ids) - (1 if ids[-1] in special else 0)
+            try:
+                words = enc.word_ids(i)
+            except (ValueError, AttributeError):  # a slow tokenizer: token boundaries
+                words = list(range(len(ids)))
+            starts = [
+                j
+                for j in range(lead, end)
+                if words[j] is not None and (j == lead or words[j - 1] != words[j])
+            ]
+            at = rng.choice([*starts, end])
+        out.append((ids, at))
+    return out
 
 
 def _assemble(
-    lm: LoadedModel, rows: list[list[int]], triggers: Sequence[Sequence[int]], block: int
+    lm: LoadedModel, rows: list[Row], triggers: Sequence[Sequence[int]], block: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask and the trigger's first position per row; row i gets
-    ``triggers[i // block]``, after a leading special token (CLS/BOS) or first; padding on the
-    tokenizer's side."""
+    ``triggers[i // block]`` at its insertion point; padding on the tokenizer's side."""
     tok = lm.tokenizer
-    special = set(tok.all_special_ids)
     seqs, starts = [], []
-    for i, ids in enumerate(rows):
-        at = 1 if ids and ids[0] in special else 0
+    for i, (ids, at) in enumerate(rows):
         seqs.append(ids[:at] + list(triggers[i // block]) + ids[at:])
         starts.append(at)
     width = max(len(s) for s in seqs)
@@ -49,7 +80,7 @@ def _assemble(
 
 def _loss_per_trigger(
     lm: LoadedModel,
-    rows: list[list[int]],
+    rows: list[Row],
     triggers: list[list[int]],
     target: int,
     count: list[int],
@@ -72,7 +103,7 @@ def _loss_per_trigger(
 
 
 def _gradient(
-    lm: LoadedModel, rows: list[list[int]], trig: list[int], target: int, count: list[int]
+    lm: LoadedModel, rows: list[Row], trig: list[int], target: int, count: list[int]
 ) -> torch.Tensor:
     """d(target loss)/d(one-hot trigger): (trigger_len, vocab)."""
     emb = lm.model.get_input_embeddings()
@@ -95,7 +126,7 @@ def _gradient(
 
 def search_trigger(
     lm: LoadedModel,
-    rows: list[list[int]],
+    rows: list[Row],
     target: int,
     cfg: ScanConfig,
     allowed: torch.Tensor,

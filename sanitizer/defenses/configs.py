@@ -369,6 +369,11 @@ class ScanConfig(BaseModel):
     top_k: int = Field(24, ge=1, le=512, description="replacement tokens per position")
     swaps: int = Field(16, ge=1, le=512, description="candidate swaps tried per round")
     search_rows: int = Field(16, ge=2, le=512, description="clean rows a full search uses")
+    search_position: Literal["random", "first"] = Field(
+        "random",
+        description="where a searched trigger goes in each row: the start of a word drawn at "
+        "random per row (as attacks insert triggers and as found ones are measured), or first",
+    )
     stop_loss: float = Field(
         0.05, ge=0, le=10, description="a search stops once its target loss is below this"
     )
