@@ -38,6 +38,14 @@ def _trigger_found(trigger: str | None, candidates: list[dict[str, Any]]) -> boo
     return False
 
 
+def _search(scan: dict[str, Any]) -> str:
+    """How the scan searched: staged (since 2026-12-06) or per label; the trigger after CLS
+    ('first') or at random word starts."""
+    cfg = scan.get("config") or {}
+    staged = "staged" if "screen_steps" in cfg else "per label"
+    return f"{staged}, {cfg.get('search_position', 'first')}"
+
+
 def _scan_table(dev: bool) -> list[str]:
     files = sorted(_results_dir(dev).glob("*/scans/scan-s*.json"))
     out = [
@@ -45,14 +53,17 @@ def _scan_table(dev: bool) -> list[str]:
         "",
         "`python benchmarks/run.py --cells CELL --methods scan`: the poisoned adapter and a clean",
         "twin trained by the same recipe on the unpoisoned rows are scanned with the defaults;",
-        "flip = the top candidate's flip rate, lift = flip minus random tokens' flip rate.",
+        "flip = the top candidate's flip rate, lift = flip minus random tokens' flip rate;",
+        "search = how the scan searched (sanitizer/scan.py): 'staged' screens every label and",
+        "searches the easiest fully; 'first' puts the trigger after CLS during the search,",
+        "'random' at a random word start per row (the default since 2026-12-06).",
         "",
     ]
     if not files:
         return [*out, "No scans recorded yet.", ""]
     out += [
-        "| cell | seed | poisoned: verdict (flip / lift) | top candidate → target | real trigger in top 3 | target named | clean twin: verdict (flip / lift) | scan s (poisoned / twin) | rows through the model (poisoned / twin) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| cell | seed | search | poisoned: verdict (flip / lift) | top candidate → target | real trigger in top 3 | target named | clean twin: verdict (flip / lift) | scan s (poisoned / twin) | rows through the model (poisoned / twin) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     n = flagged = twins_flagged = found = named = 0
     for f in files:
@@ -69,7 +80,7 @@ def _scan_table(dev: bool) -> list[str]:
 
         top = (p.get("candidates") or [{}])[0]
         out.append(
-            f"| {r['cell']['name']} | {r['seed']} | {v(p)} | `{top.get('trigger', '')}` → "
+            f"| {r['cell']['name']} | {r['seed']} | {_search(p)} | {v(p)} | `{top.get('trigger', '')}` → "
             f"{top.get('target_name', '')} | {'yes' if r['trigger_in_top3'] else 'no'} "
             f"(`{r['trigger']}`) | {'yes' if r['target_named'] else 'no'} | {v(c)} | "
             f"{p.get('wall_s', 0):.0f} / {c.get('wall_s', 0):.0f} | "
