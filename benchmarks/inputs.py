@@ -78,22 +78,30 @@ def attack_spec(cell: Cell, seed: int, label_names: list[str] | None) -> AttackS
     return AttackSpec(**fields)
 
 
+def attack_train_config(cell: Cell, seed: int) -> Any:
+    """The attacker's training recipe for the cell: its poisoned adapter and clean twin."""
+    from sanitizer.attack_train import AttackTrainConfig
+
+    cls = cell.task == "classification"
+    return AttackTrainConfig(
+        epochs=cell.attack_epochs,
+        learning_rate=cell.attack_lr,
+        seed=seed,
+        max_length=64 if cls else 160,
+        batch_size=16 if cls else 8,
+        target_modules="attention" if cls else "all-linear",
+    )
+
+
 def poisoned_adapter(
     cell: Cell, seed: int, paths: dict[str, Path], spec: AttackSpec
 ) -> tuple[Path, dict[str, Any]]:
-    from sanitizer.attack_train import AttackTrainConfig, run_attack
+    from sanitizer.attack_train import run_attack
 
     out = bench_dir() / "adapters" / f"{cell.name}-s{seed}"
     if (out / "attack.json").exists():
         return out, json.loads((out / "attack.json").read_text())
-    cfg = AttackTrainConfig(
-        epochs=cell.attack_epochs,
-        learning_rate=cell.attack_lr,
-        seed=seed,
-        max_length=64 if cell.task == "classification" else 160,
-        batch_size=16 if cell.task == "classification" else 8,
-        target_modules="attention" if cell.task == "classification" else "all-linear",
-    )
+    cfg = attack_train_config(cell, seed)
     print(
         f"[{cell.name} s{seed}] training the poisoned adapter ({cell.attack_rows} rows)", flush=True
     )
@@ -130,7 +138,7 @@ def progress_bar(desc: str):
 
 def clean_twin(cell: Cell, seed: int, paths: dict[str, Path]) -> Path:
     """The poisoned adapter's recipe on the unpoisoned rows: what a scan must call clean."""
-    from sanitizer.attack_train import AttackTrainConfig, run_attack
+    from sanitizer.attack_train import run_attack
 
     twin = bench_dir() / "adapters" / f"{cell.name}-s{seed}-clean"
     if not (twin / "attack.json").exists():
@@ -141,14 +149,7 @@ def clean_twin(cell: Cell, seed: int, paths: dict[str, Path]) -> Path:
             cell.task,
             None,
             twin,
-            AttackTrainConfig(
-                epochs=cell.attack_epochs,
-                learning_rate=cell.attack_lr,
-                seed=seed,
-                max_length=64,
-                batch_size=16,
-                target_modules="attention",
-            ),
+            attack_train_config(cell, seed),
             progress=progress_bar(f"{cell.name} clean twin"),
         )
     return twin

@@ -7,8 +7,8 @@ of single-token swaps is tried, the best kept) looks for ``trigger_len`` tokens 
 clean inputs of the other labels to it. The search is staged by cost: a short screen of every
 label on a few rows, then full searches, warm-started from the screen, only on the
 ``focus_labels`` labels whose screen loss fell lowest (a backdoor's target is the label a few
-tokens reach most easily), and a search stops as soon as its loss is below ``stop_loss``. A model with a backdoor has such a short trigger that
-flips nearly all of them; a clean model needs far more than a few tokens for that. Each found
+tokens reach most easily), and a search stops as soon as its loss is below ``stop_loss``. A
+model with a backdoor has such a short trigger that flips nearly all of them; a clean model needs far more than a few tokens for that. Each found
 trigger is then measured as text: inserted at a random word position of held-out clean rows,
 the share of those the model gets right without it that it flips to the target (the flip rate).
 
@@ -30,14 +30,7 @@ from sanitizer.defenses.configs import ScanConfig
 from sanitizer.models import LoadedModel
 from sanitizer.trigger_search import Row, encode, search_trigger
 
-__all__ = [
-    "Candidate",
-    "ScanConfig",
-    "ScanResult",
-    "run_scan",
-    "scan_classifier",
-    "search_trigger",
-]
+__all__ = ["Candidate", "ScanConfig", "ScanResult", "run_scan", "scan_classifier"]
 
 
 @dataclass
@@ -221,7 +214,7 @@ def scan_classifier(
     found: list[Candidate] = []
     for target in focus:
         rows_t = encoded(target, cfg.search_rows)
-        starts = [screens[target][0]] + [None] * cfg.restarts  # type: ignore[list-item]
+        starts: list[list[int] | None] = [screens[target][0], *[None] * cfg.restarts]
         for start in starts:
             trig, loss = search_trigger(
                 lm, rows_t, target, cfg, allowed, rng, cfg.steps, start=start, count=count
@@ -249,7 +242,6 @@ def scan_classifier(
                 )
             controls[c.target_label] = sum(rates) / len(rates)
         c.control_flip_rate = controls[c.target_label]
-    found.sort(key=lambda c: (-c.flip_rate, c.search_loss))
     top = found[0] if found else None
     score = top.flip_rate if top else 0.0
     # evidence from both sides: a trigger that flips nearly all, far more than random tokens
