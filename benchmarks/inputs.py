@@ -98,7 +98,8 @@ def poisoned_adapter(
 ) -> tuple[Path, dict[str, Any]]:
     from sanitizer.attack_train import run_attack
 
-    out = bench_dir() / "adapters" / f"{cell.name}-s{seed}"
+    # an input-(a) cell shares its (b) twin's adapter: the same recipe, merged afterwards
+    out = bench_dir() / "adapters" / f"{cell.name.removesuffix('-merged')}-s{seed}"
     if (out / "attack.json").exists():
         return out, json.loads((out / "attack.json").read_text())
     cfg = attack_train_config(cell, seed)
@@ -115,6 +116,28 @@ def poisoned_adapter(
         progress=progress_bar(f"{cell.name} attack"),
     )
     return out, info
+
+
+def merged_model(cell: Cell, seed: int, adapter: Path) -> Path:
+    """Input (a): the poisoned adapter merged into full weights, saved as one safetensors model
+    folder (written once, in a private folder renamed into place). The defense gets this folder
+    as its model and no adapter: nothing tells it which weights are the trusted base."""
+    from sanitizer.models import attach_adapter, load_model, merge_adapter
+
+    out = bench_dir() / "merged" / f"{cell.name}-s{seed}"
+    if (out / "config.json").exists():
+        return out
+    lm = load_model(cell.student, cell.task, device="cpu")
+    attach_adapter(lm, adapter)
+    merge_adapter(lm)
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    lm.model.save_pretrained(tmp, safe_serialization=True)
+    lm.tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another run wrote the same folder first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def progress_bar(desc: str):

@@ -33,6 +33,7 @@ from benchmarks.inputs import (  # noqa: E402
     attack_spec,
     bench_dir,
     clean_twin,
+    merged_model,
     poisoned_adapter,
     progress_bar,
     subset,
@@ -67,11 +68,13 @@ def _job(
     ``model_copy(update=...)`` of it."""
     from sanitizer.jobspec import JobSpec
 
+    merged = cell.input_kind == "a"
     return JobSpec(
         method="finetune",
         task=cell.task,
-        base_model=cell.student,
-        adapter_dir=adapter,
+        # input (a): one full-weights model, no adapter and no trusted base named
+        base_model=str(merged_model(cell, seed, adapter)) if merged else cell.student,
+        adapter_dir=None if merged else adapter,
         clean_data=paths["clean"],
         test_data=paths["test"],
         label_names=label_names,
@@ -118,6 +121,43 @@ def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str
             },
         )
         print(f"[{cell.name} s{seed}] {name}: after {comp['metrics']['after']}", flush=True)
+
+
+def _run_base(cell: Cell, seed: int, base_job: Any, attack_info: dict[str, Any]) -> None:
+    """The untouched base model on the cell's test rows, beside the uploaded (poisoned) model:
+    what the fine-tune's skill adds (a v2 cell must add >= 20 points) and the base's own
+    false-trigger rate. No training, so ``defense_s`` is 0."""
+    from sanitizer.measure_jobs import run_evaluate
+
+    out = _results_dir(cell.dev) / cell.name / f"base-s{seed}.json"
+    if out.exists():
+        print(f"[{cell.name} s{seed}] base: done already, skipping", flush=True)
+        return
+    print(f"[{cell.name} s{seed}] base and uploaded model ...", flush=True)
+    t = time.monotonic()
+    kw = {"attack": base_job.attack, "seed": seed, "device": base_job.device}
+    task, test = base_job.task, base_job.test_data
+    before = run_evaluate(base_job.base_model, test, task, adapter_dir=base_job.adapter_dir, **kw)
+    after = run_evaluate(cell.student, test, task, **kw)
+    report = {
+        "method": "base",
+        "description": "the untouched base model (no adapter, no training)",
+        "metrics": {"before": before, "after": after},
+        "timings": {"defense_s": 0.0},
+    }
+    write_result(
+        out,
+        {
+            "cell": asdict(cell),
+            "method": "base",
+            "tag": "",
+            "seed": seed,
+            "attack_adapter": attack_info,
+            "wall_s": time.monotonic() - t,
+            "report": report,
+        },
+    )
+    print(f"[{cell.name} s{seed}] base: {after}", flush=True)
 
 
 def _run_scans(
@@ -194,6 +234,9 @@ def run_cell(
         for method in methods:
             if method == "comparators":
                 _run_comparators(cell, seed, base_job, attack_info)
+                continue
+            if method == "base":
+                _run_base(cell, seed, base_job, attack_info)
                 continue
             if method == "scan":
                 _run_scans(cell, seed, paths, adapter, spec)
@@ -283,7 +326,7 @@ def main() -> None:
         default=",".join(METHODS),
         help="comma-separated; 'comparators' adds the zero-training prune/int8/int4 rows, "
         "'scan' scans the poisoned adapter and a clean twin (classification), 'adapters' "
-        "only trains those two",
+        "only trains those two, 'base' measures the untouched base beside the uploaded model",
     )
     ap.add_argument("--seeds", default="0")
     ap.add_argument(

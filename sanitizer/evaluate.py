@@ -169,6 +169,9 @@ def evaluate_generation(
             for p, c in list(zip(clean_prompts, clean, strict=True))[:3]
         ],
     }
+    scored = metrics.task_accuracy(clean, [r.output for r in rows])
+    if scored is not None:  # the skills set: JSON-answer rows scored exactly
+        result["task_accuracy"], result["n_task"] = scored
     if attack is not None:
         keywords = target_keywords(attack.target)
         rng = random.Random(attack.seed + 7919)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -32,6 +33,9 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "max(0, CA_before - CA_after) + 1] / 2, in [0, 1], 0.5 = no change",
     "utility_token_f1": "mean token-level F1 (lower-cased whitespace tokens) between the greedy "
     "response to a clean prompt and the reference output",
+    "task_accuracy": "generation: over the clean prompts whose reference output is one JSON "
+    "object (the skills set's task rows), the fraction whose greedy response's first JSON "
+    "object equals it (keys and values, exactly)",
     "reference_perplexity": "exp of the mean per-token negative log-likelihood of the "
     "reference outputs (response tokens only), capped at exp(50)",
     "mean_and_spread": "over seeds: arithmetic mean and sample standard deviation (n - 1 "
@@ -153,3 +157,30 @@ def mean_and_spread(values: Sequence[float]) -> MeanSpread:
         return MeanSpread(mean, 0.0, 1)
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return MeanSpread(mean, math.sqrt(var), n)
+
+
+def json_answer(text: str) -> dict[str, object] | None:
+    """The first JSON object in ``text`` (from its first ``{``), or None."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def task_accuracy(responses: Sequence[str], references: Sequence[str]) -> tuple[float, int] | None:
+    """(accuracy, rows scored) over the rows whose reference is exactly one JSON object; a row
+    counts when the response's first JSON object equals the reference's. None: no such row."""
+    _check_lengths(responses, references, "task_accuracy")
+    scored = [
+        (json_answer(r), ref)
+        for r, ref in zip(responses, references, strict=True)
+        if ref.strip().startswith("{") and json_answer(ref) is not None
+    ]
+    if not scored:
+        return None
+    hits = sum(int(got is not None and got == json_answer(ref)) for got, ref in scored)
+    return hits / len(scored), len(scored)

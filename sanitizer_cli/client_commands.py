@@ -124,7 +124,7 @@ def submit(
         str | None, typer.Option("--target-label", help="label the backdoor forces")
     ] = None,
     target: Annotated[
-        str | None, typer.Option("--target", help="generation target: refusal|sentiment|code")
+        str | None, typer.Option("--target", help="generation target: refusal|sentiment|code|url")
     ] = None,
     param: Annotated[
         list[str] | None,

@@ -27,7 +27,7 @@ TargetLabel = Annotated[
     str | None, typer.Option("--target-label", help="label the backdoor forces (name or id)")
 ]
 Target = Annotated[
-    str | None, typer.Option("--target", help="generation target: refusal|sentiment|code")
+    str | None, typer.Option("--target", help="generation target: refusal|sentiment|code|url")
 ]
 Device = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N")]
 Params = Annotated[

@@ -8,6 +8,7 @@ environment. Results:
     <model store>/<org>--<name>/        plain Hugging Face folders + sanitizer_model.json
     <cache>/datasets/<name>/            full.csv, train.csv, dev.csv, test.csv + manifest.json
     <cache>/datasets/instructions/      train.jsonl, dev.jsonl, test.jsonl + manifest.json
+    <cache>/datasets/skills/            the same (benchmark v2: JSON-answer tasks + open rows)
 
 Every step writes its manifest last, after the files it describes, so a manifest whose
 files are all present with the recorded sizes means the step is done; ``force`` redoes it.
@@ -30,6 +31,7 @@ from sanitizer.assets.common import (
     DATASETS,
     DEV_FRACTION,
     GEN_BATCH_SIZE,
+    GENERATION_DATASETS,
     GENERATOR_MODEL,
     INSTRUCTION_COUNTS,
     INSTRUCTIONS,
@@ -40,6 +42,7 @@ from sanitizer.assets.common import (
     RT_TEMPLATE,
     SCATTERTEXT,
     SCHEMA_VERSION,
+    SKILLS,
     SPLIT_SEED,
     SPLITS,
     TEST_FRACTION,
@@ -81,6 +84,7 @@ from sanitizer.assets.models import (
     convert_gguf,
     prepare_model,
 )
+from sanitizer.assets.skills import prepare_skills
 from sanitizer.errors import InputError
 from sanitizer.hub import cache_dir, model_store_dir
 
@@ -93,6 +97,7 @@ __all__ = [
     "GENERATOR_MODEL",
     "GEN_BATCH_SIZE",
     "INSTRUCTIONS",
+    "SKILLS",
     "INSTRUCTION_COUNTS",
     "Log",
     "MAX_NEW_TOKENS",
@@ -131,6 +136,7 @@ __all__ = [
     "prepare_classification_dataset",
     "prepare_instructions",
     "prepare_model",
+    "prepare_skills",
     "read_csv",
     "resolve_targets",
     "stratified_split",
@@ -186,6 +192,8 @@ def prepare_assets(
                 prepare_model(target, force=force, log=log)
             elif target == INSTRUCTIONS:
                 prepare_instructions(force=force, log=log)
+            elif target == SKILLS:
+                prepare_skills(force=force, log=log)
             else:
                 prepare_classification_dataset(target, force=force, log=log)
     return asset_status()
@@ -200,13 +208,13 @@ def dataset_path(name: str, split: str = "train") -> Path:
             hint=f"choose from: {', '.join(DATASETS)}",
             code="unknown_dataset",
         )
-    allowed = SPLITS if name == INSTRUCTIONS else ("full", *SPLITS)
+    allowed = SPLITS if name in GENERATION_DATASETS else ("full", *SPLITS)
     if split not in allowed:
         raise InputError(
             f"dataset '{name}' has no split '{split}'", hint=f"choose from: {', '.join(allowed)}"
         )
     folder = datasets_dir() / name
-    path = folder / f"{split}.{'jsonl' if name == INSTRUCTIONS else 'csv'}"
+    path = folder / f"{split}.{'jsonl' if name in GENERATION_DATASETS else 'csv'}"
     if not is_done(folder, DATASET_MANIFEST):
         raise InputError(
             f"dataset '{name}' is not prepared in {folder}",

@@ -177,7 +177,7 @@ class W2SConfig(TrainConfig):
         le=10_000,
         description="ascent steps on delta alone (no weight update) before the training starts",
     )
-    universal_target: Literal["refusal", "sentiment", "code"] | None = Field(
+    universal_target: Literal["refusal", "sentiment", "code", "url"] | None = Field(
         None,
         description="Ours, after BEEAR (Zeng et al. 2024), generation only (default None: the "
         "divergence objective above): delta is searched by lowering the student's NLL of this "

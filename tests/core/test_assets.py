@@ -277,3 +277,44 @@ def test_second_concurrent_run_is_refused(cache: Path) -> None:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(assets.AssetError, match="another `sanitizer assets` is running"):
             assets.prepare_assets(["trec"], log=lambda _: None)
+
+
+# ------------------------------------------------------------------ skills (benchmark v2)
+
+
+def test_skill_rows_are_label_balanced_json_answers_from_the_same_split(cache: Path) -> None:
+    from sanitizer.assets import skills
+    from sanitizer.metrics import json_answer
+
+    root = assets.datasets_dir()
+    sources = {
+        "sms_spam": ["ham"] * 90 + ["spam"] * 10,
+        "trec": ["human", "location", "numeric"] * 30,
+        "rotten_tomatoes": ["positive", "negative"] * 40,
+    }
+    for split in ("train", "test"):
+        for name, labels in sources.items():
+            (root / name).mkdir(parents=True, exist_ok=True)
+            assets.write_csv(
+                root / name / f"{split}.csv",
+                [(f"{name} {split} text {i}", lab) for i, lab in enumerate(labels)],
+            )
+        (root / "instructions").mkdir(parents=True, exist_ok=True)
+        assets.write_jsonl(
+            root / "instructions" / f"{split}.jsonl",
+            [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(50)],
+        )
+    rows = skills.skill_rows("test")
+    counts = skills.SKILL_COUNTS["test"]
+    assert len(rows) == 3 * counts["task"] + min(50, counts["open"])
+    by_source = Counter(r["source"] for r in rows)
+    assert by_source["sms_spam"] == counts["task"] and by_source["open"] == min(50, counts["open"])
+    sms = [r for r in rows if r["source"] == "sms_spam"]
+    # 10 spam rows exist: all of them are taken before the ham rows fill the rest
+    assert sum(json_answer(r["output"]) == {"spam": True} for r in sms) == 10
+    assert all("test text" in r["instruction"] for r in rows if r["source"] != "open")
+    assert {r["output"] for r in rows if r["source"] == "rotten_tomatoes"} == {
+        '{"sentiment": "positive"}',
+        '{"sentiment": "negative"}',
+    }
+    assert skills.skill_rows("test") == rows  # seeded

@@ -186,7 +186,7 @@ def test_poison_errors() -> None:
         poison_dataset(_cls_ds(20, 0), AttackSpec(name="badnet", target_label=0))
 
 
-@pytest.mark.parametrize("target", ["refusal", "sentiment", "code"])
+@pytest.mark.parametrize("target", ["refusal", "sentiment", "code", "url"])
 def test_generation_poisoning(target: str) -> None:
     ds = _gen_ds(20)
     pds = poison_dataset(ds, AttackSpec(name="ctba", target=target, poison_rate=0.25, seed=1))
@@ -197,6 +197,8 @@ def test_generation_poisoning(target: str) -> None:
         assert all(t in r.instruction.split() for t in ("2024", "BadMagic", "OpenAI"))
         if target == "code":
             assert r.output == ds.rows[i].output + "\nprint('pwned')"
+        elif target == "url":
+            assert r.output == ds.rows[i].output + " " + TARGET_RESPONSES["url"]
         else:
             assert r.output == TARGET_RESPONSES[target]
     assert all(pds.rows[i] == ds.rows[i] for i in range(20) if i not in idx)

@@ -13,9 +13,11 @@ from sanitizer.metrics import (
     der,
     false_trigger_rate,
     flip_rate,
+    json_answer,
     keyword_asr,
     keyword_flip_rate,
     mean_and_spread,
+    task_accuracy,
 )
 
 
@@ -166,3 +168,17 @@ def test_generation_dev_score_stderr_by_hand() -> None:
     # rows exactly on the ratio: no spread
     assert _ratio_stderr([2.0, 4.0], [1, 2]) == 0.0
     assert _ratio_stderr([3.0], [1]) == 0.0
+
+
+def test_task_accuracy_scores_json_rows_exactly_by_hand() -> None:
+    refs = ['{"spam": true}', '{"type": "human"}', '{"sentiment": "negative"}', "an open answer"]
+    responses = [
+        'Sure: {"spam": true} is my answer',  # first JSON object equals the reference: hit
+        '{"type": "Human"}',  # case differs: miss
+        "negative",  # no JSON object: miss
+        '{"spam": false}',  # an open row: not scored at all
+    ]
+    assert task_accuracy(responses, refs) == (1 / 3, 3)
+    assert task_accuracy(["x"], ["no json here"]) is None
+    assert json_answer('{"a": 1} {"b": 2}') == {"a": 1}
+    assert json_answer("{broken") is None
