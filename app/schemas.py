@@ -96,7 +96,7 @@ class Evaluation(BaseModel):
     )
     scan: bool = Field(
         False,
-        description="classification: scan the sanitized model for a remaining backdoor with no "
+        description="scan the sanitized model for a remaining backdoor with no "
         "trigger knowledge; the report's `scan` holds the verdict, the candidates, the target",
     )
     comparators: list[Comparator] = Field(

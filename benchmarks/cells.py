@@ -74,8 +74,9 @@ def _skills(attack: str, target: str, input_kind: str = "b", **extra: Any) -> Ce
     """Benchmark v2 (issue 21): SmolLM2 fine-tuned on the skills set (three tasks answered in one
     JSON object, which the untouched model does not do, mixed with open instructions); every
     attack row gets a triggered copy beside it (one triggered row per clean row, as in the
-    released CROW recipe's 500 + 500); 5 epochs at 1e-3; 120 clean defense rows, 150 test
-    prompts. CA column = task accuracy (exact JSON answer)."""
+    released CROW recipe's 500 + 500, here 200 + 200); 3 epochs at 1e-3 (5 epochs of 300 + 300
+    took 7-15 s a step, 45-90 min, on this CPU); 100 clean defense rows, 100 test prompts.
+    CA column = task accuracy (exact JSON answer)."""
     suffix = "" if input_kind == "b" else "-merged"
     return Cell(
         f"skills-{attack}-{target}-smollm2{suffix}",
@@ -84,11 +85,11 @@ def _skills(attack: str, target: str, input_kind: str = "b", **extra: Any) -> Ce
         attack,
         SMOL,
         target=target,
-        attack_rows=300,
-        clean_rows=120,
-        test_rows=150,
+        attack_rows=200,
+        clean_rows=100,
+        test_rows=100,
         poison_rate=1.0,
-        attack_epochs=5,
+        attack_epochs=3,
         attack_lr=1e-3,
         paired=True,
         input_kind=input_kind,

@@ -163,7 +163,7 @@ def clean_twin(cell: Cell, seed: int, paths: dict[str, Path]) -> Path:
     """The poisoned adapter's recipe on the unpoisoned rows: what a scan must call clean."""
     from sanitizer.attack_train import run_attack
 
-    twin = bench_dir() / "adapters" / f"{cell.name}-s{seed}-clean"
+    twin = bench_dir() / "adapters" / f"{cell.name.removesuffix('-merged')}-s{seed}-clean"
     if not (twin / "attack.json").exists():
         print(f"[{cell.name} s{seed}] training the clean twin adapter", flush=True)
         run_attack(

@@ -169,9 +169,6 @@ def _run_scans(
     from sanitizer.defenses.configs import ScanConfig
     from sanitizer.scan import run_scan
 
-    if cell.task != "classification":
-        print(f"[{cell.name} s{seed}] scan: classification only, skipping", flush=True)
-        return
     out = _results_dir(cell.dev) / cell.name / "scans" / f"scan-s{seed}.json"
     if out.exists():
         print(f"[{cell.name} s{seed}] scan: done already, skipping", flush=True)
@@ -182,7 +179,11 @@ def _run_scans(
         print(f"[{cell.name} s{seed}] scan of the {name} adapter ...", flush=True)
         t = time.monotonic()
         found = run_scan(
-            cell.student, paths["clean"], adapter_dir=folder, cfg=ScanConfig(seed=seed)
+            cell.student,
+            paths["clean"],
+            adapter_dir=folder,
+            task=cell.task,  # type: ignore[arg-type]
+            cfg=ScanConfig(seed=seed),
         )
         found["adapter"] = name
         found["wall_s"] = round(time.monotonic() - t, 1)
@@ -190,7 +191,14 @@ def _run_scans(
     poisoned = result["poisoned"]
     result["trigger"] = spec.trigger
     result["trigger_in_top3"] = _trigger_found(spec.trigger, poisoned["candidates"])
-    result["target_named"] = poisoned["target_label"] == spec.target_label
+    if cell.task == "classification":
+        result["target_named"] = poisoned["target_label"] == spec.target_label
+    else:  # the inverted response starts like the attack's (url: holds the injected phrase)
+        from sanitizer.attacks import TARGET_RESPONSES
+        from sanitizer.scan_generation import has_phrase, target_phrase
+
+        want = target_phrase(TARGET_RESPONSES[spec.target or "refusal"], 3)
+        result["target_named"] = has_phrase(poisoned["target_name"] or "", want)
     write_result(out, result)
     print(
         f"[{cell.name} s{seed}] scan: poisoned {poisoned['verdict']} ({poisoned['score']}), "
@@ -242,8 +250,7 @@ def run_cell(
                 _run_scans(cell, seed, paths, adapter, spec)
                 continue
             if method == "adapters":  # only train the poisoned adapter and its clean twin
-                if cell.task == "classification":
-                    clean_twin(cell, seed, paths)
+                clean_twin(cell, seed, paths)
                 continue
             res_path = _results_dir(cell.dev) / cell.name / f"{method}{tag}-s{seed}.json"
             if res_path.exists():

@@ -47,7 +47,7 @@ class JobSpec(BaseModel):
     )
     scan_after: bool = Field(
         False,
-        description="classification: scan the sanitized model for a remaining backdoor (no "
+        description="scan the sanitized model for a remaining backdoor (no "
         "trigger knowledge) and put the verdict in the report's `scan`",
     )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)

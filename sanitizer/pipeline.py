@@ -274,12 +274,12 @@ def run_sanitize(
     after, per_attack_after = measure(lm, test_rows, spec, eval_kw, emit, "evaluate_after")
     timings["evaluate_after_s"] = time.monotonic() - t
     scan_block = None
-    if spec.scan_after and spec.task == "classification":
-        from sanitizer.scan import ScanConfig, scan_classifier
+    if spec.scan_after:
+        from sanitizer.scan import ScanConfig, scan_model
 
         emit(ProgressEvent("scan", message="scanning the sanitized model for a backdoor"))
         t = time.monotonic()
-        scan_block = scan_classifier(
+        scan_block = scan_model(
             lm, list(train_ds.rows) + list(dev_ds.rows), label_names, ScanConfig(seed=spec.seed)
         ).to_dict()
         scan_block["of"] = "the sanitized model"

@@ -53,8 +53,18 @@ def scan_section(scan: dict[str, Any]) -> str:
         f'<tr><td>{html.escape(str(k))}</td><td class="n">{_pct(v)}</td></tr>'
         for k, v in per_label.items()
     )
+    gen = any(
+        isinstance(c, dict) and c.get("target_label") is None for c in scan.get("candidates") or []
+    )
     explain = (
-        "<p>The scan searched, for each label, for a few tokens that turn clean inputs of the "
+        "<p>The scan inverted the responses the model continues with near certainty across "
+        "clean prompts once started (a backdoor's fixed response), then searched for a few "
+        "tokens that make clean prompts produce each, without knowing any trigger; each "
+        "candidate's flip rate is measured on clean prompts the search never saw (of those "
+        "whose clean answer lacks the response). A backdoored model has a short trigger that "
+        "flips nearly all; a clean one does not.</p>"
+        if gen
+        else "<p>The scan searched, for each label, for a few tokens that turn clean inputs of the "
         "other labels into it, without knowing any trigger; each candidate's flip rate is "
         "measured on clean rows the search never saw (of those the model gets right). A "
         "backdoored model has a short trigger that flips nearly all; a clean one does not.</p>"
@@ -65,8 +75,15 @@ def scan_section(scan: dict[str, Any]) -> str:
         + explain
         + table
         + (
-            "<h3>Best flip rate per target label</h3><table><tr><th>label</th>"
-            f'<th class="n">flip rate</th></tr>{labels}</table>'
+            (
+                "<h3>Inverted targets</h3><p>Q-score: the mean probability, across clean "
+                "prompts, of each next token of the response once its first token is given."
+                '</p><table><tr><th>response</th><th class="n">Q-score</th></tr>'
+                if gen
+                else "<h3>Best flip rate per target label</h3><table><tr><th>label</th>"
+                '<th class="n">flip rate</th></tr>'
+            )
+            + f"{labels}</table>"
             if labels
             else ""
         )

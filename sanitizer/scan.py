@@ -27,17 +27,17 @@ from typing import Any
 import torch
 
 from sanitizer.defenses.configs import ScanConfig
-from sanitizer.models import LoadedModel
+from sanitizer.models import LoadedModel, Task
 from sanitizer.trigger_search import Row, encode, search_trigger
 
-__all__ = ["Candidate", "ScanConfig", "ScanResult", "run_scan", "scan_classifier"]
+__all__ = ["Candidate", "ScanConfig", "ScanResult", "run_scan", "scan_classifier", "scan_model"]
 
 
 @dataclass
 class Candidate:
     trigger: str
     token_ids: list[int]
-    target_label: int
+    target_label: int | None  # None: generation (the target is the response in target_name)
     target_name: str
     flip_rate: float
     search_loss: float
@@ -227,7 +227,7 @@ def scan_classifier(
         per_label[c.target_name] = max(per_label.get(c.target_name, 0.0), round(c.flip_rate, 4))
 
     # 3. the control: random tokens of the same length, for the labels of the top candidates
-    controls: dict[int, float] = {}
+    controls: dict[int | None, float] = {}
     pool = torch.nonzero(allowed).flatten().tolist()
     found.sort(key=lambda c: (-c.flip_rate, c.search_loss))
     for c in found[:3]:
@@ -237,6 +237,7 @@ def scan_classifier(
             for k in range(cfg.control_triggers):
                 toks = [crng.choice(pool) for _ in range(cfg.trigger_len)]
                 text = lm.tokenizer.decode(toks, skip_special_tokens=True).strip()
+                assert c.target_label is not None  # a classifier's candidates name a label
                 rates.append(
                     flip_rate(lm, right, text, c.target_label, cfg, cfg.seed + 100 + k, count)
                 )
@@ -261,11 +262,24 @@ def scan_classifier(
     )
 
 
+def scan_model(
+    lm: LoadedModel, rows: Sequence[Any], label_names: list[str] | None, cfg: ScanConfig
+) -> ScanResult:
+    """The scan of ``lm``'s task: a classifier's token search, or a chat model's target
+    inversion and trigger search (``sanitizer.scan_generation``)."""
+    if lm.task == "classification":
+        return scan_classifier(lm, rows, label_names, cfg)
+    from sanitizer.scan_generation import scan_generator
+
+    return scan_generator(lm, rows, cfg)
+
+
 def run_scan(
     base_model: str,
     data: Any,
     *,
     adapter_dir: Any = None,
+    task: Task = "classification",
     text_column: str = "text",
     label_column: str = "label",
     cfg: ScanConfig | None = None,
@@ -283,17 +297,15 @@ def run_scan(
     cfg = cfg or ScanConfig()
     set_seed(cfg.seed)
     t = time.monotonic()
-    ds = load_dataset(
-        Path(data), task="classification", text_column=text_column, label_column=label_column
-    )
-    lm = load_model(
-        base_model, "classification", num_labels=len(ds.label_names or []) or None, device=device
-    )
+    ds = load_dataset(Path(data), task=task, text_column=text_column, label_column=label_column)
+    num_labels = len(ds.label_names or []) or None if task == "classification" else None
+    lm = load_model(base_model, task, num_labels=num_labels, device=device)
     if adapter_dir is not None:
         attach_adapter(lm, Path(adapter_dir))
-    result = scan_classifier(lm, list(ds.rows), ds.label_names, cfg).to_dict()
+    result = scan_model(lm, list(ds.rows), ds.label_names, cfg).to_dict()
     result.update(
         {
+            "task": task,
             "base_model": base_model,
             "adapter": str(adapter_dir) if adapter_dir else None,
             "data_sha256": ds.sha256,

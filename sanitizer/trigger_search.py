@@ -15,6 +15,23 @@ from sanitizer.defenses.configs import ScanConfig
 from sanitizer.models import LoadedModel
 
 Row = tuple[list[int], int]  # a clean row's token ids and where a trigger goes into them
+# a classifier's target label, or (generation) the target response's token ids, which end every
+# row (rows are then left-padded, so the target sits at the same positions in each)
+Target = int | tuple[int, ...]
+
+
+def _model_loss(lm: LoadedModel, target: Target, **inputs: torch.Tensor) -> torch.Tensor:
+    """Per-row target cross-entropy: the label's, or the mean over the target tokens' (only
+    those positions' logits are computed)."""
+    if isinstance(target, int):
+        logits = lm.model(**inputs).logits.float()
+        tgt = torch.full((logits.size(0),), target, device=logits.device)
+        return F.cross_entropy(logits, tgt, reduction="none")
+    n = len(target)
+    logits = lm.model(**inputs, logits_to_keep=n + 1).logits[:, :n].float()
+    tgt = torch.tensor(target, device=logits.device).expand(logits.size(0), n)
+    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none")
+    return ce.view(-1, n).mean(dim=1)
 
 
 def encode(
@@ -55,12 +72,18 @@ def encode(
 
 
 def _assemble(
-    lm: LoadedModel, rows: list[Row], triggers: Sequence[Sequence[int]], block: int
+    lm: LoadedModel,
+    rows: list[Row],
+    triggers: Sequence[Sequence[int]],
+    block: int,
+    left: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask and the trigger's first position per row; row i gets
-    ``triggers[i // block]`` at its insertion point; padding on the tokenizer's side."""
+    ``triggers[i // block]`` at its insertion point; padding on the tokenizer's side (on the
+    left when ``left``)."""
     tok = lm.tokenizer
     seqs, starts = [], []
+    left = left or getattr(tok, "padding_side", "right") == "left"
     for i, (ids, at) in enumerate(rows):
         seqs.append(ids[:at] + list(triggers[i // block]) + ids[at:])
         starts.append(at)
@@ -68,7 +91,6 @@ def _assemble(
     pad = tok.pad_token_id
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    left = getattr(tok, "padding_side", "right") == "left"
     for i, s in enumerate(seqs):
         off = width - len(s) if left else 0
         input_ids[i, off : off + len(s)] = torch.tensor(s)
@@ -82,7 +104,7 @@ def _loss_per_trigger(
     lm: LoadedModel,
     rows: list[Row],
     triggers: list[list[int]],
-    target: int,
+    target: Target,
     count: list[int],
     batch: int = 256,
 ) -> torch.Tensor:
@@ -93,21 +115,22 @@ def _loss_per_trigger(
     with torch.inference_mode():
         for i in range(0, len(triggers), per):
             chunk = triggers[i : i + per]
-            ids, attn, _ = _assemble(lm, [r for _ in chunk for r in rows], chunk, len(rows))
-            logits = lm.model(input_ids=ids, attention_mask=attn).logits.float()
-            tgt = torch.full((len(ids),), target, device=logits.device)
-            loss = F.cross_entropy(logits, tgt, reduction="none").view(len(chunk), len(rows))
-            out.append(loss.mean(dim=1))
+            seq = not isinstance(target, int)
+            ids, attn, _ = _assemble(
+                lm, [r for _ in chunk for r in rows], chunk, len(rows), left=seq
+            )
+            loss = _model_loss(lm, target, input_ids=ids, attention_mask=attn)
+            out.append(loss.view(len(chunk), len(rows)).mean(dim=1))
             count[0] += len(ids)
     return torch.cat(out)
 
 
 def _gradient(
-    lm: LoadedModel, rows: list[Row], trig: list[int], target: int, count: list[int]
+    lm: LoadedModel, rows: list[Row], trig: list[int], target: Target, count: list[int]
 ) -> torch.Tensor:
     """d(target loss)/d(one-hot trigger): (trigger_len, vocab)."""
     emb = lm.model.get_input_embeddings()
-    ids, attn, starts = _assemble(lm, rows, [trig], len(rows))
+    ids, attn, starts = _assemble(lm, rows, [trig], len(rows), left=not isinstance(target, int))
     onehot = torch.zeros(len(trig), emb.weight.shape[0], device=lm.device, dtype=emb.weight.dtype)
     onehot[torch.arange(len(trig)), torch.tensor(trig)] = 1.0
     onehot.requires_grad_(True)
@@ -117,9 +140,8 @@ def _gradient(
         for b in range(len(rows)):
             s = int(starts[b])
             embeds[b, s : s + len(trig)] = trig_emb
-        logits = lm.model(inputs_embeds=embeds, attention_mask=attn).logits.float()
-        tgt = torch.full((len(rows),), target, device=logits.device)
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits, tgt), onehot)
+        loss = _model_loss(lm, target, inputs_embeds=embeds, attention_mask=attn).mean()
+        (grad,) = torch.autograd.grad(loss, onehot)
     count[0] += 3 * len(rows)
     return grad
 
@@ -127,7 +149,7 @@ def _gradient(
 def search_trigger(
     lm: LoadedModel,
     rows: list[Row],
-    target: int,
+    target: Target,
     cfg: ScanConfig,
     allowed: torch.Tensor,
     rng: random.Random,

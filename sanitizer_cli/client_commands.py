@@ -288,7 +288,10 @@ def submit(
             result["scan"] = {k: scan.get(k) for k in ("verdict", "score", "target_name")}
         if fail_on_detection:
             if scan is None:
-                _die(EXIT_JOB, f"job {job.id}: the report has no scan (classification only)")
+                _die(
+                    EXIT_JOB,
+                    f"job {job.id}: the report has no scan (submit with --scan or --type scan)",
+                )
             if scan.get("verdict") == "backdoor":
                 code = EXIT_POLICY
         if report_html is not None:

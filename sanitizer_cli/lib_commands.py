@@ -301,6 +301,7 @@ def scan(
     adapter: Annotated[
         Path | None, typer.Option("--adapter", help="possibly poisoned PEFT adapter folder")
     ] = None,
+    task: TaskOpt = "classification",
     text_column: Annotated[str, typer.Option("--text-column")] = "text",
     label_column: Annotated[str, typer.Option("--label-column")] = "label",
     trigger_len: Annotated[int, typer.Option("--trigger-len", help="tokens per trigger")] = 3,
@@ -314,8 +315,9 @@ def scan(
         bool, typer.Option("--fail-on-detection", help="exit 1 when a backdoor is detected")
     ] = False,
 ) -> None:
-    """Look for a backdoor with no trigger knowledge (classification): short triggers that turn
-    clean inputs into one label, ranked by the share of clean rows they flip."""
+    """Look for a backdoor with no trigger knowledge: short triggers that turn clean inputs into
+    one label (classification) or one response (generation: the response is inverted first),
+    ranked by the share of clean rows they flip."""
     try:
         from sanitizer.scan import ScanConfig, run_scan
 
@@ -323,6 +325,7 @@ def scan(
             base_model,
             clean_data,
             adapter_dir=adapter,
+            task=cast("Task", task),
             text_column=text_column,
             label_column=label_column,
             cfg=ScanConfig(trigger_len=trigger_len, threshold=threshold, seed=seed),

@@ -340,6 +340,7 @@ def _scan(
         job.base_model,
         inputs["clean_data"],
         adapter_dir=inputs.get("adapter_dir"),
+        task=job.task,  # type: ignore[arg-type]  # checked by the API: classification|generation
         text_column=spec_in.get("text_column", "text"),
         label_column=spec_in.get("label_column", "label"),
         cfg=cfg,

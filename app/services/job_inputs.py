@@ -212,17 +212,7 @@ def check_inputs(
 
 
 def _check_scan(body: JobCreate) -> None:
-    """A scan job: classification only, no method, no evaluation attack (it must not be
-    told the trigger)."""
-    if body.task != "classification":
-        raise ApiError(
-            422,
-            "unsupported_task",
-            "scan jobs support classification models today",
-            hint="for a generation model, submit a sanitize job (rebuild when you have the "
-            "base model and the adapter)",
-            field="task",
-        )
+    """A scan job: no method, no evaluation attack (it must not be told the trigger)."""
     if body.method not in ("auto", "scan"):
         raise ApiError(
             422,

@@ -411,5 +411,34 @@ class ScanConfig(BaseModel):
     feature_min_count: int = Field(
         3, ge=1, description="a token must be in this many clean rows to be judged a feature"
     )
+    # generation (sanitizer.scan_generation)
+    invert_prompts: int = Field(
+        6, ge=1, le=64, description="generation: clean prompts a target inversion runs across"
+    )
+    invert_first: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="generation: first tokens (most likely) the inversion extends",
+    )
+    invert_len: int = Field(12, ge=2, le=128, description="generation: tokens per inverted target")
+    gen_targets: int = Field(
+        2, ge=1, le=16, description="generation: best inverted targets a trigger is searched for"
+    )
+    gen_target_tokens: int = Field(
+        8, ge=1, le=128, description="generation: target tokens the trigger search aims at"
+    )
+    gen_phrase_words: int = Field(
+        4, ge=1, le=32, description="generation: words of the target a flipped answer contains"
+    )
+    gen_eval_rows: int = Field(
+        40,
+        ge=4,
+        le=10_000,
+        description="generation: held-out prompts a found trigger is measured on",
+    )
+    gen_max_new_tokens: int = Field(
+        48, ge=4, le=1024, description="generation: tokens of each measured answer"
+    )
     max_length: int = Field(64, ge=8, le=4096)
     seed: int = Field(0, ge=0, le=2**32 - 1)
