@@ -173,9 +173,14 @@ def _run_scans(
     if out.exists():
         print(f"[{cell.name} s{seed}] scan: done already, skipping", flush=True)
         return
-    twin = clean_twin(cell, seed, paths)
     result: dict[str, Any] = {"cell": asdict(cell), "seed": seed}
-    for name, folder in (("poisoned", adapter), ("clean_twin", twin)):
+    for name in ("poisoned", "clean_twin"):
+        # each adapter's scan is kept as it finishes, so a stopped run resumes after it
+        part = out.with_name(f"{out.stem}.{name}.json")
+        if part.exists():
+            result[name] = json.loads(part.read_text())
+            continue
+        folder = adapter if name == "poisoned" else clean_twin(cell, seed, paths)
         print(f"[{cell.name} s{seed}] scan of the {name} adapter ...", flush=True)
         t = time.monotonic()
         found = run_scan(
@@ -187,6 +192,7 @@ def _run_scans(
         )
         found["adapter"] = name
         found["wall_s"] = round(time.monotonic() - t, 1)
+        write_result(part, found)
         result[name] = found
     poisoned = result["poisoned"]
     result["trigger"] = spec.trigger
@@ -200,6 +206,8 @@ def _run_scans(
         want = target_phrase(TARGET_RESPONSES[spec.target or "refusal"], 3)
         result["target_named"] = has_phrase(poisoned["target_name"] or "", want)
     write_result(out, result)
+    for name in ("poisoned", "clean_twin"):
+        out.with_name(f"{out.stem}.{name}.json").unlink(missing_ok=True)
     print(
         f"[{cell.name} s{seed}] scan: poisoned {poisoned['verdict']} ({poisoned['score']}), "
         f"clean twin {result['clean_twin']['verdict']} ({result['clean_twin']['score']}), "

@@ -47,7 +47,9 @@ def _search(scan: dict[str, Any]) -> str:
 
 
 def _scan_table(dev: bool) -> list[str]:
-    files = sorted(_results_dir(dev).glob("*/scans/scan-s*.json"))
+    files = sorted(  # scan-s0.json; not the per-adapter parts of an unfinished one
+        f for f in _results_dir(dev).glob("*/scans/scan-s*.json") if f.name.count(".") == 1
+    )
     out = [
         "## Scan (no trigger knowledge): detection on the poisoned adapter and its clean twin",
         "",
