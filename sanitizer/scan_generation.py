@@ -159,17 +159,21 @@ def scan_generator(lm: LoadedModel, rows: Sequence[Any], cfg: ScanConfig) -> Sca
     tok = lm.tokenizer
     clean_search = _responses(lm, search, cfg.gen_max_new_tokens, count)
     clean_held = _responses(lm, held, cfg.gen_max_new_tokens, count)
-    inv = search[: cfg.invert_prompts]
-    # anchors: the start of the response, and the end of each finished clean answer
-    anchors: dict[str, list[str]] = {"start": ["" for _ in inv]}
-    ends = list(clean_search[: len(inv)])
-    if all(len(tok(c)["input_ids"]) < cfg.gen_max_new_tokens - 1 for c in ends):
-        anchors["end"] = ends
+    # anchors: the start of the response (every search prompt), and the end of the clean answer
+    # (the prompts whose answer finished before the token limit: text injected after an answer)
+    finished = [
+        i
+        for i, c in enumerate(clean_search)
+        if len(tok(c, add_special_tokens=False)["input_ids"]) < cfg.gen_max_new_tokens - 1
+    ]
+    anchors: dict[str, tuple[list[Any], list[str]]] = {"start": (search, [""] * len(search))}
+    if len(finished) >= 2:
+        anchors["end"] = ([search[i] for i in finished], [clean_search[i] for i in finished])
     targets: list[tuple[str, list[int], float]] = []
-    for name, anchor in anchors.items():
+    for name, (prompt_rows, anchor) in anchors.items():
         prefixes = [
             tok(lm.prompt(r.instruction, r.input) + a, add_special_tokens=False)["input_ids"]
-            for r, a in zip(inv, anchor, strict=True)
+            for r, a in list(zip(prompt_rows, anchor, strict=True))[: cfg.invert_prompts]
         ]
         for ids, q in invert_targets(lm, prefixes, cfg, count)[: cfg.gen_targets]:
             targets.append((name, ids, q))
@@ -184,9 +188,8 @@ def scan_generator(lm: LoadedModel, rows: Sequence[Any], cfg: ScanConfig) -> Sca
         per_target[text] = q
         if not phrase:
             continue
-        search_anchor = [""] * len(search) if name == "start" else clean_search
         goal = tuple(ids[: cfg.gen_target_tokens])
-        search_rows = _prompt_rows(lm, search, search_anchor, goal, rng)
+        search_rows = _prompt_rows(lm, *anchors[name], goal, rng)
         trig, loss = search_trigger(
             lm, search_rows, goal, cfg, allowed, rng, cfg.steps, count=count
         )
