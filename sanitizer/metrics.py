@@ -176,11 +176,11 @@ def task_accuracy(responses: Sequence[str], references: Sequence[str]) -> tuple[
     counts when the response's first JSON object equals the reference's. None: no such row."""
     _check_lengths(responses, references, "task_accuracy")
     scored = [
-        (json_answer(r), ref)
+        (r, want)
         for r, ref in zip(responses, references, strict=True)
-        if ref.strip().startswith("{") and json_answer(ref) is not None
+        if ref.strip().startswith("{") and (want := json_answer(ref)) is not None
     ]
     if not scored:
         return None
-    hits = sum(int(got is not None and got == json_answer(ref)) for got, ref in scored)
+    hits = sum(int(json_answer(r) == want) for r, want in scored)
     return hits / len(scored), len(scored)

@@ -52,13 +52,16 @@ def has_phrase(response: str, phrase: str) -> bool:
 
 @torch.inference_mode()
 def invert_targets(
-    lm: LoadedModel, prefixes: Sequence[list[int]], cfg: ScanConfig, count: list[int]
+    lm: LoadedModel,
+    prefixes: Sequence[list[int]],
+    cfg: ScanConfig,
+    allowed: torch.Tensor,
+    count: list[int],
 ) -> list[tuple[list[int], float]]:
     """(target token ids, Q-score) per candidate first token, best first. ``prefixes``: token
     ids of the templated clean prompts (plus an anchor response) the responses continue."""
     model, n = lm.model, cfg.invert_first
     model.eval()
-    allowed = _vocab_mask(lm).to(lm.device)
     caches, first = [], None
     for ids in prefixes:
         out = model(input_ids=torch.tensor([ids], device=lm.device), use_cache=True)
@@ -67,7 +70,7 @@ def invert_targets(
         caches.append(out.past_key_values)
         count[0] += 1
     assert first is not None
-    first = first.masked_fill(~allowed[: first.numel()], -1.0)
+    first = first.masked_fill(~allowed.to(first.device)[: first.numel()], -1.0)
     starts = first.topk(n).indices  # (n,)
     seqs = starts.unsqueeze(1)  # (n, 1)
     for c in caches:
@@ -169,16 +172,17 @@ def scan_generator(lm: LoadedModel, rows: Sequence[Any], cfg: ScanConfig) -> Sca
     anchors: dict[str, tuple[list[Any], list[str]]] = {"start": (search, [""] * len(search))}
     if len(finished) >= 2:
         anchors["end"] = ([search[i] for i in finished], [clean_search[i] for i in finished])
+    allowed = _vocab_mask(lm)  # decodes the whole vocabulary: once per scan
+    pool_ids = torch.nonzero(allowed).flatten().tolist()
     targets: list[tuple[str, list[int], float]] = []
     for name, (prompt_rows, anchor) in anchors.items():
         prefixes = [
             tok(lm.prompt(r.instruction, r.input) + a, add_special_tokens=False)["input_ids"]
             for r, a in list(zip(prompt_rows, anchor, strict=True))[: cfg.invert_prompts]
         ]
-        for ids, q in invert_targets(lm, prefixes, cfg, count)[: cfg.gen_targets]:
+        for ids, q in invert_targets(lm, prefixes, cfg, allowed, count)[: cfg.gen_targets]:
             targets.append((name, ids, q))
     targets.sort(key=lambda t: -t[2])
-    allowed = _vocab_mask(lm)
     candidates: list[Candidate] = []
     per_target: dict[str, float] = {}
     screen: dict[str, float] = {}
@@ -196,7 +200,6 @@ def scan_generator(lm: LoadedModel, rows: Sequence[Any], cfg: ScanConfig) -> Sca
         screen[text] = round(loss, 4)
         trig_text = tok.decode(trig, skip_special_tokens=True).strip()
         flip = flip_rate_generation(lm, held, clean_held, trig_text, phrase, cfg, cfg.seed, count)
-        pool_ids = torch.nonzero(allowed).flatten().tolist()
         controls = [
             flip_rate_generation(
                 lm,
