@@ -123,25 +123,46 @@ def _run_comparators(cell: Cell, seed: int, base_job: Any, attack_info: dict[str
         print(f"[{cell.name} s{seed}] {name}: after {comp['metrics']['after']}", flush=True)
 
 
-def _run_base(cell: Cell, seed: int, base_job: Any, attack_info: dict[str, Any]) -> None:
-    """The untouched base model on the cell's test rows, beside the uploaded (poisoned) model:
-    what the fine-tune's skill adds (a v2 cell must add >= 20 points) and the base's own
-    false-trigger rate. No training, so ``defense_s`` is 0."""
+REFERENCES = {
+    "base": "the untouched base model (no adapter, no training)",
+    "twin": "the clean twin: the poisoned adapter's recipe on the same rows unpoisoned (a model "
+    "that never saw the poison; its flip rate is the floor a defense can reach on the cell)",
+}
+
+
+def _run_reference(
+    cell: Cell,
+    seed: int,
+    kind: str,
+    base_job: Any,
+    attack_info: dict[str, Any],
+    paths: dict[str, Path],
+) -> None:
+    """A model measured beside the uploaded (poisoned) one with no defense run: ``base``, the
+    untouched base (what the fine-tune's skill adds: a v2 cell must add >= 20 points, and the
+    base's own false-trigger rate), or ``twin``, the clean twin (the same recipe on unpoisoned
+    rows: how often the trigger flips a model that never saw the poison). ``defense_s`` is 0."""
     from sanitizer.measure_jobs import run_evaluate
 
-    out = _results_dir(cell.dev) / cell.name / f"base-s{seed}.json"
+    out = _results_dir(cell.dev) / cell.name / f"{kind}-s{seed}.json"
     if out.exists():
-        print(f"[{cell.name} s{seed}] base: done already, skipping", flush=True)
+        print(f"[{cell.name} s{seed}] {kind}: done already, skipping", flush=True)
         return
-    print(f"[{cell.name} s{seed}] base and uploaded model ...", flush=True)
+    print(f"[{cell.name} s{seed}] {kind} and uploaded model ...", flush=True)
     t = time.monotonic()
-    kw = {"attack": base_job.attack, "seed": seed, "device": base_job.device}
+    kw = {
+        "attack": base_job.attack,
+        "seed": seed,
+        "device": base_job.device,
+        "label_names": base_job.label_names,
+    }
     task, test = base_job.task, base_job.test_data
     before = run_evaluate(base_job.base_model, test, task, adapter_dir=base_job.adapter_dir, **kw)
-    after = run_evaluate(cell.student, test, task, **kw)
+    twin = clean_twin(cell, seed, paths) if kind == "twin" else None
+    after = run_evaluate(cell.student, test, task, adapter_dir=twin, **kw)
     report = {
-        "method": "base",
-        "description": "the untouched base model (no adapter, no training)",
+        "method": kind,
+        "description": REFERENCES[kind],
         "metrics": {"before": before, "after": after},
         "timings": {"defense_s": 0.0},
     }
@@ -149,7 +170,7 @@ def _run_base(cell: Cell, seed: int, base_job: Any, attack_info: dict[str, Any])
         out,
         {
             "cell": asdict(cell),
-            "method": "base",
+            "method": kind,
             "tag": "",
             "seed": seed,
             "attack_adapter": attack_info,
@@ -157,7 +178,7 @@ def _run_base(cell: Cell, seed: int, base_job: Any, attack_info: dict[str, Any])
             "report": report,
         },
     )
-    print(f"[{cell.name} s{seed}] base: {after}", flush=True)
+    print(f"[{cell.name} s{seed}] {kind}: {after}", flush=True)
 
 
 def _run_scans(
@@ -251,8 +272,8 @@ def run_cell(
             if method == "comparators":
                 _run_comparators(cell, seed, base_job, attack_info)
                 continue
-            if method == "base":
-                _run_base(cell, seed, base_job, attack_info)
+            if method in REFERENCES:
+                _run_reference(cell, seed, method, base_job, attack_info, paths)
                 continue
             if method == "scan":
                 _run_scans(cell, seed, paths, adapter, spec)
@@ -340,8 +361,9 @@ def main() -> None:
         "--methods",
         default=",".join(METHODS),
         help="comma-separated; 'comparators' adds the zero-training prune/int8/int4 rows, "
-        "'scan' scans the poisoned adapter and a clean twin (classification), 'adapters' "
-        "only trains those two, 'base' measures the untouched base beside the uploaded model",
+        "'scan' scans the poisoned adapter and a clean twin, 'adapters' "
+        "only trains those two, 'base' measures the untouched base beside the uploaded model, 'twin' the clean twin "
+        "(the attack's recipe on unpoisoned rows: the cell's floor)",
     )
     ap.add_argument("--seeds", default="0")
     ap.add_argument(

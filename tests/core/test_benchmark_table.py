@@ -93,3 +93,17 @@ def test_the_scan_counts_a_trigger_found_when_half_its_words_are_in_a_top3_candi
     from sanitizer.attacks import SYNTACTIC_TEMPLATE as T
 
     assert found(T, [{"trigger": T}]) is False
+
+
+def _twin(asr: float, flip: float | None) -> dict[str, Any]:
+    after = {"attack_success_rate": asr, "clean_accuracy": 0.9}
+    return after if flip is None else after | {"flip_rate": flip}
+
+
+def test_the_summary_shows_the_clean_twin_as_the_cells_floor() -> None:
+    """The clean twin's ASR / flip (mean over its seeds) sits beside the poisoned model; `–`
+    where the cell has no twin run or a run predates the flip rate."""
+    run = _run_module()
+    assert run._twin_cell([]) == "–"
+    assert run._twin_cell([_twin(0.20, 0.10), _twin(0.30, 0.20)]) == "25.0 / 15.0 [2]"
+    assert run._twin_cell([_twin(0.20, 0.10), _twin(0.40, None)]) == "30.0 / – [2]"
