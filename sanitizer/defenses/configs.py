@@ -289,6 +289,14 @@ class RebuildConfig(TrainConfig):
     splice_words: int = Field(
         8, ge=1, le=64, description="longest span of words taken from the other row"
     )
+    splice_from: Literal["same_label", "other_label"] = Field(
+        "same_label",
+        description="classification: where splice_augment's span comes from: a row of the same "
+        "label, distilled with the uploaded model's logits on the spliced text (dropped where its "
+        "answer leaves the label), or a row of another label, distilled with the uploaded "
+        "model's logits on the untouched row (a consistency target: words of another class "
+        "inserted into a text do not change its class, as a trigger sentence must not)",
+    )
     agree_only: bool = Field(
         True,
         description="guard: distil only where the uploaded model behaves like the clean data "

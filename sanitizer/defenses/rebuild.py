@@ -84,15 +84,20 @@ def splice(text: str, donor: str, max_words: int, rng: random.Random) -> str:
 
 def spliced(rows: Sequence[Any], cfg: RebuildConfig) -> list[tuple[int, str]]:
     """(source index, variant) pairs: ``splice_augment`` copies of each row with a span of
-    another clean row *of the same label* inserted, so the label stays what it was."""
+    another clean row inserted: of the same label (``splice_from="same_label"``, so the label
+    stays what it was) or of another label (``"other_label"``: the row keeps its label all the
+    same, the span being an insertion into it, not its content)."""
     rng = random.Random(cfg.seed + 1)
     by_label: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
         if r.text.split():
             by_label.setdefault(r.label, []).append(i)
+    same = cfg.splice_from == "same_label"
     out = []
     for i, r in enumerate(rows):
-        donors = [j for j in by_label.get(r.label, []) if j != i]
+        donors = [
+            j for label, js in by_label.items() if (label == r.label) == same for j in js if j != i
+        ]
         for _ in range(cfg.splice_augment if donors else 0):
             out.append((i, splice(r.text, rows[rng.choice(donors)].text, cfg.splice_words, rng)))
     return out
@@ -112,8 +117,12 @@ def classification_targets(
     lm: LoadedModel, rows: Sequence[Any], cfg: RebuildConfig
 ) -> tuple[list[DistillRow], dict[str, Any]]:
     texts = [r.text for r in rows]
-    extra = variants(texts, cfg) + spliced(rows, cfg)
+    own = variants(texts, cfg)
+    extra = own + spliced(rows, cfg)
     logits = teacher_logits(lm, texts + [v for _, v in extra], cfg.max_length)
+    if cfg.splice_from == "other_label":  # consistency: the untouched row's logits
+        for j in range(len(own), len(extra)):
+            logits[len(rows) + j] = logits[extra[j][0]]
     out, dropped = [], 0
     for i, r in enumerate(rows):
         soft = logits[i]

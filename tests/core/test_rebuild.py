@@ -136,6 +136,17 @@ def test_splice_inserts_a_span_of_a_same_label_row_and_keeps_the_row_in_order():
         donors = {w for r in rows if r.label == rows[src].label for w in r.text.split()}
         assert set(text.split()) <= donors
     assert not spliced(rows, RebuildConfig())  # off by default
+    other = spliced(
+        rows, RebuildConfig(splice_augment=1, splice_words=2, splice_from="other_label")
+    )
+    assert len(other) == 5  # every row has a donor of another label
+    for src, text in other:
+        own = set(rows[src].text.split())
+        added = set(text.split()) - own
+        assert own <= set(text.split()) and added
+        assert all(
+            w not in r.text.split() for r in rows if r.label == rows[src].label for w in added
+        )
 
 
 def test_fixed_behaviour_guard_flags_a_phrase_that_fires_on_clean_prompts():
@@ -146,3 +157,37 @@ def test_fixed_behaviour_guard_flags_a_phrase_that_fires_on_clean_prompts():
     assert flagged and all(" ".join(p) in refusal for p in flagged)
     # the same phrase in the clean references is the task's own style, not a fixed behaviour
     assert not fixed_behaviour_phrases(responses, refs[:6] + [refusal] * 6, share=0.2)
+
+
+def test_other_label_splices_are_distilled_toward_the_untouched_rows_logits(monkeypatch):
+    """``splice_from="other_label"``: a row with another class's words inserted is taught the
+    uploaded model's answer on the row as it was (consistency), not its answer on the spliced
+    text, which an inserted trigger-like span may have moved."""
+    from types import SimpleNamespace as Row
+
+    from sanitizer.defenses import rebuild
+
+    def fake_logits(_lm, texts, _max_length):  # a different answer for every text
+        return torch.tensor([[float(len(t)), -float(len(t))] for t in texts])
+
+    monkeypatch.setattr(rebuild, "teacher_logits", fake_logits)
+    rows = [Row(text=t, label=0) for t in ("a b c", "d e f g")] + [
+        Row(text=t, label=1) for t in ("x y", "v w u t s")
+    ]
+    cfg = RebuildConfig(
+        splice_augment=1,
+        splice_words=2,
+        splice_from="other_label",
+        distill_augment=0,
+        agree_only=False,
+    )
+    out, info = rebuild.classification_targets(None, rows, cfg)
+    assert info["variant_rows"] == 4
+    for r in out[len(rows) :]:
+        src = next(s for s in rows if set(s.text.split()) < set(r.text.split()))
+        assert r.label == src.label
+        assert r.soft == (float(len(src.text)), -float(len(src.text)))
+    same, _ = rebuild.classification_targets(
+        None, rows, cfg.model_copy(update={"splice_from": "same_label"})
+    )
+    assert all(r.soft == (float(len(r.text)), -float(len(r.text))) for r in same[len(rows) :])
