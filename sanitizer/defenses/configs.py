@@ -331,8 +331,9 @@ class UnlearnConfig(TrainConfig):
     """Ours (docs/METHODS_NOTES.md, unlearn): scan, then overwrite what the scan found. For a
     model with no trusted base. Each round searches for short triggers (sanitizer/scan.py), then
     trains the LoRA on the clean rows plus copies of them with each found trigger inserted,
-    labelled with their clean labels; the next round scans the trained model again. The scan
-    never sees the attack. Classification only (generation: not built yet)."""
+    labelled with their clean labels (a chat model: the trigger in the instruction, the row's
+    reference response kept); the next round scans the trained model again. The scan never sees
+    the attack."""
 
     rounds: int = Field(2, ge=1, le=5, description="scan + train rounds")
     trigger_len: int = Field(3, ge=1, le=8, description="tokens per searched trigger")
@@ -351,13 +352,6 @@ class UnlearnConfig(TrainConfig):
         0.5, gt=0, le=2.0, description="triggered copies per clean row, per found trigger"
     )
     learning_rate: float = Field(5e-4, gt=0, le=1.0)
-
-    def check_task(self, task: str) -> None:
-        if task != "classification":
-            raise ConfigError(
-                "unlearn searches for classifier triggers; generation is not built yet",
-                hint="use rebuild (with a trusted base) or crow/w2sdefense for generation",
-            )
 
 
 class ScanConfig(BaseModel):

@@ -1,13 +1,16 @@
 """Unlearn: find the trigger with no trigger knowledge, then overwrite what was found.
 
-Ours (docs/METHODS_NOTES.md, unlearn), for a classifier with no trusted base. A clean set never
+Ours (docs/METHODS_NOTES.md, unlearn), for a model with no trusted base. A clean set never
 contains the trigger, so clean-data training gets no gradient against it; this method brings
 the trigger back into the picture. Each round:
 
-1. ``scan`` (sanitizer/scan.py) searches for a few tokens that turn clean inputs into one label;
+1. ``scan`` searches for a few tokens that turn clean inputs into one label (a classifier:
+   sanitizer/scan.py) or that make clean prompts produce an inverted target response (a chat
+   model: sanitizer/scan_generation.py);
 2. the found triggers that flip at least ``min_flip_rate`` of clean rows are inserted at random
-   word positions into copies of the clean training rows, which keep their clean labels, and
-   the LoRA is trained on the clean rows plus these copies;
+   word positions into copies of the clean training rows (a chat row: into its instruction),
+   which keep their clean labels or reference responses, and the LoRA is trained on the clean
+   rows plus these copies;
 3. the next round scans the trained model again, so what the first round's training left (or
    the next-strongest direction) is found and overwritten too.
 
@@ -21,25 +24,30 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from sanitizer.data_rows import ClassificationRow
+from sanitizer.data_rows import ClassificationRow, GenerationRow
 from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, train
 from sanitizer.defenses.configs import UnlearnConfig
 from sanitizer.defenses.finetune import step_loss
 from sanitizer.models import LoadedModel
-from sanitizer.scan import ScanConfig, insert_text, scan_classifier
+from sanitizer.scan import ScanConfig, insert_text, scan_model
 
 
 def triggered_copies(
     rows: Sequence[Any], triggers: Sequence[str], share: float, seed: int
-) -> list[ClassificationRow]:
+) -> list[Any]:
     """``share`` × len(rows) copies per trigger, each with the trigger at a random word
-    position and the row's own clean label."""
+    position and the row's own clean label (a chat row: in its instruction, with its own
+    reference response)."""
     rng = random.Random(seed)
-    out = []
+    out: list[Any] = []
     for trig in triggers:
         picks = [rows[i % len(rows)] for i in range(round(share * len(rows)))]
         rng.shuffle(picks)
-        out += [ClassificationRow(insert_text(r.text, trig, rng), r.label) for r in picks]
+        for r in picks:
+            if isinstance(r, GenerationRow):
+                out.append(GenerationRow(insert_text(r.instruction, trig, rng), r.input, r.output))
+            else:
+                out.append(ClassificationRow(insert_text(r.text, trig, rng), r.label))
     return out
 
 
@@ -54,7 +62,6 @@ def run(
     **_: Any,
 ) -> dict[str, Any]:
     """Scan, train on the clean rows + triggered copies, scan again; ``rounds`` times."""
-    cfg.check_task(lm.task)
     scan_cfg = ScanConfig(
         trigger_len=cfg.trigger_len, steps=cfg.scan_steps, max_length=cfg.max_length, seed=cfg.seed
     )
@@ -66,7 +73,7 @@ def run(
         if progress:
             progress(ProgressEvent("scan", rnd, cfg.rounds, message=f"scan, round {rnd + 1}"))
         scan_cfg.seed = cfg.seed + 101 * rnd
-        found = scan_classifier(lm, pool, None, scan_cfg)
+        found = scan_model(lm, pool, None, scan_cfg)
         fresh: list[str] = []
         for c in found.candidates:  # ranked by flip rate
             if c.flip_rate >= cfg.min_flip_rate and c.trigger and c.trigger not in unlearned:
