@@ -121,8 +121,8 @@ def classification_targets(
     extra = own + spliced(rows, cfg)
     logits = teacher_logits(lm, texts + [v for _, v in extra], cfg.max_length)
     if cfg.splice_from == "other_label":  # consistency: the untouched row's logits
-        for j in range(len(own), len(extra)):
-            logits[len(rows) + j] = logits[extra[j][0]]
+        pick = list(range(len(texts) + len(own))) + [src for src, _ in extra[len(own) :]]
+        logits = logits[pick]
     out, dropped = [], 0
     for i, r in enumerate(rows):
         soft = logits[i]

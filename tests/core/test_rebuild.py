@@ -168,7 +168,8 @@ def test_other_label_splices_are_distilled_toward_the_untouched_rows_logits(monk
     from sanitizer.defenses import rebuild
 
     def fake_logits(_lm, texts, _max_length):  # a different answer for every text
-        return torch.tensor([[float(len(t)), -float(len(t))] for t in texts])
+        with torch.inference_mode():  # as the real teacher_logits returns them
+            return torch.tensor([[float(len(t)), -float(len(t))] for t in texts])
 
     monkeypatch.setattr(rebuild, "teacher_logits", fake_logits)
     rows = [Row(text=t, label=0) for t in ("a b c", "d e f g")] + [
