@@ -72,12 +72,14 @@ def prepare_model(
 
     lm = load_base(spec, num_labels)
     if start == "uploaded":  # the method takes the model as uploaded and trains on the base
-        if spec.adapter_dir is None:
+        if spec.adapter_dir is None and not getattr(cfg, "trusted_base", None):
             raise ConfigError(
-                "this method needs the uploaded adapter over a trusted base model",
-                hint="give the base model id and the fine-tune as a PEFT adapter",
+                "this method needs a trusted base model",
+                hint="give the base model id and the fine-tune as a PEFT adapter, or name the "
+                "base a full-weights model was fine-tuned from (trusted_base=<model id>)",
             )
-        attach_adapter(lm, spec.adapter_dir, trainable=False)
+        if spec.adapter_dir is not None:
+            attach_adapter(lm, spec.adapter_dir, trainable=False)
         if on_uploaded is not None:
             on_uploaded(lm)
         return lm, "rebuild"
@@ -226,7 +228,10 @@ def run_sanitize(
     timings: dict[str, float] = {}
     emit = progress or (lambda e: None)
     method, method_reason = registry.resolve(
-        spec.method, task=spec.task, has_adapter=spec.adapter_dir is not None
+        spec.method,
+        task=spec.task,
+        has_adapter=spec.adapter_dir is not None,
+        trusted_base=bool(spec.hyperparameters.get("trusted_base")),
     )
     method_spec = registry.get(method)
     defend = method_spec.runner()

@@ -251,9 +251,10 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
 
         use_cache(settings.model_cache_path)  # the library loads the models by id below
         resolve(job.base_model, job.base_revision)
-        teacher = ((job.spec or {}).get("hyperparameters") or {}).get("teacher_model")
-        if teacher:
-            resolve(str(teacher))
+        hp = (job.spec or {}).get("hyperparameters") or {}
+        for name in ("teacher_model", "trusted_base"):  # other models a method loads by id
+            if hp.get(name):
+                resolve(str(hp[name]))
         missing = [
             i
             for i in (job.clean_dataset_file_id, job.test_dataset_file_id, job.adapter_file_id)

@@ -132,19 +132,25 @@ def check_inputs(
             ) from exc
     try:
         if body.type == "sanitize":
-            registry.resolve(body.method, task=body.task, has_adapter=body.adapter_file is not None)
+            registry.resolve(
+                body.method,
+                task=body.task,
+                has_adapter=body.adapter_file is not None,
+                trusted_base=bool(getattr(config, "trusted_base", None)),
+            )
     except ConfigError as exc:
         raise from_library(exc, field="method") from exc
     try:
         model_dir = resolve(body.base_model, body.base_revision)
     except SanitizerError as exc:
         raise from_library(exc, field="base_model") from exc
-    teacher = getattr(config, "teacher_model", None)
-    if teacher:
-        try:
-            resolve(teacher)
-        except SanitizerError as exc:
-            raise from_library(exc, field="hyperparameters.teacher_model") from exc
+    for name in ("teacher_model", "trusted_base"):  # other models a method loads by id
+        other = getattr(config, name, None)
+        if other:
+            try:
+                resolve(other)
+            except SanitizerError as exc:
+                raise from_library(exc, field=f"hyperparameters.{name}") from exc
     ev = body.evaluation
     attacks = [("evaluation.attack", ev.attack)] if ev and ev.attack else []
     if ev:

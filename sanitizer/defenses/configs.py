@@ -315,6 +315,14 @@ class RebuildConfig(TrainConfig):
     max_new_tokens: int = Field(
         96, ge=1, le=2048, description="generation: length of the teacher's responses"
     )
+    trusted_base: str | None = Field(
+        None,
+        min_length=1,
+        max_length=300,
+        description="input (a): the model id of the trusted base the uploaded full-weights model "
+        "was fine-tuned from; the fresh LoRA is built on it and the uploaded model is only the "
+        "teacher. Leave empty for a base + adapter job (its base is the trusted one)",
+    )
     learning_rate: float = Field(5e-4, gt=0, le=1.0)
 
     @model_validator(mode="after")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ from sanitizer.defenses.batching import Batch, classification_batch
 from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, task_loss, train
 from sanitizer.defenses.configs import RebuildConfig
 from sanitizer.errors import ConfigError
-from sanitizer.models import LoadedModel, add_lora, default_rank
+from sanitizer.models import LoadedModel, add_lora, default_rank, load_model
 
 
 @dataclass(frozen=True)
@@ -242,15 +242,18 @@ def run(
     should_cancel: CancelFn | None = None,
     **_: Any,
 ) -> dict[str, Any]:
-    """``lm`` is the model as uploaded (base + adapter, unmerged). Its answers on clean inputs
-    are collected, its adapter is removed (the trusted base remains), and a fresh LoRA (and
-    head) is trained on the clean rows and those answers. Returns training stats."""
+    """``lm`` is the model as uploaded (base + adapter, unmerged; or full weights when
+    ``cfg.trusted_base`` names the base they were fine-tuned from). Its answers on clean inputs
+    are collected, then the trusted base takes its place (the adapter removed, or the named base
+    loaded), and a fresh LoRA (and head) is trained on the clean rows and those answers.
+    Returns training stats."""
     from peft import PeftModel
 
-    if not isinstance(lm.model, PeftModel):
+    if not cfg.trusted_base and not isinstance(lm.model, PeftModel):
         raise ConfigError(
-            "rebuild needs the uploaded adapter over a trusted base model",
-            hint="give the base model id and the fine-tune as a PEFT adapter",
+            "rebuild needs a trusted base model",
+            hint="give the base model id and the fine-tune as a PEFT adapter, or name the base "
+            "the full-weights model was fine-tuned from (trusted_base=<model id>)",
         )
     if progress:
         progress(ProgressEvent("distill_targets", message="the uploaded model on clean inputs"))
@@ -259,7 +262,18 @@ def run(
         rows, info = classification_targets(lm, train_rows, cfg)
     else:
         rows, info = generation_targets(lm, train_rows, cfg, progress)
-    lm.model = lm.model.unload()  # the trusted base: every uploaded delta and head removed
+    if cfg.trusted_base:  # input (a): the uploaded model was the teacher only
+        base = load_model(cfg.trusted_base, lm.task, num_labels=lm.num_labels, device=lm.device)
+        for f in fields(lm):
+            setattr(lm, f.name, getattr(base, f.name))
+        del base
+        started_from = (
+            f"the trusted base model '{cfg.trusted_base}' named by the job (the uploaded full "
+            "weights were only the teacher)"
+        )
+    else:
+        lm.model = lm.model.unload()  # the trusted base: every uploaded delta and head removed
+        started_from = "the trusted base model (the uploaded adapter's deltas were dropped)"
     r = cfg.lora_r or default_rank(lm.hidden_size)
     add_lora(
         lm, r=r, alpha=cfg.lora_alpha or r, dropout=cfg.lora_dropout, target=cfg.target_modules
@@ -274,7 +288,7 @@ def run(
         should_cancel=should_cancel,
     )
     stats["rebuild"] = {
-        "started_from": "the trusted base model (the uploaded adapter's deltas were dropped)",
+        "started_from": started_from,
         "clean_rows": len(train_rows),
         **info,
     }

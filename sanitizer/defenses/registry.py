@@ -110,16 +110,20 @@ def get(name: str) -> MethodSpec:
     return REGISTRY[name]
 
 
-def resolve(name: str, *, task: str, has_adapter: bool) -> tuple[str, str | None]:
+def resolve(
+    name: str, *, task: str, has_adapter: bool, trusted_base: bool = False
+) -> tuple[str, str | None]:
     """The method a job runs, and (for ``auto``) why it was chosen. Chosen on development cells
-    only (docs/METHODS_NOTES.md, auto); never on benchmark cells."""
+    only (docs/METHODS_NOTES.md, auto); never on benchmark cells. ``trusted_base``: the job
+    names the base a full-weights model was fine-tuned from (rebuild's ``trusted_base``)."""
     if name != AUTO:
         spec = get(name)
-        if spec.needs_trusted_base and not has_adapter:
+        if spec.needs_trusted_base and not has_adapter and not trusted_base:
             raise ConfigError(
                 f"method '{name}' rebuilds on a trusted base model, and this job has none: the "
                 "model was given as full weights",
-                hint="give the base model id and the fine-tune as a PEFT adapter file, or choose "
+                hint="name the base it was fine-tuned from (hyperparameter trusted_base=<model "
+                "id>), give the base model id and the fine-tune as a PEFT adapter file, or choose "
                 f"another method ({', '.join(n for n in REGISTRY if not REGISTRY[n].needs_trusted_base)})",
             )
         return name, None

@@ -103,9 +103,51 @@ def test_auto_chooses_rebuild_for_an_adapter_and_says_why(poisoned_adapter):
 def test_rebuild_refuses_a_model_with_no_trusted_base(tmp_path):
     from sanitizer.defenses.registry import resolve
 
-    with pytest.raises(ConfigError, match="trusted base"):
+    with pytest.raises(ConfigError, match="trusted_base=<model id>"):
         resolve("rebuild", task="classification", has_adapter=False)
     assert resolve("auto", task="classification", has_adapter=False)[0] != "rebuild"
+    assert resolve("rebuild", task="classification", has_adapter=False, trusted_base=True) == (
+        "rebuild",
+        None,
+    )
+
+
+@pytest.mark.timeout(900)
+def test_rebuild_of_full_weights_on_the_base_the_job_names(poisoned_adapter):
+    """Input (a): the poisoned adapter merged into full weights, given with no adapter; the job
+    names the base it was fine-tuned from (``trusted_base``). The full model is only the
+    teacher; the result is a LoRA on the named base, without the backdoor."""
+    import json
+
+    from sanitizer.models import attach_adapter, merge_adapter
+
+    root, clean, test = poisoned_adapter
+    merged = root / "merged"
+    lm = load_model("tiny/enc", "classification", num_labels=2, device="cpu")
+    attach_adapter(lm, root / "adapter")
+    merge_adapter(lm)
+    lm.model.save_pretrained(merged, safe_serialization=True)
+    lm.tokenizer.save_pretrained(merged)
+    spec = JobSpec(
+        method="rebuild",
+        base_model=str(merged),
+        clean_data=clean,
+        test_data=test,
+        attack=AttackSpec(name="badnet", trigger="cf", target_label=0),
+        hyperparameters=HP | {"trusted_base": "tiny/enc"},
+        device="cpu",
+    )
+    with pytest.raises(ConfigError, match="trusted base"):  # full weights, no base named
+        run_sanitize(spec.model_copy(update={"hyperparameters": HP}), root / "out-a-none")
+    report = run_sanitize(spec, root / "out-a")
+    b, r = report["metrics"]["before"], report["metrics"]["after"]
+    numbers = f"before {b}; rebuilt on the named base {r}"
+    assert b["attack_success_rate"] >= 0.9, numbers
+    assert r["attack_success_rate"] <= 0.4, numbers
+    assert r["attack_success_rate"] - r["false_trigger_rate"] <= 0.15, numbers
+    assert "'tiny/enc'" in report["training"]["rebuild"]["started_from"]
+    cfg = json.loads((root / "out-a" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "tiny/enc", cfg
 
 
 def test_drop_words_keeps_order_and_at_least_one_word():

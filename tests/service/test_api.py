@@ -795,3 +795,21 @@ def test_models_and_methods_are_listed_for_clients(api, assets):
     assert {"auto", "rebuild", "crow", "w2sdefense", "finetune"} <= set(methods)
     assert methods["rebuild"]["needs_trusted_base"] is True
     assert "epochs" in methods["crow"]["hyperparameters"]["properties"]
+
+
+def test_rebuild_of_full_weights_needs_the_base_it_was_fine_tuned_from(api, assets):
+    """rebuild on a model given as full weights (no adapter): refused with the fix named, unless
+    the job names the trusted base (``trusted_base``), which must be a model the service has."""
+    ds = dataset_id(api, assets)
+    body = problem(api.post("/v1/jobs", json=job_body(ds, method="rebuild")), 422, "invalid_config")
+    assert body["field"] == "method" and "trusted_base=<model id>" in body["hint"]
+    hp = {"trusted_base": "nobody/nothing"}
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, method="rebuild", hyperparameters=hp)),
+        422,
+        "unknown_model",
+    )
+    assert body["field"] == "hyperparameters.trusted_base"
+    hp = {"trusted_base": "tiny/bert"}
+    ok = api.post("/v1/jobs", json=job_body(ds, method="rebuild", hyperparameters=hp))
+    assert ok.status_code == 202, ok.text
