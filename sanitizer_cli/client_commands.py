@@ -196,7 +196,7 @@ def submit(
     result: dict[str, Any] = {}
     with _handle_errors(), _client(url, api_key, http_timeout) as client:
         _check_names(client, base_model, method if job_type == "sanitize" else None,
-                     hyperparameters.get("teacher_model"))  # fmt: skip
+                     hyperparameters)  # fmt: skip
         files = {}
         for name, path, purpose in (
             ("adapter_file", adapter, "adapter"),

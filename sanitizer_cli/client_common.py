@@ -286,9 +286,12 @@ def _attack_dict(
     return spec
 
 
-def _check_names(client: Any, base_model: str, method: str | None, teacher: Any) -> None:
+def _check_names(
+    client: Any, base_model: str, method: str | None, hyperparameters: dict[str, Any]
+) -> None:
     """Before any upload: the model(s) and the method must exist on the service, or nothing is
-    uploaded (no orphan files) and the error lists what does exist."""
+    uploaded (no orphan files) and the error lists what does exist. Models named in
+    hyperparameters: ``teacher_model`` (W2SDefense) and ``trusted_base`` (rebuild)."""
     from sanitizer_client import NotFoundError
 
     try:
@@ -296,7 +299,10 @@ def _check_names(client: Any, base_model: str, method: str | None, teacher: Any)
         methods = client.methods.ids()
     except NotFoundError:
         return  # a service older than /v1/models: it checks at submission
-    for flag, name in (("--base-model", base_model), ("-p teacher_model", teacher)):
+    named = [("--base-model", base_model)] + [
+        (f"-p {k}", hyperparameters.get(k)) for k in ("teacher_model", "trusted_base")
+    ]
+    for flag, name in named:
         if name is not None and str(name) not in models:
             _die(
                 EXIT_USAGE,

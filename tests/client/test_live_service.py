@@ -253,6 +253,16 @@ def test_input_errors_exit_3(live: dict[str, Any], tmp_path: Path) -> None:
     assert "org/absent" in no_model.stderr and "tiny/bert" in no_model.stderr  # what exists
     assert str(live["root"]) not in no_model.stderr  # no server path reaches a remote client
     assert {f.id for f in Client(live["url"], live["key"]).files.list()} == before  # no orphans
+    no_base = _cli(
+        live["env"], "submit", "--method", "rebuild", "--base-model", "tiny/bert",
+        "--clean-data", str(live["clean"]), "-p", "trusted_base=org/absent-base",
+    )  # fmt: skip
+    assert no_base.returncode == 3, no_base.stderr
+    assert (
+        "-p trusted_base org/absent-base" in no_base.stderr
+        and "nothing was uploaded" in no_base.stderr
+    )
+    assert {f.id for f in Client(live["url"], live["key"]).files.list()} == before
     pickle_adapter = tmp_path / "pickled"
     pickle_adapter.mkdir()
     (pickle_adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
