@@ -215,8 +215,14 @@ def run_sanitize(
     out_dir: Path,
     progress: Callable[[Any], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    known_before: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Measure, defend, measure; write ``out_dir/adapter/`` and ``out_dir/report.json``."""
+    """Measure, defend, measure; write ``out_dir/adapter/`` and ``out_dir/report.json``.
+
+    ``known_before``: the uploaded model's metrics (main, per attack) from an earlier job on the
+    same model, test rows, attacks and seed (a benchmark's other methods); they are reported as
+    they were and not measured again (``timings.evaluate_before_s`` is then 0 and
+    ``metrics.before_reused`` is true)."""
     import torch
 
     from sanitizer.adapter_files import combine_lora_into_one
@@ -258,8 +264,13 @@ def run_sanitize(
     def measure_before(uploaded: Any) -> None:
         # the model as uploaded, not the (possibly shrunk) start of the defense
         t = time.monotonic()
-        emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
-        measured["before"] = measure(uploaded, test_rows, spec, eval_kw, emit, "evaluate_before")
+        if known_before is not None:
+            measured["before"] = known_before
+        else:
+            emit(ProgressEvent("evaluate_before", message=f"evaluating on {len(test_rows)} rows"))
+            measured["before"] = measure(
+                uploaded, test_rows, spec, eval_kw, emit, "evaluate_before"
+            )
         timings["evaluate_before_s"] = time.monotonic() - t
 
     lm, adapter_mode = prepare_model(
@@ -362,6 +373,8 @@ def run_sanitize(
         report["baseline"] = baseline
     if comparators is not None:
         report["comparators"] = comparators
+    if known_before is not None:
+        report["metrics"]["before_reused"] = True
     write_report(out_dir, report)
     return report
 

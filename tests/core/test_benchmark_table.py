@@ -107,3 +107,35 @@ def test_the_summary_shows_the_clean_twin_as_the_cells_floor() -> None:
     assert run._twin_cell([]) == "–"
     assert run._twin_cell([_twin(0.20, 0.10), _twin(0.30, 0.20)]) == "25.0 / 15.0 [2]"
     assert run._twin_cell([_twin(0.20, 0.10), _twin(0.40, None)]) == "30.0 / – [2]"
+
+
+def test_a_cached_before_is_reused_only_for_the_same_model_rows_and_attack(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import benchmarks.run as run
+    from sanitizer.attacks import AttackSpec
+
+    monkeypatch.setattr(run, "bench_dir", lambda: tmp_path)
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\na,0\n")
+    cell = SimpleNamespace(name="cell-a")
+    job = SimpleNamespace(
+        test_data=test,
+        attack=AttackSpec(name="badnet", trigger="cf", target_label=0),
+        hyperparameters={"max_length": 64},
+    )
+    info = {"files": {"adapter_model.safetensors": "abc"}}
+    report = {
+        "metrics": {
+            "before": {"attack_success_rate": 0.9},
+            "per_attack": {"k": {"before": {"x": 1}}},
+        }
+    }
+    assert run._cached_before(cell, 0, info, job) is None
+    run._cache_before(cell, 0, info, job, report)
+    assert run._cached_before(cell, 0, info, job) == ({"attack_success_rate": 0.9}, {"k": {"x": 1}})
+    other_adapter = {"files": {"adapter_model.safetensors": "def"}}
+    assert run._cached_before(cell, 0, other_adapter, job) is None
+    assert run._cached_before(cell, 1, info, job) is None  # another seed
+    test.write_text("text,label\nb,1\n")  # other test rows
+    assert run._cached_before(cell, 0, info, job) is None

@@ -234,3 +234,26 @@ def test_other_label_splices_are_distilled_toward_the_untouched_rows_logits(monk
         None, rows, cfg.model_copy(update={"splice_from": "same_label"})
     )
     assert all(r.soft == (float(len(r.text)), -float(len(r.text))) for r in same[len(rows) :])
+
+
+def test_known_before_is_reported_as_given_and_not_measured_again(poisoned_adapter):
+    """A benchmark's second method on the same uploaded model reuses the first one's `before`."""
+    root, clean, test = poisoned_adapter
+    first = _job(root, clean, test, "finetune", epochs=1)
+    before = first["metrics"]["before"]
+    per_attack = {k: v["before"] for k, v in first["metrics"]["per_attack"].items()}
+    spec = JobSpec(
+        method="finetune",
+        base_model="tiny/enc",
+        adapter_dir=root / "adapter",
+        clean_data=clean,
+        test_data=test,
+        attack=AttackSpec(name="badnet", trigger="cf", target_label=0),
+        hyperparameters=HP | {"epochs": 1},
+        device="cpu",
+    )
+    marked = {**before, "clean_accuracy": -1.0}  # not a value a measurement could give
+    again = run_sanitize(spec, root / "out-known", known_before=(marked, per_attack))
+    assert again["metrics"]["before"] == marked and again["metrics"]["before_reused"] is True
+    assert again["timings"]["evaluate_before_s"] < 0.5
+    assert "before_reused" not in first["metrics"]
