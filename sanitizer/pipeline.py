@@ -363,10 +363,12 @@ def run_sanitize(
     )
     from sanitizer import model_card
 
-    model_card.write(adapter_out, spec.base_model, spec.task, label_names, report)
+    # the base the written adapter applies to: rebuild of full weights builds on a named base
+    adapter_base = str(spec.hyperparameters.get("trusted_base") or spec.base_model)
+    model_card.write(adapter_out, adapter_base, spec.task, label_names, report)
     from sanitizer.adapter_files import file_hashes
 
-    report["adapter_out"] = {"files": file_hashes(adapter_out)}
+    report["adapter_out"] = {"base_model": adapter_base, "files": file_hashes(adapter_out)}
     if scan_block is not None:
         report["scan"] = scan_block
     if baseline is not None:

@@ -148,6 +148,8 @@ def test_rebuild_of_full_weights_on_the_base_the_job_names(poisoned_adapter):
     assert "'tiny/enc'" in report["training"]["rebuild"]["started_from"]
     cfg = json.loads((root / "out-a" / "adapter" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == "tiny/enc", cfg
+    assert report["adapter_out"]["base_model"] == "tiny/enc"
+    assert "tiny/enc" in (root / "out-a" / "adapter" / "README.md").read_text()
 
 
 def test_drop_words_keeps_order_and_at_least_one_word():
