@@ -210,6 +210,34 @@ def eval_kwargs(spec: JobSpec, cfg: Any) -> dict[str, Any]:
     return {"max_length": cfg.max_length} if spec.task == "classification" else {}
 
 
+def _unlearn_first(
+    lm: Any,
+    train_rows: Any,
+    dev_rows: Any,
+    cfg: Any,
+    emit: Callable[[Any], None],
+    should_cancel: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """The ``unlearn_first`` stage: the unlearn method's scan-and-overwrite rounds (its own
+    defaults; the job's seed, batch size, max length and device) on the model the method then
+    starts from. Its phases are reported as ``unlearn_first_<phase>``. Returns what it found."""
+    from dataclasses import replace
+
+    from sanitizer.defenses import unlearn
+    from sanitizer.defenses.configs import UnlearnConfig
+
+    stage = UnlearnConfig(seed=cfg.seed, batch_size=cfg.batch_size, max_length=cfg.max_length)
+    stats = unlearn.run(
+        lm,
+        list(train_rows),
+        list(dev_rows),
+        stage,
+        progress=lambda e: emit(replace(e, phase=f"unlearn_first_{e.phase}")),
+        should_cancel=should_cancel,
+    )
+    return {**stats["unlearn"], "steps": stats.get("steps")}
+
+
 def run_sanitize(
     spec: JobSpec,
     out_dir: Path,
@@ -280,9 +308,15 @@ def run_sanitize(
     timings["load_s"] = time.monotonic() - t0 - timings["evaluate_before_s"]
 
     t = time.monotonic()
+    first = None
+    if getattr(cfg, "unlearn_first", False) and method != "unlearn":
+        first = _unlearn_first(lm, train_ds.rows, dev_ds.rows, cfg, emit, should_cancel)
+        timings["unlearn_first_s"] = time.monotonic() - t
     stats = defend(
         lm, list(train_ds.rows), list(dev_ds.rows), cfg, progress=emit, should_cancel=should_cancel
     )
+    if first is not None:
+        stats["unlearn_first"] = first
     timings["defense_s"] = time.monotonic() - t
 
     t = time.monotonic()

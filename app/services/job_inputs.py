@@ -242,8 +242,14 @@ def _check_config(body: JobCreate) -> Any:
     try:
         if body.type == "scan":
             return validate_config(ScanConfig, {"seed": body.seed, **body.hyperparameters})
-        cfg = config_for(body.method, {"seed": body.seed, **body.hyperparameters})
+        values = {"seed": body.seed, **body.hyperparameters}
+        cfg = config_for(body.method, values)
         cfg.check_task(body.task)
+        if body.method == registry.AUTO:  # what auto will run must take the settings too
+            chosen, _ = registry.resolve(
+                body.method, task=body.task, has_adapter=body.adapter_file is not None
+            )
+            config_for(chosen, values).check_task(body.task)
         return cfg
     except ConfigError as exc:
         cause = exc.__cause__

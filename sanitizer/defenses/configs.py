@@ -73,6 +73,13 @@ class TrainConfig(BaseModel):
         "epoch (the default until 2026-12-01); None: one dev example (classification)",
     )
     cancel_check_every: int = Field(1, ge=1, description="check for cancellation every N steps")
+    unlearn_first: bool = Field(
+        False,
+        description="a stage before the method: scan the model for a trigger with no trigger "
+        "knowledge and train what it finds away (the unlearn method's rounds, its defaults), then "
+        "run the method on the result. For a model with no trusted base; rebuild drops the "
+        "uploaded weights and needs no such stage",
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -331,6 +338,11 @@ class RebuildConfig(TrainConfig):
             raise ValueError(
                 "rebuild never trains on the uploaded adapter: it trains a fresh LoRA on the "
                 "trusted base; leave adapter_mode at 'auto' and adapter_scale at 1"
+            )
+        if self.unlearn_first:
+            raise ValueError(
+                "rebuild drops the uploaded weights, so unlearn_first has nothing to act on; "
+                "leave it off (or use it with finetune, crow or w2sdefense)"
             )
         return self
 

@@ -259,3 +259,29 @@ def test_known_before_is_reported_as_given_and_not_measured_again(poisoned_adapt
     assert again["metrics"]["before"] == marked and again["metrics"]["before_reused"] is True
     assert again["timings"]["evaluate_before_s"] < 0.5
     assert "before_reused" not in first["metrics"]
+
+
+@pytest.mark.timeout(900)
+def test_unlearn_first_runs_the_scan_stage_before_the_method(poisoned_adapter):
+    """``unlearn_first``: the scan-and-overwrite rounds run on the model the method starts from,
+    and the report says what they found; rebuild (which drops the uploaded weights) refuses it."""
+    root, clean, test = poisoned_adapter
+    events: list[str] = []
+    spec = JobSpec(
+        method="finetune",
+        base_model="tiny/enc",
+        adapter_dir=root / "adapter",
+        clean_data=clean,
+        test_data=test,
+        attack=AttackSpec(name="badnet", trigger="cf", target_label=0),
+        hyperparameters=HP | {"epochs": 1, "unlearn_first": True},
+        device="cpu",
+    )
+    report = run_sanitize(spec, root / "out-first", progress=lambda e: events.append(e.phase))
+    first = report["training"]["unlearn_first"]
+    assert first["rounds"] and first["rounds"][0]["round"] == 1, first
+    assert "candidates" in first["rounds"][0] and first["steps"] > 0
+    assert 0 < report["timings"]["unlearn_first_s"] <= report["timings"]["defense_s"]
+    assert "unlearn_first_scan" in events and "scan" not in events
+    with pytest.raises(ConfigError, match="unlearn_first"):
+        _job(root, clean, test, "rebuild", unlearn_first=True)

@@ -813,3 +813,20 @@ def test_rebuild_of_full_weights_needs_the_base_it_was_fine_tuned_from(api, asse
     hp = {"trusted_base": "tiny/bert"}
     ok = api.post("/v1/jobs", json=job_body(ds, method="rebuild", hyperparameters=hp))
     assert ok.status_code == 202, ok.text
+
+
+def test_auto_settings_are_checked_against_the_method_auto_will_choose(api, assets):
+    """An adapter job with method=auto runs rebuild, which has no use for unlearn_first: refused
+    at submission with the reason, not minutes later in the worker; with a method named, the
+    stage is accepted."""
+    ds = dataset_id(api, assets)
+    ad = up(api, "a.zip", assets["adapter"].read_bytes(), "adapter").json()["id"]
+    hp = {"unlearn_first": True}
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, method="auto", adapter_file=ad, hyperparameters=hp)),
+        422,
+        "invalid_config",
+    )
+    assert "unlearn_first" in body["detail"]
+    ok = api.post("/v1/jobs", json=job_body(ds, method="crow", adapter_file=ad, hyperparameters=hp))
+    assert ok.status_code == 202, ok.text
