@@ -402,7 +402,11 @@ def _import_the_library() -> None:
         "sanitizer.defenses.crow",
         "sanitizer.defenses.finetune",
         "sanitizer.defenses.w2sdefense",
+        "sanitizer.defenses.rebuild",
+        "sanitizer.defenses.unlearn",
+        "sanitizer.measure_jobs",
         "sanitizer.scan",
+        "sanitizer.scan_generation",
     ):
         importlib.import_module(name)
 
