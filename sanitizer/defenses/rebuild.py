@@ -117,12 +117,14 @@ def classification_targets(
     lm: LoadedModel, rows: Sequence[Any], cfg: RebuildConfig
 ) -> tuple[list[DistillRow], dict[str, Any]]:
     texts = [r.text for r in rows]
-    own = variants(texts, cfg)
-    extra = own + spliced(rows, cfg)
-    logits = teacher_logits(lm, texts + [v for _, v in extra], cfg.max_length)
-    if cfg.splice_from == "other_label":  # consistency: the untouched row's logits
-        pick = list(range(len(texts) + len(own))) + [src for src, _ in extra[len(own) :]]
-        logits = logits[pick]
+    own, splices = variants(texts, cfg), spliced(rows, cfg)
+    extra = own + splices
+    if cfg.splice_from == "other_label":  # consistency: the untouched row's logits, so the
+        # teacher never reads the spliced texts
+        logits = teacher_logits(lm, texts + [v for _, v in own], cfg.max_length)
+        logits = logits[list(range(len(texts) + len(own))) + [src for src, _ in splices]]
+    else:
+        logits = teacher_logits(lm, texts + [v for _, v in extra], cfg.max_length)
     out, dropped = [], 0
     for i, r in enumerate(rows):
         soft = logits[i]
