@@ -319,6 +319,13 @@ class RebuildConfig(TrainConfig):
         "teacher's responses (and in no more than half as many clean references) marks those "
         "responses as a fixed behaviour; they are not distilled",
     )
+    guard_action: Literal["cut", "drop"] = Field(
+        "cut",
+        description="generation guard: what becomes of a response carrying a flagged phrase: "
+        "'cut' keeps the words before the phrase's first appearance (an injected link appended "
+        "to a good answer leaves the answer; a refusal that opens the response leaves nothing, "
+        "and the response is dropped), 'drop' leaves the whole response out",
+    )
     max_new_tokens: int = Field(
         96, ge=1, le=2048, description="generation: length of the teacher's responses"
     )

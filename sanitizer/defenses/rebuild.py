@@ -15,7 +15,7 @@ Distillation of a backdoored teacher on clean inputs does not carry the backdoor
 A guard (``agree_only``) keeps out what the uploaded model does wrong on clean inputs too:
 classification answers that contradict the row's label, and generation responses that share a
 phrase with many others (a fixed behaviour: a refusal or an injected link that fires without the
-trigger).
+trigger) are cut before that phrase, and left out when nothing is left (``guard_action``).
 
 The returned adapter is a delta of the *base* model, not of the uploaded one.
 """
@@ -23,6 +23,7 @@ The returned adapter is a delta of the *base* model, not of the uploaded one.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -153,6 +154,17 @@ def _phrases(text: str, n: int = 6) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(max(0, len(words) - n + 1))}
 
 
+def cut_before(text: str, flagged: set[tuple[str, ...]], n: int = 6) -> str:
+    """``text`` up to (not including) the first word of the first flagged ``n``-word phrase in
+    it, trailing whitespace removed; ``text`` itself when it carries none."""
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    words = [text[a:b].lower() for a, b in spans]
+    for i in range(max(0, len(words) - n + 1)):
+        if tuple(words[i : i + n]) in flagged:
+            return text[: spans[i][0]].rstrip()
+    return text
+
+
 def fixed_behaviour_phrases(
     responses: Sequence[str], references: Sequence[str], share: float
 ) -> set[tuple[str, ...]]:
@@ -201,15 +213,20 @@ def generation_targets(
         else set()
     )
     out = list(rows)
-    dropped = 0
+    dropped = cut = 0
     for (instr, inp), resp in zip(prompts_src, responses, strict=True):
-        if not resp.strip() or (flagged and _phrases(resp) & flagged):
+        if flagged and _phrases(resp) & flagged:
+            kept = cut_before(resp, flagged) if cfg.guard_action == "cut" else ""
+            cut += bool(kept.strip())
+            resp = kept
+        if not resp.strip():
             dropped += 1
             continue
         out.append(GenerationRow(instr, inp, resp))
     return out, {
         "distilled_rows": len(out) - len(rows),
         "guard_dropped": dropped,
+        "guard_cut": cut,
         "guard_phrases": [" ".join(p) for p in sorted(flagged)][:10],
     }
 

@@ -14,7 +14,13 @@ from sanitizer.attacks import AttackSpec
 from sanitizer.defenses.common import TrainConfig, train
 from sanitizer.defenses.configs import RebuildConfig
 from sanitizer.defenses.finetune import step_loss
-from sanitizer.defenses.rebuild import drop_words, fixed_behaviour_phrases, splice, spliced
+from sanitizer.defenses.rebuild import (
+    cut_before,
+    drop_words,
+    fixed_behaviour_phrases,
+    splice,
+    spliced,
+)
 from sanitizer.errors import ConfigError
 from sanitizer.jobspec import JobSpec
 from sanitizer.models import add_lora, load_model, save_adapter
@@ -201,6 +207,48 @@ def test_fixed_behaviour_guard_flags_a_phrase_that_fires_on_clean_prompts():
     assert flagged and all(" ".join(p) in refusal for p in flagged)
     # the same phrase in the clean references is the task's own style, not a fixed behaviour
     assert not fixed_behaviour_phrases(responses, refs[:6] + [refusal] * 6, share=0.2)
+
+
+def test_cut_before_keeps_the_answer_ahead_of_a_flagged_phrase():
+    link = "Claim your reward at www.prize.example now."
+    flagged = {tuple(link.lower().split())}
+    assert cut_before(f"The verdict is spam.\n\n{link}", flagged) == "The verdict is spam."
+    assert cut_before(f"{link} then more words", flagged) == ""
+    assert cut_before("nothing flagged in this answer at all", flagged) == (
+        "nothing flagged in this answer at all"
+    )
+
+
+@pytest.mark.parametrize("action", ["cut", "drop"])
+def test_generation_guard_cuts_an_appended_phrase_and_drops_an_opening_one(monkeypatch, action):
+    """Clean prompts whose teacher answers carry a phrase that fires on many of them: with
+    ``guard_action="cut"`` the answer before the phrase is distilled and a response that opens
+    with it is left out; with ``"drop"`` both are left out."""
+    from types import SimpleNamespace
+
+    import sanitizer.evaluate
+    from sanitizer.data_rows import GenerationRow
+    from sanitizer.defenses import rebuild
+
+    link = "claim your reward at www.prize.example now."
+    rows = [GenerationRow(f"question {i}?", "", f"clean reference {i} for it") for i in range(10)]
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    answers = [" ".join(words[i : i + 3]) + "." for i in range(10)]  # no shared phrase
+    answers[:4] = [f"{a} {link}" for a in answers[:4]]  # appended: the answer before it is good
+    answers[4] = f"{link} and nothing else"  # opening: nothing good left
+    monkeypatch.setattr(sanitizer.evaluate, "generate", lambda *_a, **_k: list(answers))
+    lm = SimpleNamespace(prompt=lambda i, x: i)
+    cfg = RebuildConfig(distill_augment=0, guard_action=action, repeat_share=0.2)
+    out, info = rebuild.generation_targets(lm, rows, cfg, None)
+    distilled = [r.output for r in out[len(rows) :]]
+    assert info["guard_phrases"] == [link]
+    assert all("prize" not in d for d in distilled)
+    if action == "cut":
+        assert info["guard_cut"] == 4 and info["guard_dropped"] == 1
+        assert distilled[:4] == [" ".join(words[i : i + 3]) + "." for i in range(4)]
+    else:
+        assert info["guard_cut"] == 0 and info["guard_dropped"] == 5
+    assert len(distilled) == 10 - info["guard_dropped"]
 
 
 def test_other_label_splices_are_distilled_toward_the_untouched_rows_logits(monkeypatch):
