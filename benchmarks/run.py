@@ -130,6 +130,10 @@ REFERENCES = {
 }
 
 
+# what run_evaluate adds to the metrics that a job's report keeps elsewhere
+_PROVENANCE = ("base_model", "adapter", "test_sha256", "prompt_template", "definitions")
+
+
 def _run_reference(
     cell: Cell,
     seed: int,
@@ -141,7 +145,9 @@ def _run_reference(
     """A model measured beside the uploaded (poisoned) one with no defense run: ``base``, the
     untouched base (what the fine-tune's skill adds: a v2 cell must add >= 20 points, and the
     base's own false-trigger rate), or ``twin``, the clean twin (the same recipe on unpoisoned
-    rows: how often the trigger flips a model that never saw the poison). ``defense_s`` is 0."""
+    rows: how often the trigger flips a model that never saw the poison). ``defense_s`` is 0.
+    Both are evaluated as a method's job evaluates (the job's ``max_length``), so the uploaded
+    model's metrics are shared with the method rows through the ``before`` cache."""
     from sanitizer.measure_jobs import run_evaluate
 
     out = _results_dir(cell.dev) / cell.name / f"{kind}-s{seed}.json"
@@ -155,15 +161,31 @@ def _run_reference(
         "seed": seed,
         "device": base_job.device,
         "label_names": base_job.label_names,
+        "max_length": base_job.hyperparameters.get("max_length"),
     }
     task, test = base_job.task, base_job.test_data
-    before = run_evaluate(base_job.base_model, test, task, adapter_dir=base_job.adapter_dir, **kw)
+    cached = _cached_before(cell, seed, attack_info, base_job)
+    if cached is not None:
+        before = cached[0]
+    else:
+        before = run_evaluate(
+            base_job.base_model, test, task, adapter_dir=base_job.adapter_dir, **kw
+        )
+        if not base_job.extra_attacks and base_job.attack is not None:
+            from sanitizer.pipeline import attack_label
+
+            own = {k: v for k, v in before.items() if k not in _PROVENANCE}  # as a job has it
+            metrics = {
+                "before": own,
+                "per_attack": {attack_label(base_job.attack): {"before": own}},
+            }
+            _cache_before(cell, seed, attack_info, base_job, {"metrics": metrics})
     twin = clean_twin(cell, seed, paths) if kind == "twin" else None
     after = run_evaluate(cell.student, test, task, adapter_dir=twin, **kw)
     report = {
         "method": kind,
         "description": REFERENCES[kind],
-        "metrics": {"before": before, "after": after},
+        "metrics": {"before": before, "after": after, "before_reused": cached is not None},
         "timings": {"defense_s": 0.0},
     }
     write_result(

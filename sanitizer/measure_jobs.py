@@ -114,9 +114,11 @@ def run_evaluate(
     device: str = "auto",
     seed: int = 0,
     progress: Callable[[Any], None] | None = None,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """CA and ASR (classification) or utility, ASR and false-trigger rate (generation);
-    ``progress`` gets an ``evaluate`` event per batch."""
+    ``progress`` gets an ``evaluate`` event per batch. ``max_length``: a classifier's input
+    length in tokens (a job evaluates at its ``max_length`` hyperparameter; default 128)."""
     from sanitizer.evaluate import evaluate
     from sanitizer.models import attach_adapter, load_model
 
@@ -134,7 +136,8 @@ def run_evaluate(
     rows = cap_rows(list(ds.rows), max_rows, seed)
     if not rows:
         raise InputError("the test set is empty", hint="give a test file with at least one row")
-    result = evaluate(lm, rows, attack, progress=progress)
+    kw = {"max_length": max_length} if max_length and task == "classification" else {}
+    result = evaluate(lm, rows, attack, progress=progress, **kw)
     result.update(
         {
             "base_model": base_model,

@@ -139,3 +139,55 @@ def test_a_cached_before_is_reused_only_for_the_same_model_rows_and_attack(tmp_p
     assert run._cached_before(cell, 1, info, job) is None  # another seed
     test.write_text("text,label\nb,1\n")  # other test rows
     assert run._cached_before(cell, 0, info, job) is None
+
+
+def test_reference_rows_share_the_uploaded_models_metrics_with_the_method_rows(
+    tmp_path, monkeypatch
+):
+    """The ``twin`` / ``base`` rows evaluate at the job's ``max_length`` and keep the uploaded
+    model's metrics in the ``before`` cache (without run_evaluate's provenance fields, as a
+    job's report has them); the next reference row reuses them instead of evaluating again."""
+    import json
+    from types import SimpleNamespace
+
+    import benchmarks.run as run
+    import sanitizer.measure_jobs
+    from benchmarks.cells import CELLS
+    from sanitizer.attacks import AttackSpec
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_evaluate(model, test, task, **kw):
+        calls.append({"model": model, **kw})
+        return {"attack_success_rate": 0.9 if kw.get("adapter_dir") else 0.1, "base_model": model}
+
+    monkeypatch.setattr(sanitizer.measure_jobs, "run_evaluate", fake_evaluate)
+    monkeypatch.setattr(run, "bench_dir", lambda: tmp_path)
+    monkeypatch.setattr(run, "_results_dir", lambda dev: tmp_path / "results")
+    monkeypatch.setattr(run, "clean_twin", lambda *a: None)
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\na,0\n")
+    cell = next(c for c in CELLS if c.task == "classification")
+    attack = AttackSpec(name="badnet", trigger="cf", target_label=0)
+    job = SimpleNamespace(
+        test_data=test,
+        attack=attack,
+        extra_attacks=[],
+        hyperparameters={"max_length": 64},
+        base_model="student",
+        adapter_dir=tmp_path / "adapter",
+        task="classification",
+        device="cpu",
+        label_names=["a", "b"],
+    )
+    info = {"files": {"adapter_model.safetensors": "abc"}}
+    run._run_reference(cell, 0, "twin", job, info, {})
+    assert len(calls) == 2 and all(c["max_length"] == 64 for c in calls)
+    before, per_attack = run._cached_before(cell, 0, info, job)
+    assert before == {"attack_success_rate": 0.9}  # no provenance fields
+    assert list(per_attack.values()) == [before]
+    run._run_reference(cell, 0, "base", job, info, {})
+    assert len(calls) == 3  # only the base itself was evaluated
+    saved = json.loads((tmp_path / "results" / cell.name / "base-s0.json").read_text())
+    assert saved["report"]["metrics"]["before_reused"] is True
+    assert saved["report"]["metrics"]["before"] == before
