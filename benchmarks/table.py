@@ -159,13 +159,20 @@ def _meets_bar(runs: list[dict[str, Any]]) -> bool:
     return asr <= 0.05 + 1e-9 and _ca_change(runs) >= -0.01 - 1e-9
 
 
+def _recorded_mean(key: str, ms: list[dict[str, Any]]) -> float | None:
+    """The mean of ``key`` over the metrics ``ms`` in percent, None unless every one has it (a
+    metric recorded since some date: a mean over part of the seeds would mislead)."""
+    vals = [m[key] for m in ms if key in m]
+    return 100 * statistics.mean(vals) if ms and len(vals) == len(ms) else None
+
+
 def _twin_cell(after: list[dict[str, Any]]) -> str:
     """The clean twin's ASR / flip rate (mean over its seeds), `–` where it was not measured."""
     if not after:
         return "–"
-    flips = [a["flip_rate"] for a in after if "flip_rate" in a]
-    flip = f"{100 * statistics.mean(flips):.1f}" if len(flips) == len(after) else "–"
-    return f"{100 * statistics.mean(_asr(a) for a in after):.1f} / {flip} [{len(after)}]"
+    flip = _recorded_mean("flip_rate", after)
+    flip_s = "–" if flip is None else f"{flip:.1f}"
+    return f"{100 * statistics.mean(_asr(a) for a in after):.1f} / {flip_s} [{len(after)}]"
 
 
 def _summary(rows: Rows) -> list[str]:
@@ -217,10 +224,12 @@ def _summary(rows: Rows) -> list[str]:
                 cols.append(f"{a_asr:.1f} [{len(after)}]")
                 continue
             mark = (" ✔" if _meets_bar(runs) else " ✘") if bar else ""
-            ftrs = [a["false_trigger_rate"] for a in after if "false_trigger_rate" in a]
-            floor = f" (FTR {mean(ftrs):.1f})" if len(ftrs) == len(after) else ""
-            flips = [a["flip_rate"] for a in after if "flip_rate" in a]
-            floor += f" flip {mean(flips):.1f}" if len(flips) == len(after) else ""
+            ftr, flip = (
+                _recorded_mean("false_trigger_rate", after),
+                _recorded_mean("flip_rate", after),
+            )
+            floor = "" if ftr is None else f" (FTR {ftr:.1f})"
+            floor += "" if flip is None else f" flip {flip:.1f}"
             cols.append(f"{a_asr:.1f}{floor} / {d_ca:+.1f} [{len(after)}]{mark}")
         out.append(f"| {cell} | " + " | ".join(cols) + " |")
     return [*out, ""]
