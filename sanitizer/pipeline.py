@@ -238,6 +238,37 @@ def _unlearn_first(
     return {**stats["unlearn"], "steps": stats.get("steps")}
 
 
+def identify_trusted_base(spec: JobSpec) -> tuple[JobSpec, dict[str, Any] | None]:
+    """For an ``auto`` job on full weights with no base named: which model of this service's
+    store the weights were fine-tuned from (sanitizer/base_match.py). When one is found and the
+    job's settings suit rebuild, the spec comes back with ``trusted_base`` set to it; the block
+    says what was compared and what was decided (None when the job is not such a job)."""
+    from sanitizer.base_match import identify_base
+    from sanitizer.hub import list_models, resolve_model
+
+    hp = spec.hyperparameters
+    if spec.method != registry.AUTO or spec.adapter_dir is not None or hp.get("trusted_base"):
+        return spec, None
+    t = time.monotonic()
+    upload = resolve_model(spec.base_model, spec.base_revision)
+    found, checked = identify_base(upload, ((m, resolve_model(m)) for m in list_models()))
+    block: dict[str, Any] = {
+        "identified": found,
+        "candidates": [c.to_dict() for c in checked],
+    }
+    if found:
+        values = {"seed": spec.seed, **hp, "trusted_base": found}
+        try:
+            registry.config_for("rebuild", values).check_task(spec.task)
+        except ConfigError as exc:
+            block["identified"] = None
+            block["not_used"] = f"the job's settings do not suit rebuild: {exc.message}"
+        else:
+            spec = spec.model_copy(update={"hyperparameters": {**hp, "trusted_base": found}})
+    block["seconds"] = round(time.monotonic() - t, 3)
+    return spec, block
+
+
 def run_sanitize(
     spec: JobSpec,
     out_dir: Path,
@@ -261,11 +292,16 @@ def run_sanitize(
     reset_peak_memory()
     timings: dict[str, float] = {}
     emit = progress or (lambda e: None)
+    spec, base_identification = identify_trusted_base(spec)
+    if base_identification is not None:
+        timings["identify_base_s"] = base_identification.pop("seconds")
+    identified = (base_identification or {}).get("identified")
     method, method_reason = registry.resolve(
         spec.method,
         task=spec.task,
         has_adapter=spec.adapter_dir is not None,
         trusted_base=bool(spec.hyperparameters.get("trusted_base")),
+        identified_base=identified,
     )
     method_spec = registry.get(method)
     defend = method_spec.runner()
@@ -305,7 +341,9 @@ def run_sanitize(
         spec, cfg, num_labels, on_uploaded=measure_before, start=method_spec.start
     )
     before, per_attack_before = measured["before"]
-    timings["load_s"] = time.monotonic() - t0 - timings["evaluate_before_s"]
+    timings["load_s"] = (
+        time.monotonic() - t0 - timings["evaluate_before_s"] - timings.get("identify_base_s", 0.0)
+    )
 
     t = time.monotonic()
     first = None
@@ -405,6 +443,8 @@ def run_sanitize(
     report["adapter_out"] = {"base_model": adapter_base, "files": file_hashes(adapter_out)}
     if scan_block is not None:
         report["scan"] = scan_block
+    if base_identification is not None:
+        report["base_identification"] = base_identification
     if baseline is not None:
         report["baseline"] = baseline
     if comparators is not None:

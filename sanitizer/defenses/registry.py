@@ -111,11 +111,18 @@ def get(name: str) -> MethodSpec:
 
 
 def resolve(
-    name: str, *, task: str, has_adapter: bool, trusted_base: bool = False
+    name: str,
+    *,
+    task: str,
+    has_adapter: bool,
+    trusted_base: bool = False,
+    identified_base: str | None = None,
 ) -> tuple[str, str | None]:
     """The method a job runs, and (for ``auto``) why it was chosen. Chosen on development cells
     only (docs/METHODS_NOTES.md, auto); never on benchmark cells. ``trusted_base``: the job
-    names the base a full-weights model was fine-tuned from (rebuild's ``trusted_base``)."""
+    names the base a full-weights model was fine-tuned from (rebuild's ``trusted_base``);
+    ``identified_base``: the service found, from the weights, which of its own models a
+    full-weights upload was fine-tuned from (sanitizer/base_match.py)."""
     if name != AUTO:
         spec = get(name)
         if spec.needs_trusted_base and not has_adapter and not trusted_base:
@@ -132,6 +139,13 @@ def resolve(
             "auto: the job names a base model and uploads an adapter, so the base is trusted; "
             "rebuild trains a fresh LoRA on it from the clean rows and the uploaded model's "
             "answers on clean inputs, which carry no trigger (best on the development cells)"
+        )
+    if identified_base:
+        return "rebuild", (
+            f"auto: the full weights were fine-tuned from '{identified_base}', a model this "
+            "service holds (their weights differ by a fine-tune's small distance), so that model "
+            "is the trusted base; rebuild trains a fresh LoRA on it from the clean rows and the "
+            "uploaded model's answers on clean inputs (as for an adapter job)"
         )
     return "crow", (
         "auto: no trusted base (the model was given as full weights), so the defense trains on "

@@ -156,6 +156,19 @@ def test_rebuild_of_full_weights_on_the_base_the_job_names(poisoned_adapter):
     assert cfg["base_model_name_or_path"] == "tiny/enc", cfg
     assert report["adapter_out"]["base_model"] == "tiny/enc"
     assert "tiny/enc" in (root / "out-a" / "adapter" / "README.md").read_text()
+    # auto, no base named: the service finds from the weights that they are a fine-tune of the
+    # tiny/enc it holds, and rebuilds on it
+    auto = run_sanitize(
+        spec.model_copy(update={"method": "auto", "hyperparameters": HP}), root / "out-a-auto"
+    )
+    r = auto["metrics"]["after"]
+    assert auto["method"] == "rebuild" and "'tiny/enc'" in auto["method_reason"], auto
+    ident = auto["base_identification"]
+    assert ident["identified"] == "tiny/enc"
+    # the adapter never touched the embeddings; the rest moved far (a random tiny base)
+    assert ident["candidates"][0]["embedding_distance"] < 0.01, ident
+    assert auto["adapter_out"]["base_model"] == "tiny/enc"
+    assert r["attack_success_rate"] - r["false_trigger_rate"] <= 0.15, f"before {b}; auto {r}"
 
 
 def test_drop_words_keeps_order_and_at_least_one_word():
