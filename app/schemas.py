@@ -137,7 +137,9 @@ class JobCreate(BaseModel):
     method: str = Field(
         "auto",
         description=f"{' | '.join(METHODS)}; auto (default) chooses per input kind and the "
-        "report says what it chose and why",
+        "report says what it chose and why: rebuild for a base + adapter; for full weights, "
+        "rebuild on the model of this service's store they were fine-tuned from when the "
+        "weights show one (report.base_identification), else crow",
     )
     base_model: str = Field(min_length=1, max_length=300, description="Hugging Face model id")
     base_revision: str | None = Field(None, max_length=200)
