@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DEV_RESULTS = REPO / "benchmarks" / "dev_results"  # development cells: kept out of the table
 METHODS = method_names()  # finetune, w2sdefense, crow, rebuild, unlearn: the registry
+# the summary also shows `auto` (what a user who leaves the method alone gets, and what it chose)
+SUMMARY_METHODS = (*METHODS, "auto")
 _TITLES = {"w2sdefense": "W2SDefense", "crow": "CROW"}
 # zero-training comparators (docs/METHODS_NOTES.md): one job measures all three on the poisoned model
 COMPARATORS = ("prune", "int8", "int4")
@@ -193,9 +195,9 @@ def _summary(rows: Rows) -> list[str]:
         "what the trigger does to a model that never saw the poison (`–` where not measured).",
         "",
         "| cell | poisoned ASR / CA | clean twin ASR / flip | finetune ASR | "
-        + " | ".join(f"{_TITLES.get(m, m)} ASR / ΔCA" for m in METHODS if m != "finetune")
+        + " | ".join(f"{_TITLES.get(m, m)} ASR / ΔCA" for m in SUMMARY_METHODS if m != "finetune")
         + " |",
-        "|---" * (3 + len(METHODS)) + "|",
+        "|---" * (3 + len(SUMMARY_METHODS)) + "|",
     ]
 
     def mean(vals: list[float]) -> float:
@@ -204,7 +206,7 @@ def _summary(rows: Rows) -> list[str]:
     for cell in (c.name for c in CELLS):
         poisoned = _poisoned(rows, cell)
         if not poisoned:
-            out.append(f"| {cell} |" + " not run |" * (2 + len(METHODS)))
+            out.append(f"| {cell} |" + " not run |" * (2 + len(SUMMARY_METHODS)))
             continue
         before = [r["report"]["metrics"]["before"] for r in poisoned]
         b_asr, b_ca = mean([_asr(b) for b in before]), mean([_ca(b) for b in before])
@@ -213,7 +215,7 @@ def _summary(rows: Rows) -> list[str]:
         cols.append(
             _twin_cell([r["report"]["metrics"]["after"] for r in _finished(rows, cell, "twin")])
         )
-        for m in METHODS:
+        for m in SUMMARY_METHODS:
             runs = _finished(rows, cell, m)
             if not runs:
                 cols.append("not run")
@@ -230,6 +232,8 @@ def _summary(rows: Rows) -> list[str]:
             )
             floor = "" if ftr is None else f" (FTR {ftr:.1f})"
             floor += "" if flip is None else f" flip {flip:.1f}"
+            if m == "auto":  # what it chose, e.g. rebuild on a base found from the weights
+                floor += " → " + "/".join(sorted({r["report"].get("method", "?") for r in runs}))
             cols.append(f"{a_asr:.1f}{floor} / {d_ca:+.1f} [{len(after)}]{mark}")
         out.append(f"| {cell} | " + " | ".join(cols) + " |")
     return [*out, ""]
