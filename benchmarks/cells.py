@@ -3,7 +3,7 @@ cells (settings are chosen on these only) and the quick cell."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 MPNET = "sentence-transformers/all-mpnet-base-v2"
@@ -159,6 +159,9 @@ DEV_CELLS: list[Cell] = [
         test_split="dev",
     ),
 ]
+# the same adapter merged into full weights (input (a), no base named): where auto's choice for
+# full weights is measured (it shares the (b) cell's adapter)
+DEV_CELLS.append(replace(DEV_CELLS[-1], name="dev-trec-insertsent-mpnet-merged", input_kind="a"))
 
 QUICK = Cell(
     "quick-rotten_tomatoes-badnet-mpnet",

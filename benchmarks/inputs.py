@@ -118,7 +118,7 @@ def poisoned_adapter(
     return out, info
 
 
-def merged_model(cell: Cell, seed: int, adapter: Path) -> Path:
+def merged_model(cell: Cell, seed: int, adapter: Path, num_labels: int | None = None) -> Path:
     """Input (a): the poisoned adapter merged into full weights, saved as one safetensors model
     folder (written once, in a private folder renamed into place). The defense gets this folder
     as its model and no adapter: nothing tells it which weights are the trusted base."""
@@ -127,7 +127,7 @@ def merged_model(cell: Cell, seed: int, adapter: Path) -> Path:
     out = bench_dir() / "merged" / f"{cell.name}-s{seed}"
     if (out / "config.json").exists():
         return out
-    lm = load_model(cell.student, cell.task, device="cpu")
+    lm = load_model(cell.student, cell.task, num_labels=num_labels, device="cpu")
     attach_adapter(lm, adapter)
     merge_adapter(lm)
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")

@@ -73,7 +73,9 @@ def _job(
         method="finetune",
         task=cell.task,
         # input (a): one full-weights model, no adapter and no trusted base named
-        base_model=str(merged_model(cell, seed, adapter)) if merged else cell.student,
+        base_model=str(merged_model(cell, seed, adapter, len(label_names or []) or None))
+        if merged
+        else cell.student,
         adapter_dir=None if merged else adapter,
         clean_data=paths["clean"],
         test_data=paths["test"],
