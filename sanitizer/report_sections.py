@@ -262,7 +262,8 @@ def attack_config_training(p: Page) -> None:
     """The attack used for evaluation, the run and its validated configuration, training."""
     report = p.report
     p.add("Attack used for evaluation", _kv_table(report.get("attack"), "attack"), "attack")
-    run = {k: report[k] for k in ("method", "task", "seed", "device", "label_names") if k in report}
+    keys = ("method", "method_requested", "method_reason", "task", "seed", "device", "label_names")
+    run = {k: report[k] for k in keys if report.get(k) is not None}
     cfg = _kv_table(report.get("config"), "config")
     p.add(
         "Configuration",
@@ -271,6 +272,32 @@ def attack_config_training(p: Page) -> None:
         "config",
     )
     p.add("Training summary", _kv_table(report.get("training"), "training"), "training")
+    ident = report.get("base_identification")
+    if ident:
+        rows = [
+            [
+                html.escape(str(c.get("model_id"))),
+                "–" if c.get("embedding_distance") is None else f"{c['embedding_distance']:.4f}",
+                "–" if c.get("distance") is None else f"{c['distance']:.4f}",
+                html.escape(str(c.get("reason", ""))),
+            ]
+            for c in ident.get("candidates", [])
+        ]
+        found = ident.get("identified")
+        head = (
+            f"<p>The uploaded full weights were fine-tuned from <b>{html.escape(found)}</b>; "
+            "it was used as the trusted base.</p>"
+            if found
+            else "<p>No model of this service's store matched the uploaded weights"
+            + (f" ({html.escape(ident['not_used'])})" if ident.get("not_used") else "")
+            + ".</p>"
+        )
+        table = _table(
+            ["candidate", "token-embedding distance", "whole-model distance", "decision"],
+            rows,
+            {1, 2},
+        )
+        p.add("Base identification", head + table, "base-identification")
 
 
 def hashes(p: Page) -> None:

@@ -204,3 +204,34 @@ def test_measurement_warnings_are_shown(report):
     html = render_report_html(r)
     assert 'id="warnings"' in html and "100% &lt;of&gt; rows" in html
     assert 'id="warnings"' not in render_report_html(report)
+
+
+def test_base_identification_section_names_the_base_and_escapes_the_candidates(
+    report: dict[str, Any],
+) -> None:
+    r = copy.deepcopy(report)
+    r["method_requested"], r["method_reason"] = "auto", "auto: the full weights were fine-tuned..."
+    r["base_identification"] = {
+        "identified": "org/base",
+        "candidates": [
+            {
+                "model_id": "org/base",
+                "embedding_distance": 0.0,
+                "distance": 0.0312,
+                "reason": "token embeddings within 0.3",
+            },
+            {
+                "model_id": "<b>evil</b>",
+                "embedding_distance": None,
+                "distance": None,
+                "reason": "differs in hidden_size",
+            },
+        ],
+    }
+    html = render_report_html(r)
+    section = html[html.index('id="base-identification"') :]
+    assert "fine-tuned from <b>org/base</b>" in section
+    assert "0.0312" in section and "&lt;b&gt;evil&lt;/b&gt;" in section
+    assert "<b>evil</b>" not in html
+    assert "auto: the full weights were fine-tuned" in html  # the run says why
+    assert 'id="base-identification"' not in render_report_html(report)
