@@ -38,7 +38,7 @@ class BaseCandidate:
     model_id: str
     # None: not comparable (other architecture or too few shared tensors)
     embedding_distance: float | None  # the token embeddings: the decision
-    distance: float | None  # every shared matrix: how far the fine-tune went
+    distance: float | None  # every shared matrix: how far the fine-tune went (a match only)
     coverage: float
     reason: str
 
@@ -100,12 +100,16 @@ def _is_embedding(name: str, shape: list[int], vocab_size: int | None) -> bool:
 
 
 def weight_distance(
-    upload_dir: Path, base_dir: Path, vocab_size: int | None = None
+    upload_dir: Path,
+    base_dir: Path,
+    vocab_size: int | None = None,
+    embeddings_only: bool = False,
 ) -> tuple[float, float, float]:
     """(relative distance, token-embedding distance, coverage): ``||W_u - W_b|| / ||W_b||``
     over the matrices both folders hold with the same shape, the same over the token
     embeddings (the matrices of ``vocab_size`` rows named ``*embed*``; inf when there are none),
-    and the share of the base's matrix elements compared."""
+    and the share of the base's matrix elements compared. ``embeddings_only`` reads no other
+    tensor's data (the first distance is then nan; coverage still counts every shared shape)."""
     import torch
 
     with ExitStack() as stack:
@@ -117,17 +121,21 @@ def weight_distance(
             b_shape = base[b_name].get_slice(b_name).get_shape()
             if up[u_name].get_slice(u_name).get_shape() != b_shape:
                 continue
+            covered += math.prod(b_shape)
+            is_emb = _is_embedding(b_name, b_shape, vocab_size)
+            if embeddings_only and not is_emb:
+                continue
             b = base[b_name].get_tensor(b_name).double()
             u = up[u_name].get_tensor(u_name).double()
             d2, n2 = float(torch.sum((u - b) ** 2)), float(torch.sum(b**2))
             diff2, norm2 = diff2 + d2, norm2 + n2
-            if _is_embedding(b_name, b_shape, vocab_size):
+            if is_emb:
                 e_diff2, e_norm2 = e_diff2 + d2, e_norm2 + n2
-            covered += b.numel()
     if not covered or norm2 == 0:
-        return math.inf, math.inf, 0.0
+        return math.inf, math.inf, covered / max(1, total)
     emb = math.sqrt(e_diff2 / e_norm2) if e_norm2 else math.inf
-    return math.sqrt(diff2 / norm2), emb, covered / max(1, total)
+    whole = math.nan if embeddings_only else math.sqrt(diff2 / norm2)
+    return whole, emb, covered / max(1, total)
 
 
 def identify_base(
@@ -157,7 +165,10 @@ def identify_base(
         if not _weight_files(folder) or not _weight_files(upload_dir):
             checked.append(BaseCandidate(model_id, None, None, 0.0, "no safetensors weights"))
             continue
-        dist, emb, cov = weight_distance(upload_dir, folder, want.get("vocab_size"))
+        # the embeddings decide; the rest is read only for a match (a 7B model is ~14 GB)
+        dist, emb, cov = weight_distance(upload_dir, folder, want.get("vocab_size"), True)
+        if emb <= max_distance and cov >= min_coverage:
+            dist, emb, cov = weight_distance(upload_dir, folder, want.get("vocab_size"))
         if cov < min_coverage or math.isinf(emb):
             reason = (
                 f"shares only {cov:.0%} of its weights with the upload"
@@ -172,9 +183,8 @@ def identify_base(
             if emb <= max_distance
             else f"token embeddings further than {max_distance} from the upload's: another model"
         )
-        checked.append(
-            BaseCandidate(model_id, round(emb, 6), round(dist, 6), round(cov, 4), reason)
-        )
+        whole = None if math.isnan(dist) else round(dist, 6)
+        checked.append(BaseCandidate(model_id, round(emb, 6), whole, round(cov, 4), reason))
     near = [
         c
         for c in checked

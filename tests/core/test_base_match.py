@@ -53,6 +53,8 @@ def test_a_fine_tune_is_matched_to_its_base_and_not_to_a_sibling(store, tmp_path
     by_id = {c.model_id: c for c in checked}
     # two models initialised apart: uncorrelated weights, distance near sqrt(2)
     assert by_id["tiny/b"].embedding_distance == pytest.approx(math.sqrt(2), abs=0.3)
+    assert by_id["tiny/b"].distance is None  # no match: its other tensors were never read
+    assert by_id["tiny/a"].distance == pytest.approx(0.02, rel=0.05)
     assert by_id["tiny/enc"].embedding_distance is None
     assert "model_type" in by_id["tiny/enc"].reason
     # a model moved further than a fine-tune moves one is not taken for its base
