@@ -11,7 +11,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from sanitizer.attacks import AttackSpec
 from sanitizer.data import load_dataset, split_dataset
 from sanitizer.data_rows import Task
 from sanitizer.defenses import registry
-from sanitizer.errors import ConfigError
+from sanitizer.errors import ConfigError, SanitizerError
 from sanitizer.jobspec import JobSpec
 from sanitizer.report_json import build_report, metrics_block, write_report
 from sanitizer.runtime import peak_memory_mb, reset_peak_memory
@@ -251,7 +251,15 @@ def identify_trusted_base(spec: JobSpec) -> tuple[JobSpec, dict[str, Any] | None
         return spec, None
     t = time.monotonic()
     upload = resolve_model(spec.base_model, spec.base_revision)
-    found, checked = identify_base(upload, ((m, resolve_model(m)) for m in list_models()))
+
+    def candidates() -> Iterator[tuple[str, Path]]:
+        for m in list_models():
+            try:
+                yield m, resolve_model(m)
+            except SanitizerError:  # listed but not loadable: not a candidate
+                continue
+
+    found, checked = identify_base(upload, candidates())
     block: dict[str, Any] = {
         "identified": found,
         "candidates": [c.to_dict() for c in checked],
