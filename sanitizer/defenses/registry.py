@@ -143,7 +143,7 @@ def resolve(
     if identified_base:
         return "rebuild", (
             f"auto: the full weights were fine-tuned from '{identified_base}', a model this "
-            "service holds (their weights differ by a fine-tune's small distance), so that model "
+            "service holds (the upload's token embeddings are that model's, as a fine-tune leaves them), so that model "
             "is the trusted base; rebuild trains a fresh LoRA on it from the clean rows and the "
             "uploaded model's answers on clean inputs (as for an adapter job)"
         )
