@@ -95,8 +95,10 @@ def _pairs(upload: dict[str, Any], base: dict[str, Any]) -> Iterator[tuple[str, 
             yield n, b
 
 
-def _is_embedding(name: str, shape: list[int], vocab_size: int | None) -> bool:
-    return bool(vocab_size) and shape[0] == vocab_size and "embed" in name
+def _is_embedding(shape: list[int], vocab_size: int | None) -> bool:
+    """A vocabulary-aligned matrix: the token embeddings (``embed_tokens``, ``word_embeddings``,
+    ``wte``...) and an untied LM head, one trained row per token either way."""
+    return bool(vocab_size) and len(shape) == 2 and shape[0] == vocab_size
 
 
 def weight_distance(
@@ -107,7 +109,7 @@ def weight_distance(
 ) -> tuple[float, float, float]:
     """(relative distance, token-embedding distance, coverage): ``||W_u - W_b|| / ||W_b||``
     over the matrices both folders hold with the same shape, the same over the token
-    embeddings (the matrices of ``vocab_size`` rows named ``*embed*``; inf when there are none),
+    embeddings (the matrices of ``vocab_size`` rows; inf when there are none),
     and the share of the base's matrix elements compared. ``embeddings_only`` reads no other
     tensor's data (the first distance is then nan; coverage still counts every shared shape)."""
     import torch
@@ -122,7 +124,7 @@ def weight_distance(
             if up[u_name].get_slice(u_name).get_shape() != b_shape:
                 continue
             covered += math.prod(b_shape)
-            is_emb = _is_embedding(b_name, b_shape, vocab_size)
+            is_emb = _is_embedding(b_shape, vocab_size)
             if embeddings_only and not is_emb:
                 continue
             b = base[b_name].get_tensor(b_name).double()

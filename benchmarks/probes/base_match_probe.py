@@ -4,7 +4,10 @@ every model this machine's store holds. A measurement, not a tuning run: the thr
 was set before any real model was compared (docs/METHODS_NOTES.md, auto).
 
     python -m benchmarks.probes.base_match_probe rotten_tomatoes-insertsent-mpnet \
-        skills-ctba-url-smollm2 --seed 0 > benchmarks/probes/base_match_probe.json
+        skills-ctba-url-smollm2 --seed 0 > /tmp/s0.json
+    python -m benchmarks.probes.base_match_probe dev-trec-insertsent-mpnet --seed 100
+
+(benchmarks/probes/base_match_probe.json holds both runs' rows, each with its seed.)
 
 It needs the cells' adapters in the cache (``benchmarks/run.py --methods adapters``); an
 adapter that is not there is reported as missing. One torch thread.
