@@ -64,6 +64,36 @@ def subset(cell: Cell, seed: int) -> dict[str, Path]:
     return paths
 
 
+def unlabeled_file(cell: Cell, seed: int, n: int) -> Path:
+    """``n`` texts of the dataset's training split that the cell's attack and clean rows do not
+    use (the same shuffle as ``subset``), labels dropped: a defender's own unlabeled in-domain
+    data. Classification cells only."""
+    import csv
+
+    from sanitizer.assets import dataset_path
+    from sanitizer.data import load_dataset
+
+    out = (
+        bench_dir()
+        / "data"
+        / f"{cell.dataset}-unlabeled-a{cell.attack_rows}-c{cell.clean_rows}-n{n}-s{seed}.csv"
+    )
+    if out.exists():
+        return out
+    rows = list(load_dataset(dataset_path(cell.dataset, "train"), task=cell.task).rows)
+    random.Random(seed).shuffle(rows)
+    used = cell.attack_rows + cell.clean_rows
+    if len(rows) < used + n:
+        raise SystemExit(f"{cell.dataset} has {len(rows) - used} unused training rows, not {n}")
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text"])
+        w.writerows([r.text] for r in rows[used : used + n])
+    tmp.rename(out)
+    return out
+
+
 def attack_spec(cell: Cell, seed: int, label_names: list[str] | None) -> AttackSpec:
     fields: dict[str, Any] = {
         "name": cell.attack,

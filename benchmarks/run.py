@@ -37,6 +37,7 @@ from benchmarks.inputs import (  # noqa: E402
     poisoned_adapter,
     progress_bar,
     subset,
+    unlabeled_file,
     write_result,
 )
 from benchmarks.table import (  # noqa: E402
@@ -329,7 +330,12 @@ def _timing_conditions(load_before: tuple[float, float, float], isolated: bool) 
 
 
 def run_cell(
-    cell: Cell, seeds: list[int], methods: list[str], tag: str = "", isolated: bool = False
+    cell: Cell,
+    seeds: list[int],
+    methods: list[str],
+    tag: str = "",
+    isolated: bool = False,
+    unlabeled: int = 0,
 ) -> None:
     from sanitizer.data import load_dataset
     from sanitizer.pipeline import run_sanitize
@@ -368,7 +374,11 @@ def run_cell(
                     f"[{cell.name} s{seed}] {method}{tag}: failed before, running again", flush=True
                 )
             job = base_job.model_copy(
-                update={"method": method, "hyperparameters": _default_hparams(cell, method)}
+                update={
+                    "method": method,
+                    "hyperparameters": _default_hparams(cell, method),
+                    "unlabeled_data": unlabeled_file(cell, seed, unlabeled) if unlabeled else None,
+                }
             )
             print(f"[{cell.name} s{seed}] {method}{tag} ...", flush=True)
             t = time.monotonic()
@@ -459,6 +469,13 @@ def main() -> None:
         "--hp", default="{}", help='JSON {"method": {...}} overriding the cell hyperparameters'
     )
     ap.add_argument(
+        "--unlabeled",
+        type=int,
+        default=0,
+        help="give the job N unlabeled in-domain texts (training-split rows the cell's attack and "
+        "clean rows do not use, labels dropped): rebuild distils on them (use with --tag)",
+    )
+    ap.add_argument(
         "--isolated",
         action="store_true",
         help="say that nothing else runs on the machine: the rows' wall times enter the cost table",
@@ -494,6 +511,7 @@ def main() -> None:
             args.methods.split(","),
             args.tag,
             isolated=args.isolated,
+            unlabeled=args.unlabeled,
         )
 
 

@@ -104,6 +104,58 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 # ---------------------------------------------------------------- public API
 
 
+def _read_records(
+    path: Path, probs: Problems
+) -> tuple[list[str], list[tuple[int, dict[str, Any]]], str]:
+    """(header, records, sha256) of a .csv / .jsonl / .parquet file, problems collected."""
+    suffix = path.suffix.lower()
+    raw = path.read_bytes() if suffix != ".parquet" else b""
+    digest = hashlib.sha256(raw).hexdigest() if raw else sha256_file(path)
+    if suffix == ".parquet":
+        header, records = read_parquet(path, probs)
+    else:
+        text = decode(raw, probs)
+        if text is None:
+            probs.raise_if_any()
+        assert text is not None
+        if suffix == ".csv":
+            probs.header_line = 1
+        header, records = (read_csv if suffix == ".csv" else read_jsonl)(text, probs)
+    return header, records, digest
+
+
+def load_texts(
+    path: str | Path, text_column: str = "text", *, max_problems: int = DEFAULT_MAX_PROBLEMS
+) -> tuple[list[str], str]:
+    """(texts, sha256) of an unlabeled file: the ``text_column`` of every row (any other
+    column, a label included, is ignored); DataValidationError lists every problem."""
+    path = Path(path)
+    probs = Problems(path.name, max_problems)
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        probs.add(
+            None, None, f"unsupported file type '{path.suffix}'; use .csv, .jsonl or .parquet"
+        )
+        probs.raise_if_any()
+    if not path.is_file():
+        probs.add(None, None, f"file not found: {path}; check the path")
+        probs.raise_if_any()
+    header, records, digest = _read_records(path, probs)
+    if header and text_column not in header:
+        probs.add(None, text_column, f"no '{text_column}' column (found: {', '.join(header)})")
+        probs.raise_if_any()
+    texts = []
+    for line, rec in records:
+        value = rec.get(text_column)
+        if not isinstance(value, str) or not value.strip():
+            probs.add(line, text_column, "empty or missing text; remove the row or fill it in")
+            continue
+        texts.append(value.strip())
+    if not records and not probs.full:
+        probs.add(None, None, "the file has no data rows; add at least one")
+    probs.raise_if_any()
+    return texts, digest
+
+
 def load_dataset(
     path: str | Path,
     task: Task = "classification",
@@ -133,18 +185,7 @@ def load_dataset(
         probs.add(None, None, f"file not found: {path}; check the path")
         probs.raise_if_any()
 
-    raw = path.read_bytes() if suffix != ".parquet" else b""
-    digest = hashlib.sha256(raw).hexdigest() if raw else sha256_file(path)
-    if suffix == ".parquet":
-        header, records = read_parquet(path, probs)
-    else:
-        text = decode(raw, probs)
-        if text is None:
-            probs.raise_if_any()
-        assert text is not None
-        if suffix == ".csv":
-            probs.header_line = 1
-        header, records = (read_csv if suffix == ".csv" else read_jsonl)(text, probs)
+    header, records, digest = _read_records(path, probs)
 
     names: list[str] | None = None
     rows: list[Any]

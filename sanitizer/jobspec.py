@@ -25,6 +25,12 @@ class JobSpec(BaseModel):
     adapter_dir: Path | None = None
     clean_data: Path
     test_data: Path | None = None
+    unlabeled_data: Path | None = Field(
+        None,
+        description="classification rebuild: unlabeled in-domain texts (a text column; labels "
+        "ignored) on which the uploaded model's logits are distilled as well, to reach past a "
+        "small clean set",
+    )
     text_column: str = "text"
     label_column: str = "label"
     label_names: list[str] | None = None

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,8 @@ class JobData:
     label_names: list[str] | None
     test_rows: list[Any]
     test_info: dict[str, Any]
+    unlabeled: list[str] = field(default_factory=list)
+    unlabeled_info: dict[str, Any] | None = None
 
     @property
     def num_labels(self) -> int | None:
@@ -203,7 +205,13 @@ def load_job_data(spec: JobSpec) -> JobData:
             "source": "clean dev split (no test data given)",
         }
     test_info["evaluated_rows"] = len(test_rows)
-    return JobData(clean, train_ds, dev_ds, label_names, test_rows, test_info)
+    data = JobData(clean, train_ds, dev_ds, label_names, test_rows, test_info)
+    if spec.unlabeled_data is not None:
+        from sanitizer.data import load_texts
+
+        data.unlabeled, digest = load_texts(spec.unlabeled_data, spec.text_column)
+        data.unlabeled_info = {"sha256": digest, "rows": len(data.unlabeled)}
+    return data
 
 
 def eval_kwargs(spec: JobSpec, cfg: Any) -> dict[str, Any]:
@@ -323,6 +331,13 @@ def run_sanitize(
             f"attack '{spec.attack.name}' is a generation attack",
             hint="use badnet, insertsent or syntactic",
         )
+    if spec.unlabeled_data is not None and (method != "rebuild" or spec.task != "classification"):
+        raise ConfigError(
+            f"unlabeled_data is used by rebuild on classification only (this job: {method} on "
+            f"{spec.task})",
+            hint="leave unlabeled_data out, or run method rebuild (or auto on an adapter) on a "
+            "classification task",
+        )
     set_seed(spec.seed)
     torch.set_grad_enabled(True)
 
@@ -359,7 +374,13 @@ def run_sanitize(
         first = _unlearn_first(lm, train_ds.rows, dev_ds.rows, cfg, emit, should_cancel)
         timings["unlearn_first_s"] = time.monotonic() - t
     stats = defend(
-        lm, list(train_ds.rows), list(dev_ds.rows), cfg, progress=emit, should_cancel=should_cancel
+        lm,
+        list(train_ds.rows),
+        list(dev_ds.rows),
+        cfg,
+        progress=emit,
+        should_cancel=should_cancel,
+        **({"unlabeled": data.unlabeled} if data.unlabeled else {}),
     )
     if first is not None:
         stats["unlearn_first"] = first

@@ -93,6 +93,7 @@ def build_report(
                 "dev_rows": len(dev_ds),
             },
             "test": data.test_info,
+            **({"unlabeled": data.unlabeled_info} if data.unlabeled_info else {}),
         },
         "label_names": label_names,
         "attack": spec.attack.model_dump() if spec.attack else None,

@@ -146,6 +146,14 @@ def defend(
     test_data: Annotated[
         Path | None, typer.Option("--test-data", help="held-out test set for CA/ASR")
     ] = None,
+    unlabeled_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--unlabeled-data",
+            help="rebuild, classification: unlabeled in-domain texts (CSV/JSONL with the text "
+            "column) the uploaded model's answers are distilled on too",
+        ),
+    ] = None,
     attack_name: AttackName = None,
     trigger: Trigger = None,
     target_label: TargetLabel = None,
@@ -198,6 +206,7 @@ def defend(
             adapter_dir=adapter,
             clean_data=clean_data,
             test_data=test_data,
+            unlabeled_data=unlabeled_data,
             text_column=text_column,
             label_column=label_column,
             label_names=names,

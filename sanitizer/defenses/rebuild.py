@@ -115,8 +115,11 @@ def teacher_logits(lm: LoadedModel, texts: Sequence[str], max_length: int) -> to
 
 
 def classification_targets(
-    lm: LoadedModel, rows: Sequence[Any], cfg: RebuildConfig
+    lm: LoadedModel, rows: Sequence[Any], cfg: RebuildConfig, unlabeled: Sequence[str] = ()
 ) -> tuple[list[DistillRow], dict[str, Any]]:
+    """The clean rows with the uploaded model's logits, its logits on the variants, and on the
+    ``unlabeled`` texts (labelled by its own answer: no row label to guard against, so the
+    texts must be the user's own clean in-domain data)."""
     texts = [r.text for r in rows]
     own, splices = variants(texts, cfg), spliced(rows, cfg)
     extra = own + splices
@@ -142,9 +145,16 @@ def classification_targets(
             continue
         out.append(DistillRow(text, label, tuple(soft.tolist())))
         kept_variants += 1
+    if unlabeled:
+        soft_u = teacher_logits(lm, list(unlabeled), cfg.max_length)
+        out += [
+            DistillRow(text, int(s.argmax()), tuple(s.tolist()))
+            for text, s in zip(unlabeled, soft_u, strict=True)
+        ]
     return out, {
         "distilled_rows": sum(r.soft is not None for r in out),
         "variant_rows": kept_variants,
+        "unlabeled_rows": len(unlabeled),
         "guard_dropped": dropped,
     }
 
@@ -259,6 +269,7 @@ def run(
     *,
     progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    unlabeled: Sequence[str] = (),
     **_: Any,
 ) -> dict[str, Any]:
     """``lm`` is the model as uploaded (base + adapter, unmerged; or full weights when
@@ -278,7 +289,7 @@ def run(
         progress(ProgressEvent("distill_targets", message="the uploaded model on clean inputs"))
     rows: list[Any]
     if lm.task == "classification":
-        rows, info = classification_targets(lm, train_rows, cfg)
+        rows, info = classification_targets(lm, train_rows, cfg, unlabeled)
     else:
         rows, info = generation_targets(lm, train_rows, cfg, progress)
     if cfg.trusted_base:  # input (a): the uploaded model was the teacher only

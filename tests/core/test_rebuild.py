@@ -346,3 +346,42 @@ def test_unlearn_first_runs_the_scan_stage_before_the_method(poisoned_adapter):
     assert "unlearn_first_scan" in events and "scan" not in events
     with pytest.raises(ConfigError, match="unlearn_first"):
         _job(root, clean, test, "rebuild", unlearn_first=True)
+
+
+@pytest.mark.timeout(900)
+def test_rebuild_distils_on_unlabeled_texts_and_other_methods_refuse_them(
+    poisoned_adapter, tmp_path
+):
+    """``unlabeled_data``: in-domain texts with no label (here 140 clean rows the defense set
+    does not hold, their labels dropped) get the uploaded model's logits too."""
+    root, clean, test = poisoned_adapter
+    unlabeled = tmp_path / "unlabeled.csv"
+    with open(unlabeled, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text"])
+        for r in _data()[0][460:600]:
+            w.writerow([r.text])
+    report = _job(root, clean, test, "rebuild", {"unlabeled_data": unlabeled})
+    info = report["training"]["rebuild"]
+    assert info["unlabeled_rows"] == 140 and report["datasets"]["unlabeled"]["rows"] == 140
+    assert info["distilled_rows"] >= 140 + info["clean_rows"] - info["guard_dropped"]
+    r = report["metrics"]["after"]
+    assert r["attack_success_rate"] - r["false_trigger_rate"] <= 0.15, r
+    with pytest.raises(ConfigError, match="rebuild on classification only"):
+        _job(root, clean, test, "finetune", {"unlabeled_data": unlabeled})
+
+
+def test_load_texts_names_every_bad_row(tmp_path):
+    from sanitizer.data import load_texts
+    from sanitizer.errors import DataValidationError
+
+    good = tmp_path / "u.jsonl"
+    good.write_text('{"text": "one", "label": "x"}\n{"text": " two "}\n')
+    texts, digest = load_texts(good)
+    assert texts == ["one", "two"] and len(digest) == 64
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,id\nfine,1\n,2\nalso fine,3\n")
+    with pytest.raises(DataValidationError, match="empty or missing text"):
+        load_texts(bad)
+    with pytest.raises(DataValidationError, match="no 'body' column"):
+        load_texts(good, text_column="body")
