@@ -298,8 +298,8 @@ def run(
             setattr(lm, f.name, getattr(base, f.name))
         del base
         started_from = (
-            f"the trusted base model '{cfg.trusted_base}' named by the job (the uploaded full "
-            "weights were only the teacher)"
+            f"the trusted base model '{cfg.trusted_base}' (trusted_base: named by the job, or "
+            "found from the weights by auto; the uploaded full weights were only the teacher)"
         )
     else:
         lm.model = lm.model.unload()  # the trusted base: every uploaded delta and head removed
