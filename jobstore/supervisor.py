@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -125,7 +126,10 @@ class WorkerSupervisor:
             # a process group of its own: stop() reaches the worker's children too (Celery's
             # pool processes), which would otherwise outlive it under PID 1
             slot.proc = subprocess.Popen(
-                list(self.argv(slot.name)), env=self.env, start_new_session=True
+                list(self.argv(slot.name)),
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
             slot.started_at = time.monotonic()
         log.info("worker %s started (pid %s)", slot.name, slot.proc.pid)
@@ -168,6 +172,18 @@ class WorkerSupervisor:
         slot.down_since = None
         self._spawn(slot)
         return True
+
+
+def _die_with_parent() -> None:
+    """Run in the worker before exec (Linux): SIGTERM it when the process that started it dies,
+    so a `serve` killed with SIGKILL (no ``stop()``) leaves no worker behind under PID 1; the
+    worker's own shutdown then stops its pool. Best effort: without prctl nothing changes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -107,3 +107,40 @@ def test_stopping_reaps_the_workers_children_within_the_bound(tmp_path: Path) ->
         return False
 
     _wait(lambda: gone(worker) and gone(child), timeout=5)
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its new parent has not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_does_not_outlive_a_killed_serve(tmp_path: Path) -> None:
+    """`serve` killed with SIGKILL runs no cleanup; its workers must still go (they lived on
+    under PID 1 after test runs that killed the service)."""
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        return
+    status = tmp_path / "workers.json"
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from jobstore.supervisor import WorkerSupervisor\n"
+        "WorkerSupervisor(lambda n: [sys.executable, '-c', 'import time; time.sleep(120)'], "
+        f"['w0'], Path({str(status)!r})).start()\n"
+        "time.sleep(120)\n"
+    )
+    serve = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
+    try:
+        _wait(lambda: bool((read_status(status) or {}).get("pids")))
+        worker = (read_status(status) or {})["pids"][0]
+        assert not _gone(worker)
+        serve.kill()
+        serve.wait(timeout=10)
+        _wait(lambda: _gone(worker), timeout=10)
+    finally:
+        serve.kill()
