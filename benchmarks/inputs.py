@@ -148,21 +148,26 @@ def poisoned_adapter(
     return out, info
 
 
+def save_merged(cell: Cell, adapter: Path, out: Path, num_labels: int | None = None) -> Path:
+    """``adapter`` merged into the cell's student, saved as a safetensors model folder ``out``."""
+    from sanitizer.models import attach_adapter, load_model, merge_adapter
+
+    lm = load_model(cell.student, cell.task, num_labels=num_labels, device="cpu")
+    attach_adapter(lm, adapter)
+    merge_adapter(lm)
+    lm.model.save_pretrained(out, safe_serialization=True)
+    lm.tokenizer.save_pretrained(out)
+    return out
+
+
 def merged_model(cell: Cell, seed: int, adapter: Path, num_labels: int | None = None) -> Path:
     """Input (a): the poisoned adapter merged into full weights, saved as one safetensors model
     folder (written once, in a private folder renamed into place). The defense gets this folder
     as its model and no adapter: nothing tells it which weights are the trusted base."""
-    from sanitizer.models import attach_adapter, load_model, merge_adapter
-
     out = bench_dir() / "merged" / f"{cell.name}-s{seed}"
     if (out / "config.json").exists():
         return out
-    lm = load_model(cell.student, cell.task, num_labels=num_labels, device="cpu")
-    attach_adapter(lm, adapter)
-    merge_adapter(lm)
-    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    lm.model.save_pretrained(tmp, safe_serialization=True)
-    lm.tokenizer.save_pretrained(tmp)
+    tmp = save_merged(cell, adapter, out.with_name(f"{out.name}.partial-{os.getpid()}"), num_labels)
     try:
         tmp.rename(out)
     except OSError:  # another run wrote the same folder first

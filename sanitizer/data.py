@@ -107,8 +107,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def _read_records(
     path: Path, probs: Problems
 ) -> tuple[list[str], list[tuple[int, dict[str, Any]]], str]:
-    """(header, records, sha256) of a .csv / .jsonl / .parquet file, problems collected."""
+    """(header, records, sha256) of a .csv / .jsonl / .parquet file, problems collected; an
+    unsupported type or a missing file is raised at once."""
     suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        probs.add(
+            None,
+            None,
+            f"unsupported file type '{path.suffix or '(none)'}'; use .csv, .jsonl or .parquet",
+        )
+        probs.raise_if_any()
+    if not path.is_file():
+        probs.add(None, None, f"file not found: {path}; check the path")
+        probs.raise_if_any()
     raw = path.read_bytes() if suffix != ".parquet" else b""
     digest = hashlib.sha256(raw).hexdigest() if raw else sha256_file(path)
     if suffix == ".parquet":
@@ -131,14 +142,6 @@ def load_texts(
     column, a label included, is ignored); DataValidationError lists every problem."""
     path = Path(path)
     probs = Problems(path.name, max_problems)
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        probs.add(
-            None, None, f"unsupported file type '{path.suffix}'; use .csv, .jsonl or .parquet"
-        )
-        probs.raise_if_any()
-    if not path.is_file():
-        probs.add(None, None, f"file not found: {path}; check the path")
-        probs.raise_if_any()
     header, records, digest = _read_records(path, probs)
     if header and text_column not in header:
         probs.add(None, text_column, f"no '{text_column}' column (found: {', '.join(header)})")
@@ -173,17 +176,6 @@ def load_dataset(
     probs = Problems(name, max_problems)
     if task not in ("classification", "generation"):
         raise InputError(f"unknown task '{task}'", hint="use 'classification' or 'generation'")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        probs.add(
-            None,
-            None,
-            f"unsupported file type '{path.suffix or '(none)'}'; use .csv, .jsonl or .parquet",
-        )
-        probs.raise_if_any()
-    if not path.is_file():
-        probs.add(None, None, f"file not found: {path}; check the path")
-        probs.raise_if_any()
 
     header, records, digest = _read_records(path, probs)
 

@@ -25,24 +25,18 @@ from typing import Any
 import torch
 
 from benchmarks.cells import CELLS, DEV_CELLS
-from benchmarks.inputs import bench_dir, subset
+from benchmarks.inputs import bench_dir, save_merged, subset
 from sanitizer.base_match import identify_base
 from sanitizer.hub import list_models, resolve_model
 
 
 def _merge(cell: Any, seed: int, adapter: Path, out: Path) -> Path:
     from sanitizer.data import load_dataset
-    from sanitizer.models import attach_adapter, load_model, merge_adapter
 
     labels = None
     if cell.task == "classification":
         labels = len(load_dataset(subset(cell, seed)["clean"], task=cell.task).label_names or [])
-    lm = load_model(cell.student, cell.task, num_labels=labels, device="cpu")
-    attach_adapter(lm, adapter)
-    merge_adapter(lm)
-    lm.model.save_pretrained(out, safe_serialization=True)
-    lm.tokenizer.save_pretrained(out)
-    return out
+    return save_merged(cell, adapter, out, labels)
 
 
 def main() -> None:
