@@ -23,7 +23,7 @@ MetaValue = Annotated[
 class FilePublic(BaseModel):
     id: str
     object: Literal["file"] = "file"
-    purpose: Literal["adapter", "dataset"]
+    purpose: Literal["adapter", "dataset", "unlabeled"]
     filename: str
     bytes: int
     sha256: str
@@ -146,6 +146,12 @@ class JobCreate(BaseModel):
     task: Literal["classification", "generation"] = "classification"
     adapter_file: str | None = Field(None, description="file id (purpose=adapter)")
     clean_dataset_file: str = Field(description="file id (purpose=dataset)")
+    unlabeled_dataset_file: str | None = Field(
+        None,
+        description="file id (purpose=unlabeled): in-domain texts without labels; classification "
+        "rebuild also distils the uploaded model's answers on them (method rebuild, or auto, "
+        "which rebuilds when it has a trusted base)",
+    )
     text_column: str = "text"
     label_column: str = "label"
     evaluation: Evaluation | None = None
@@ -210,6 +216,7 @@ class JobPublic(BaseModel):
     base_revision: str | None
     adapter_file: str | None
     clean_dataset_file: str
+    unlabeled_dataset_file: str | None = None
     evaluation: dict[str, Any] | None
     hyperparameters: dict[str, Any]
     seed: int

@@ -65,7 +65,7 @@ def too_large(limit: int, purpose: str | None) -> ApiError:
 def limit_for(purpose: str | None, settings: Settings) -> int:
     if purpose == "adapter":
         return settings.max_adapter_bytes
-    if purpose == "dataset":
+    if purpose in ("dataset", "unlabeled"):
         return settings.max_dataset_bytes
     return max(settings.max_adapter_bytes, settings.max_dataset_bytes)
 
@@ -246,3 +246,14 @@ def validate_dataset(
         }
     assert first is not None
     raise from_library(first, field="file")
+
+
+def validate_texts(path: Path, text_column: str, field: str = "file") -> dict[str, Any]:
+    """An unlabeled file (purpose=unlabeled): the library's reader of a text column."""
+    from sanitizer.data import load_texts
+
+    try:
+        texts, _ = load_texts(path, text_column)
+    except SanitizerError as exc:
+        raise from_library(exc, field=field) from exc
+    return {"rows": len(texts), "text_column": text_column}

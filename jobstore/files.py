@@ -21,6 +21,7 @@ def active_user(s: Session, file_id: str) -> str | None:
         (Job.adapter_file_id == file_id)
         | (Job.clean_dataset_file_id == file_id)
         | (Job.test_dataset_file_id == file_id)
+        | (Job.unlabeled_dataset_file_id == file_id)
     )
     return s.scalar(select(Job.id).where(ref, Job.status.in_(st.ACTIVE)).limit(1))
 

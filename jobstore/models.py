@@ -106,6 +106,7 @@ class Job(Base):
     adapter_file_id: Mapped[str | None] = mapped_column(String(40))
     clean_dataset_file_id: Mapped[str] = mapped_column(String(40))
     test_dataset_file_id: Mapped[str | None] = mapped_column(String(40))
+    unlabeled_dataset_file_id: Mapped[str | None] = mapped_column(String(40))
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the validated request body
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     webhook_url: Mapped[str | None] = mapped_column(Text)
@@ -121,6 +122,16 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+    def input_file_ids(self) -> list[str]:
+        """The ids of the uploaded files the job reads."""
+        ids = (
+            self.clean_dataset_file_id,
+            self.test_dataset_file_id,
+            self.unlabeled_dataset_file_id,
+            self.adapter_file_id,
+        )
+        return [i for i in ids if i]
 
 
 class JobEvent(Base):

@@ -332,11 +332,13 @@ def run_sanitize(
             hint="use badnet, insertsent or syntactic",
         )
     if spec.unlabeled_data is not None and (method != "rebuild" or spec.task != "classification"):
+        chose = " (auto's choice: the job has no trusted base)" if spec.method == "auto" else ""
         raise ConfigError(
-            f"unlabeled_data is used by rebuild on classification only (this job: {method} on "
-            f"{spec.task})",
-            hint="leave unlabeled_data out, or run method rebuild (or auto on an adapter) on a "
-            "classification task",
+            f"unlabeled_data is used by rebuild on classification only (this job: {method}"
+            f"{chose} on {spec.task})",
+            hint="leave unlabeled_data out, or run method rebuild on a classification task "
+            "(with a base + adapter, or hyperparameter trusted_base=<the model it was "
+            "fine-tuned from>)",
         )
     set_seed(spec.seed)
     torch.set_grad_enabled(True)

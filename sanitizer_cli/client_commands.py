@@ -94,6 +94,14 @@ def submit(
         Path | None,
         typer.Option("--test-data", "--eval", help="test dataset used to measure ASR/CA"),
     ] = None,
+    unlabeled_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--unlabeled-data",
+            help="rebuild, classification: unlabeled in-domain texts (CSV/JSONL with the text "
+            "column; labels ignored) the uploaded model's answers are distilled on too",
+        ),
+    ] = None,
     text_column: Annotated[
         str, typer.Option("--text-column", help="CSV/JSONL column holding the text")
     ] = "text",
@@ -167,6 +175,7 @@ def submit(
     for flag, path in (
         ("--clean-data", clean_data),
         ("--test-data", test_data),
+        ("--unlabeled-data", unlabeled_data),
         ("--adapter", adapter),
     ):
         if path is not None and not path.exists():
@@ -202,13 +211,17 @@ def submit(
             ("adapter_file", adapter, "adapter"),
             ("clean_dataset_file", clean_data, "dataset"),
             ("test_dataset_file", test_data, "dataset"),
+            ("unlabeled_dataset_file", unlabeled_data, "unlabeled"),
         ):
             if path is not None:
-                columns = (
-                    {"task": task, "text_column": text_column, "label_column": label_column}
-                    if purpose == "dataset"
-                    else {}
-                )
+                columns: dict[str, str] = {
+                    "dataset": {
+                        "task": task,
+                        "text_column": text_column,
+                        "label_column": label_column,
+                    },
+                    "unlabeled": {"text_column": text_column},
+                }.get(purpose, {})
                 f = client.files.upload(path, purpose=purpose, **columns)
                 say(f"uploaded {path} → {f.id} (sha256 {f.sha256[:12]}…, verified)")
                 files[name] = f.id

@@ -51,7 +51,8 @@ class Files:
     ) -> Gen[FileObject]:
         """Upload a file; ``purpose`` defaults to ``adapter`` for a folder or an archive
         (.zip/.tar/.tar.gz/.tgz) and ``dataset`` otherwise. A dataset is checked on upload
-        with ``task`` (detected when left out) and the named text/label columns."""
+        with ``task`` (detected when left out) and the named text/label columns;
+        ``purpose="unlabeled"`` is a file of texts without labels (its ``text_column``)."""
         src = Path(path)
         if not src.exists():
             raise SanitizerClientError(f"{src} does not exist")
@@ -142,6 +143,7 @@ class Jobs:
         adapter_file: str | FileObject | None = None,
         base_revision: str | None = None,
         test_dataset_file: str | FileObject | None = None,
+        unlabeled_dataset_file: str | FileObject | None = None,
         attack: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
         hyperparameters: dict[str, Any] | None = None,
@@ -162,6 +164,7 @@ class Jobs:
             "task": task,
             "adapter_file": _id(adapter_file),
             "clean_dataset_file": _id(clean_dataset_file),
+            "unlabeled_dataset_file": _id(unlabeled_dataset_file),
             "evaluation": evaluation or None,
             "hyperparameters": hyperparameters,
             "metadata": metadata,

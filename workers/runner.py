@@ -167,6 +167,11 @@ def _inputs(job: Job, files: dict[str, File], work: Path) -> dict[str, Any]:
         out["test_data"] = store.fetch(
             test.storage_key, inputs / "test" / Path(test.storage_key).name
         )
+    if job.unlabeled_dataset_file_id:
+        texts = files[job.unlabeled_dataset_file_id]
+        out["unlabeled_data"] = store.fetch(
+            texts.storage_key, inputs / "unlabeled" / Path(texts.storage_key).name
+        )
     if job.adapter_file_id:
         ad = files[job.adapter_file_id]
         archive = store.fetch(ad.storage_key, inputs / "archive" / Path(ad.storage_key).name)
@@ -215,8 +220,7 @@ def run_job(job_id: str, attempt: int, worker: str = "worker") -> str:
         job = s.get(Job, job_id)
         assert job is not None
         s.expunge(job)
-        ids = [job.clean_dataset_file_id, job.test_dataset_file_id, job.adapter_file_id]
-        files = {f.id: f for f in (s.get(File, i) for i in ids if i) if f is not None}
+        files = {f.id: f for f in map(lambda i: s.get(File, i), job.input_file_ids()) if f}
         for f in files.values():
             s.expunge(f)
 
@@ -255,11 +259,7 @@ def _run(job: Job, files: dict[str, File], work: Path, attempt: int) -> str:
         for name in ("teacher_model", "trusted_base"):  # other models a method loads by id
             if hp.get(name):
                 resolve(str(hp[name]))
-        missing = [
-            i
-            for i in (job.clean_dataset_file_id, job.test_dataset_file_id, job.adapter_file_id)
-            if i and i not in files
-        ]
+        missing = [i for i in job.input_file_ids() if i not in files]
         if missing:
             raise InputError(
                 f"input file(s) {', '.join(missing)} were deleted", code="file_not_found"

@@ -28,7 +28,12 @@ UPLOAD_DOC = {
                     "type": "object",
                     "required": ["purpose", "file"],
                     "properties": {
-                        "purpose": {"type": "string", "enum": ["adapter", "dataset"]},
+                        "purpose": {
+                            "type": "string",
+                            "enum": ["adapter", "dataset", "unlabeled"],
+                            "description": "unlabeled: in-domain texts without labels (a text "
+                            "column) for a classification rebuild's unlabeled_dataset_file",
+                        },
                         "file": {"type": "string", "format": "binary"},
                         "task": {"type": "string", "enum": ["classification", "generation"]},
                         "text_column": {"type": "string", "default": "text"},
@@ -76,6 +81,10 @@ def _same_upload(
             or (fields.get("task") and info.get("task") != fields.get("task"))
         ):
             continue
+        if purpose == "unlabeled" and info.get("text_column") != (
+            fields.get("text_column") or "text"
+        ):
+            continue
         return f
     return None
 
@@ -100,13 +109,14 @@ async def upload_file(
     up = await uploads.receive(request, settings)
     try:
         purpose = up.fields.get("purpose")
-        if purpose not in ("adapter", "dataset"):
+        if purpose not in ("adapter", "dataset", "unlabeled"):
             raise ApiError(
                 422,
                 "invalid_purpose",
-                f"purpose must be 'adapter' or 'dataset', got {purpose!r}",
-                errors=[{"loc": ["body", "purpose"], "message": "adapter | dataset"}],
-                hint="add the form field purpose=adapter or purpose=dataset",
+                f"purpose must be 'adapter', 'dataset' or 'unlabeled', got {purpose!r}",
+                errors=[{"loc": ["body", "purpose"], "message": "adapter | dataset | unlabeled"}],
+                hint="add the form field purpose=adapter, purpose=dataset or purpose=unlabeled "
+                "(texts without labels)",
             )
         if up.path is None or up.filename is None:
             raise ApiError(
@@ -131,6 +141,10 @@ async def upload_file(
         if purpose == "adapter":
             info = await run_in_threadpool(
                 uploads.validate_adapter, up.path, up.tmp_dir / "extracted", settings
+            )
+        elif purpose == "unlabeled":
+            info = await run_in_threadpool(
+                uploads.validate_texts, up.path, up.fields.get("text_column") or "text"
             )
         else:
             task = up.fields.get("task") or None
@@ -178,7 +192,7 @@ async def upload_file(
 def list_files(
     project: ProjectDep,
     s: SessionDep,
-    purpose: Literal["adapter", "dataset"] | None = None,
+    purpose: Literal["adapter", "dataset", "unlabeled"] | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> FilesPublic:

@@ -71,6 +71,7 @@ def create_job(
         base_revision=body.base_revision,
         adapter_file_id=body.adapter_file,
         clean_dataset_file_id=body.clean_dataset_file,
+        unlabeled_dataset_file_id=body.unlabeled_dataset_file,
         test_dataset_file_id=body.evaluation.test_dataset_file if body.evaluation else None,
         spec=spec,
         meta=body.metadata,

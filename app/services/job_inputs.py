@@ -94,7 +94,7 @@ def check_inputs(
 ) -> JobCreate:
     """Everything that can be checked without torch, so bad jobs fail now with a 4xx.
     Returns the body as it is stored: target labels given by name resolved to ids."""
-    from app.uploads import validate_dataset
+    from app.uploads import validate_dataset, validate_texts
     from jobstore.model_cache import resolve
     from sanitizer.archives import extract_archive
     from sanitizer.safety import check_adapter_dir, check_adapter_fits
@@ -119,6 +119,8 @@ def check_inputs(
             hint="keep the keys you filter on; put the rest in one JSON-encoded value",
         )
     config = _check_config(body)
+    if body.unlabeled_dataset_file:
+        _check_unlabeled_use(body)
     if body.webhook_url is not None:
         try:
             check_url(str(body.webhook_url), settings.webhook_allow)
@@ -214,7 +216,30 @@ def check_inputs(
             raise from_library(exc, field="adapter_file") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    if body.unlabeled_dataset_file:
+        field = "unlabeled_dataset_file"
+        f = owned_file(s, project, body.unlabeled_dataset_file, "unlabeled", field)
+        if (f.info or {}).get("text_column") != body.text_column:  # checked for another column
+            with store.local_copy(f.storage_key) as local:
+                validate_texts(local, body.text_column, field)
     return body
+
+
+def _check_unlabeled_use(body: JobCreate) -> None:
+    """unlabeled_dataset_file is for a classification job that rebuilds (rebuild, or auto,
+    which rebuilds when it has a trusted base)."""
+    field = "unlabeled_dataset_file"
+    usable = body.type == "sanitize" and body.method in ("rebuild", registry.AUTO)
+    if body.task != "classification" or not usable:
+        job = "a scan job" if body.type == "scan" else f"method {body.method} on {body.task}"
+        raise ApiError(
+            422,
+            "invalid_unlabeled_data",
+            f"{field} is used by rebuild on classification only (this job: {job})",
+            hint="leave unlabeled_dataset_file out, or run method rebuild (or auto) on a "
+            "classification task",
+            field=field,
+        )
 
 
 def _check_scan(body: JobCreate) -> None:

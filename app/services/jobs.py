@@ -35,6 +35,7 @@ def to_public(job: Job) -> JobPublic:
         base_revision=job.base_revision,
         adapter_file=job.adapter_file_id,
         clean_dataset_file=job.clean_dataset_file_id,
+        unlabeled_dataset_file=job.unlabeled_dataset_file_id,
         evaluation=spec.get("evaluation"),
         hyperparameters=spec.get("hyperparameters") or {},
         seed=spec.get("seed", 0),

@@ -194,6 +194,28 @@ def test_happy_path_exit_0_download_verified_report_matches(
     assert f'data-key="metrics.after.attack_success_rate" data-value="{json.dumps(asr)}"' in html
 
 
+def test_submit_rebuild_with_unlabeled_texts(live: dict[str, Any], tmp_path: Path) -> None:
+    """--unlabeled-data is uploaded (purpose=unlabeled) and reaches the rebuild through the
+    service; a method that cannot use it is refused before anything runs (exit 3)."""
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text\n" + "".join(f"just a sentence {i}\n" for i in range(7)))
+    out = _cli(
+        live["env"],
+        *_submit_args(live, "--method", "rebuild", "--unlabeled-data", str(texts), "--json"),
+        "--wait",
+    )
+    assert out.returncode == 0, out.stderr
+    jid = json.loads(out.stdout)["job"]["id"]
+    with Client(live["url"], live["key"]) as c:
+        report = c.jobs.report(jid)
+        assert c.jobs.get(jid).raw["unlabeled_dataset_file"]
+    assert report["datasets"]["unlabeled"]["rows"] == 7
+    refused = _cli(
+        live["env"], *_submit_args(live, "--method", "crow", "--unlabeled-data", str(texts))
+    )
+    assert refused.returncode == 3 and "invalid_unlabeled_data" in refused.stderr, refused.stderr
+
+
 def test_policy_failed_exit_1(live: dict[str, Any]) -> None:
     out = _cli(live["env"], *_submit_args(live, "--max-ca-drop", "-1", "--json"))
     assert out.returncode == 1, out.stderr

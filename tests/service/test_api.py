@@ -830,3 +830,40 @@ def test_auto_settings_are_checked_against_the_method_auto_will_choose(api, asse
     assert "unlearn_first" in body["detail"]
     ok = api.post("/v1/jobs", json=job_body(ds, method="crow", adapter_file=ad, hyperparameters=hp))
     assert ok.status_code == 202, ok.text
+
+
+def test_unlabeled_texts_are_a_file_a_rebuild_job_can_name(api, assets):
+    """purpose=unlabeled: texts without labels, checked on upload (every bad row named); a
+    classification rebuild (or auto) job may name one, any other job is refused with the fix,
+    and the file cannot be deleted while the job that reads it runs."""
+    texts = "text\n" + "".join(f"an unlabeled review number {i}\n" for i in range(12))
+    f = up(api, "texts.csv", texts.encode(), "unlabeled")
+    assert f.status_code == 201, f.text
+    assert f.json()["purpose"] == "unlabeled" and f.json()["details"]["rows"] == 12
+    again = up(api, "texts.csv", texts.encode(), "unlabeled")
+    assert again.status_code == 200 and again.json()["id"] == f.json()["id"]
+    bad = problem(up(api, "t.csv", b"review\nsome text\n", "unlabeled"), 422, "invalid_dataset")
+    assert "'text'" in bad["detail"]
+    one_empty = b'{"text": "ok"}\n{"text": ""}\n'
+    empty_row = problem(up(api, "t.jsonl", one_empty, "unlabeled"), 422, "invalid_dataset")
+    assert "t.jsonl:2" in empty_row["detail"]
+    ds = dataset_id(api, assets)
+    uid = f.json()["id"]
+    hp = {"trusted_base": "tiny/bert"}
+    for body in (
+        job_body(ds, method="crow", unlabeled_dataset_file=uid),
+        job_body(
+            ds, method="rebuild", task="generation", unlabeled_dataset_file=uid, hyperparameters=hp
+        ),
+        job_body(ds, type="scan", method="auto", unlabeled_dataset_file=uid),
+    ):
+        r = problem(api.post("/v1/jobs", json=body), 422, "invalid_unlabeled_data")
+        assert r["field"] == "unlabeled_dataset_file" and "rebuild" in r["hint"]
+    rebuild = job_body(ds, method="rebuild", hyperparameters=hp)
+    wrong = api.post("/v1/jobs", json={**rebuild, "unlabeled_dataset_file": ds})
+    problem(wrong, 422, "wrong_file_purpose")
+    ok = api.post("/v1/jobs", json={**rebuild, "unlabeled_dataset_file": uid})
+    assert ok.status_code == 202, ok.text
+    assert ok.json()["unlabeled_dataset_file"] == uid
+    problem(api.delete(f"/v1/files/{uid}"), 409, "file_in_use")
+    assert api.get("/v1/files", params={"purpose": "unlabeled"}).json()["data"][0]["id"] == uid

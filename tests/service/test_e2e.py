@@ -439,3 +439,25 @@ def test_e2e_scan_job(stack, assets, redis_url, tmp_path):
         html = c.get(f"/v1/jobs/{job['id']}/report.html").text
         assert 'id="scan-verdict"' in html and scan["candidates"][0]["trigger"][:5] in html
         assert c.get(f"/v1/jobs/{job['id']}/artifacts/adapter").status_code in (404, 409)
+
+
+def test_e2e_rebuild_with_unlabeled_texts(stack, assets, redis_url, pg_url, tmp_path):
+    """Issue 21 item 3: unlabeled in-domain texts reach a classification rebuild through the
+    API, the real queue and the worker (PostgreSQL database): the report names the file's
+    hash and rows, and the rebuild distilled on them."""
+    stack.env.update(REDIS_URL=redis_url, DATABASE_URL=pg_url)
+    stack.start_api()
+    stack.start_worker()
+    texts = tmp_path / "unlabeled.jsonl"
+    texts.write_text("".join(json.dumps({"text": f"a plain review, {i}"}) + "\n" for i in range(9)))
+    with stack.client() as c:
+        ids = inputs(c, assets)
+        unl = upload(c, texts, "unlabeled")
+        job = submit(c, ids, method="rebuild", unlabeled_dataset_file=unl["id"])
+        assert job["unlabeled_dataset_file"] == unl["id"]
+        job = wait_job(c, job["id"], 180)
+        assert job["status"] == "succeeded", (job["error"], stack.log_tail())
+        report = check_outputs(c, stack, job, tmp_path)
+        assert report["datasets"]["unlabeled"] == {"sha256": unl["sha256"], "rows": 9}
+        assert report["training"]["rebuild"]["unlabeled_rows"] == 9, report["training"]
+        assert c.delete(f"/v1/files/{unl['id']}").status_code == 204  # the job is finished
