@@ -9,7 +9,10 @@ from pathlib import Path
 from app.schemas import Evaluation, JobCreate
 from sanitizer.jobspec import JobSpec
 
-SERVICE_ONLY = {"type", "adapter_file", "clean_dataset_file", "metadata", "webhook_url", "policy"}
+SERVICE_ONLY = {
+    "type", "adapter_file", "clean_dataset_file", "unlabeled_dataset_file",  # file ids
+    "metadata", "webhook_url", "policy",
+}  # fmt: skip
 EVALUATION_SERVICE_ONLY = {"test_dataset_file", "target_label_names"}  # a file id; resolved names
 
 
