@@ -273,31 +273,32 @@ class RebuildConfig(TrainConfig):
         1.0, ge=0, description="weight of the distillation term (the uploaded model as teacher)"
     )
     temperature: float = Field(2.0, gt=0, description="softmax temperature of the distillation")
-    distill_augment: int = Field(
-        2,
+    distill_augment: int | None = Field(
+        None,
         ge=0,
         le=16,
         description="extra distillation inputs per clean row, made from it without ever seeing a "
         "trigger: the row with a share of its words dropped (classification: the uploaded "
-        "model's logits on them; generation: its greedy response to the varied prompt)",
+        "model's logits on them; generation: its greedy response to the varied prompt); "
+        "default (null): 1 on classification (beside one splice), 2 on generation",
     )
     augment_drop: float = Field(
         0.15, ge=0, lt=0.9, description="share of words dropped from a row to make a variant"
     )
-    splice_augment: int = Field(
-        0,
+    splice_augment: int | None = Field(
+        None,
         ge=0,
         le=16,
         description="classification: extra distillation inputs per clean row made by inserting a "
-        "span of words from another clean row of the same label at a random word position, so "
+        "span of words from another clean row at a random word position (see splice_from), so "
         "the rebuilt model learns that added text which does not change the label does not "
-        "change the answer (an inserted trigger sentence is such text)",
+        "change the answer (an inserted trigger sentence is such text); default (null): 1",
     )
     splice_words: int = Field(
         8, ge=1, le=64, description="longest span of words taken from the other row"
     )
     splice_from: Literal["same_label", "other_label"] = Field(
-        "same_label",
+        "other_label",
         description="classification: where splice_augment's span comes from: a row of the same "
         "label, distilled with the uploaded model's logits on the spliced text (dropped where its "
         "answer leaves the label), or a row of another label, distilled with the uploaded "
@@ -329,6 +330,18 @@ class RebuildConfig(TrainConfig):
     max_new_tokens: int = Field(
         96, ge=1, le=2048, description="generation: length of the teacher's responses"
     )
+
+    def augments(self, task: str) -> tuple[int, int]:
+        """(word-dropped, spliced) distillation inputs per clean row: the values set, else the
+        task's defaults. Classification: one of each (chosen on dev-trec-insertsent-mpnet, two
+        seeds, against two word-dropped copies at the same training budget: docs/METHODS_NOTES.md,
+        rebuild); generation: two word-dropped prompts, no splices (text inserted into an
+        instruction changes what the right answer is)."""
+        cls = task == "classification"
+        drop = self.distill_augment if self.distill_augment is not None else (1 if cls else 2)
+        splice = self.splice_augment if self.splice_augment is not None else int(cls)
+        return drop, splice if cls else 0
+
     trusted_base: str | None = Field(
         None,
         min_length=1,

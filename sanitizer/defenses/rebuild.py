@@ -8,7 +8,10 @@ rebuild drops them and learns the skill again from two sources that never contai
 1. the clean rows (task loss on their labels / reference responses), and
 2. the uploaded model's own answers on clean inputs: its logits (classification) or its greedy
    responses (generation), on the clean rows and on variants made from them by dropping a share
-   of their words (``distill_augment``), which reach past a small clean set.
+   of their words (``distill_augment``), which reach past a small clean set; for classification
+   also by inserting a span of another class's row (``splice_augment``, ``splice_from``), taught
+   the uploaded model's answer on the untouched row: inserted text does not change the class,
+   as an inserted trigger sentence must not.
 
 Distillation of a backdoored teacher on clean inputs does not carry the backdoor over
 (Yoshida & Fujino 2020); Lethe (2026) merges a clean-trained model with the backdoored one.
@@ -58,14 +61,14 @@ def drop_words(text: str, share: float, rng: random.Random) -> str:
     return " ".join(kept or words[:1])
 
 
-def variants(texts: Sequence[str], cfg: RebuildConfig) -> list[tuple[int, str]]:
-    """(source index, variant) pairs: ``distill_augment`` word-dropped copies of each text,
+def variants(texts: Sequence[str], cfg: RebuildConfig, per_row: int) -> list[tuple[int, str]]:
+    """(source index, variant) pairs: ``per_row`` word-dropped copies of each text,
     deduplicated against the sources and each other."""
     rng = random.Random(cfg.seed)
     seen = set(texts)
     out = []
     for i, text in enumerate(texts):
-        for _ in range(cfg.distill_augment):
+        for _ in range(per_row):
             v = drop_words(text, cfg.augment_drop, rng)
             if v not in seen:
                 seen.add(v)
@@ -83,8 +86,8 @@ def splice(text: str, donor: str, max_words: int, rng: random.Random) -> str:
     return " ".join(words[:at] + dw[start : start + n] + words[at:])
 
 
-def spliced(rows: Sequence[Any], cfg: RebuildConfig) -> list[tuple[int, str]]:
-    """(source index, variant) pairs: ``splice_augment`` copies of each row with a span of
+def spliced(rows: Sequence[Any], cfg: RebuildConfig, per_row: int) -> list[tuple[int, str]]:
+    """(source index, variant) pairs: ``per_row`` copies of each row with a span of
     another clean row inserted: of the same label (``splice_from="same_label"``, so the label
     stays what it was) or of another label (``"other_label"``: the row keeps its label all the
     same, the span being an insertion into it, not its content)."""
@@ -99,7 +102,7 @@ def spliced(rows: Sequence[Any], cfg: RebuildConfig) -> list[tuple[int, str]]:
         donors = [
             j for label, js in by_label.items() if (label == r.label) == same for j in js if j != i
         ]
-        for _ in range(cfg.splice_augment if donors else 0):
+        for _ in range(per_row if donors else 0):
             out.append((i, splice(r.text, rows[rng.choice(donors)].text, cfg.splice_words, rng)))
     return out
 
@@ -121,7 +124,8 @@ def classification_targets(
     ``unlabeled`` texts (labelled by its own answer: no row label to guard against, so the
     texts must be the user's own clean in-domain data)."""
     texts = [r.text for r in rows]
-    own, splices = variants(texts, cfg), spliced(rows, cfg)
+    n_drop, n_splice = cfg.augments("classification")
+    own, splices = variants(texts, cfg, n_drop), spliced(rows, cfg, n_splice)
     extra = own + splices
     if cfg.splice_from == "other_label":  # consistency: the untouched row's logits, so the
         # teacher never reads the spliced texts
@@ -153,6 +157,8 @@ def classification_targets(
         ]
     return out, {
         "distilled_rows": sum(r.soft is not None for r in out),
+        "variants_per_row": {"word_dropped": n_drop, "spliced": n_splice},
+        "splice_from": cfg.splice_from if n_splice else None,
         "variant_rows": kept_variants,
         "unlabeled_rows": len(unlabeled),
         "guard_dropped": dropped,
@@ -199,8 +205,9 @@ def generation_targets(
 
     rng = random.Random(cfg.seed)
     prompts_src = [(r.instruction, r.input) for r in rows]
+    n_drop, _ = cfg.augments("generation")
     for r in rows:  # word-dropped instructions: more prompts the uploaded model answers
-        for _ in range(cfg.distill_augment):
+        for _ in range(n_drop):
             v = drop_words(r.instruction, cfg.augment_drop, rng)
             if v != r.instruction:
                 prompts_src.append((v, r.input))
@@ -235,6 +242,7 @@ def generation_targets(
         out.append(GenerationRow(instr, inp, resp))
     return out, {
         "distilled_rows": len(out) - len(rows),
+        "variants_per_row": {"word_dropped": n_drop},
         "guard_dropped": dropped,
         "guard_cut": cut,
         "guard_phrases": [" ".join(p) for p in sorted(flagged)][:10],

@@ -193,15 +193,16 @@ def test_splice_inserts_a_span_of_a_same_label_row_and_keeps_the_row_in_order():
     rows = [
         Row(text=t, label=y) for t, y in [("a b", 0), ("c d", 0), ("x y", 1), ("w v", 1), ("z", 2)]
     ]
-    pairs = spliced(rows, RebuildConfig(splice_augment=2, splice_words=2))
+    pairs = spliced(rows, RebuildConfig(splice_words=2, splice_from="same_label"), 2)
     assert len(pairs) == 8  # rows of labels 0 and 1 have donors; label 2's single row has none
     for src, text in pairs:
         donors = {w for r in rows if r.label == rows[src].label for w in r.text.split()}
         assert set(text.split()) <= donors
-    assert not spliced(rows, RebuildConfig())  # off by default
-    other = spliced(
-        rows, RebuildConfig(splice_augment=1, splice_words=2, splice_from="other_label")
-    )
+    assert RebuildConfig().augments("classification") == (1, 1)  # one of each by default
+    assert RebuildConfig().augments("generation") == (2, 0)  # no splices into instructions
+    assert RebuildConfig(splice_augment=3).augments("generation") == (2, 0)
+    assert RebuildConfig(distill_augment=0, splice_augment=2).augments("classification") == (0, 2)
+    other = spliced(rows, RebuildConfig(splice_words=2), 1)  # other_label by default
     assert len(other) == 5  # every row has a donor of another label
     for src, text in other:
         own = set(rows[src].text.split())
