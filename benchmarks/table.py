@@ -70,9 +70,16 @@ def _scan_table(dev: bool) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     n = flagged = twins_flagged = found = named = 0
+    # a clean twin is the attack's recipe on the cell's unpoisoned attack rows, which depend on
+    # the dataset, the model and the seed, not on the trigger: cells that differ only in the
+    # trigger scan the same twin, so false positives are counted over distinct twins
+    twins: dict[tuple[str, str, int], bool] = {}
     for f in files:
         r = json.loads(f.read_text())
         p, c = r["poisoned"], r["clean_twin"]
+        cell = r["cell"]
+        key = (str(cell.get("dataset")), str(cell.get("student")), int(r["seed"]))
+        twins[key] = twins.get(key, False) or c["verdict"] == "backdoor"
 
         def v(x: dict[str, Any]) -> str:
             top = (x.get("candidates") or [{}])[0]
@@ -98,7 +105,8 @@ def _scan_table(dev: bool) -> list[str]:
     out += [
         "",
         f"Poisoned adapters flagged: {flagged}/{n}; real trigger in a top-3 candidate: {found}/{n}; "
-        f"target named: {named}/{n}; clean twins flagged (false positives): {twins_flagged}/{n}. "
+        f"target named: {named}/{n}; clean twins flagged (false positives): {twins_flagged}/{n} "
+        f"scans, {sum(twins.values())}/{len(twins)} distinct clean twins (dataset, model, seed). "
         "Wall times are one torch thread with other benchmark processes sharing the 2 cores.",
     ]
     return [*out, ""]
