@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobstore import status as st
@@ -17,12 +17,7 @@ log = logging.getLogger(__name__)
 
 def active_user(s: Session, file_id: str) -> str | None:
     """The id of an active (not finished) job that reads the file, if any."""
-    ref = (
-        (Job.adapter_file_id == file_id)
-        | (Job.clean_dataset_file_id == file_id)
-        | (Job.test_dataset_file_id == file_id)
-        | (Job.unlabeled_dataset_file_id == file_id)
-    )
+    ref = or_(*(getattr(Job, c) == file_id for c in Job.INPUT_FILE_COLUMNS))
     return s.scalar(select(Job.id).where(ref, Job.status.in_(st.ACTIVE)).limit(1))
 
 

@@ -123,15 +123,18 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
+    # the columns naming uploaded files the job reads (the worker fetches them; a file named
+    # by an active job cannot be deleted: jobstore/files.py)
+    INPUT_FILE_COLUMNS = (
+        "clean_dataset_file_id",
+        "test_dataset_file_id",
+        "unlabeled_dataset_file_id",
+        "adapter_file_id",
+    )
+
     def input_file_ids(self) -> list[str]:
         """The ids of the uploaded files the job reads."""
-        ids = (
-            self.clean_dataset_file_id,
-            self.test_dataset_file_id,
-            self.unlabeled_dataset_file_id,
-            self.adapter_file_id,
-        )
-        return [i for i in ids if i]
+        return [i for i in (getattr(self, c) for c in self.INPUT_FILE_COLUMNS) if i]
 
 
 class JobEvent(Base):

@@ -158,23 +158,18 @@ def _inputs(job: Job, files: dict[str, File], work: Path) -> dict[str, Any]:
     store = get_store()
     inputs = work / "inputs"
     out: dict[str, Any] = {}
-    clean = files[job.clean_dataset_file_id]
-    out["clean_data"] = store.fetch(
-        clean.storage_key, inputs / "clean" / Path(clean.storage_key).name
-    )
+
+    def fetch(file_id: str, folder: str) -> Path:
+        f = files[file_id]
+        return store.fetch(f.storage_key, inputs / folder / Path(f.storage_key).name)
+
+    out["clean_data"] = fetch(job.clean_dataset_file_id, "clean")
     if job.test_dataset_file_id:
-        test = files[job.test_dataset_file_id]
-        out["test_data"] = store.fetch(
-            test.storage_key, inputs / "test" / Path(test.storage_key).name
-        )
+        out["test_data"] = fetch(job.test_dataset_file_id, "test")
     if job.unlabeled_dataset_file_id:
-        texts = files[job.unlabeled_dataset_file_id]
-        out["unlabeled_data"] = store.fetch(
-            texts.storage_key, inputs / "unlabeled" / Path(texts.storage_key).name
-        )
+        out["unlabeled_data"] = fetch(job.unlabeled_dataset_file_id, "unlabeled")
     if job.adapter_file_id:
-        ad = files[job.adapter_file_id]
-        archive = store.fetch(ad.storage_key, inputs / "archive" / Path(ad.storage_key).name)
+        archive = fetch(job.adapter_file_id, "archive")
         out["adapter_dir"] = extract_archive(
             archive,
             inputs / "adapter",
@@ -220,7 +215,7 @@ def run_job(job_id: str, attempt: int, worker: str = "worker") -> str:
         job = s.get(Job, job_id)
         assert job is not None
         s.expunge(job)
-        files = {f.id: f for f in map(lambda i: s.get(File, i), job.input_file_ids()) if f}
+        files = {f.id: f for f in (s.get(File, i) for i in job.input_file_ids()) if f}
         for f in files.values():
             s.expunge(f)
 

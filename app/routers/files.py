@@ -75,14 +75,13 @@ def _same_upload(
         info = f.info or {}
         if f.purpose != purpose:
             continue
-        if purpose == "dataset" and (
-            info.get("text_column") != (fields.get("text_column") or "text")
-            or info.get("label_column") != (fields.get("label_column") or "label")
-            or (fields.get("task") and info.get("task") != fields.get("task"))
+        if purpose in ("dataset", "unlabeled") and info.get("text_column") != (
+            fields.get("text_column") or "text"
         ):
             continue
-        if purpose == "unlabeled" and info.get("text_column") != (
-            fields.get("text_column") or "text"
+        if purpose == "dataset" and (
+            info.get("label_column") != (fields.get("label_column") or "label")
+            or (fields.get("task") and info.get("task") != fields.get("task"))
         ):
             continue
         return f

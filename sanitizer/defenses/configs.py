@@ -330,18 +330,6 @@ class RebuildConfig(TrainConfig):
     max_new_tokens: int = Field(
         96, ge=1, le=2048, description="generation: length of the teacher's responses"
     )
-
-    def augments(self, task: str) -> tuple[int, int]:
-        """(word-dropped, spliced) distillation inputs per clean row: the values set, else the
-        task's defaults. Classification: one of each (chosen on dev-trec-insertsent-mpnet, two
-        seeds, against two word-dropped copies at the same training budget: docs/METHODS_NOTES.md,
-        rebuild); generation: two word-dropped prompts, no splices (text inserted into an
-        instruction changes what the right answer is)."""
-        cls = task == "classification"
-        drop = self.distill_augment if self.distill_augment is not None else (1 if cls else 2)
-        splice = self.splice_augment if self.splice_augment is not None else int(cls)
-        return drop, splice if cls else 0
-
     trusted_base: str | None = Field(
         None,
         min_length=1,
@@ -365,6 +353,17 @@ class RebuildConfig(TrainConfig):
                 "leave it off (or use it with finetune, crow or w2sdefense)"
             )
         return self
+
+    def augments(self, task: str) -> tuple[int, int]:
+        """(word-dropped, spliced) distillation inputs per clean row: the values set, else the
+        task's defaults. Classification: one of each (chosen on dev-trec-insertsent-mpnet, two
+        seeds and a third to confirm, against two word-dropped copies at about the same training
+        budget: docs/METHODS_NOTES.md, rebuild); generation: two word-dropped prompts, no splices (text inserted into an
+        instruction changes what the right answer is)."""
+        cls = task == "classification"
+        drop = self.distill_augment if self.distill_augment is not None else (1 if cls else 2)
+        splice = self.splice_augment if self.splice_augment is not None else int(cls)
+        return drop, splice if cls else 0
 
 
 class UnlearnConfig(TrainConfig):
