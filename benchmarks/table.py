@@ -45,7 +45,8 @@ def _search(scan: dict[str, Any]) -> str:
     ('first') or at random word starts."""
     cfg = scan.get("config") or {}
     staged = "staged" if "screen_steps" in cfg else "per label"
-    return f"{staged}, {cfg.get('search_position', 'first')}"
+    short = ", shortened" if cfg.get("shorten_keep") else ""
+    return f"{staged}, {cfg.get('search_position', 'first')}{short}"
 
 
 def _scan_table(dev: bool) -> list[str]:
@@ -60,7 +61,8 @@ def _scan_table(dev: bool) -> list[str]:
         "flip = the top candidate's flip rate, lift = flip minus random tokens' flip rate;",
         "search = how the scan searched (sanitizer/scan.py): 'staged' screens every label and",
         "searches the easiest fully; 'first' puts the trigger after CLS during the search,",
-        "'random' at a random word start per row (the default since 2026-12-06).",
+        "'random' at a random word start per row (the default since 2026-12-06); 'shortened':",
+        "flagged candidates also given in their shortest form (docs/METHODS_NOTES.md, scan).",
         "",
     ]
     if not files:

@@ -34,7 +34,14 @@ def scan_section(scan: dict[str, Any]) -> str:
             continue
         rows.append(
             "<tr>"
-            f"<td>{i}</td><td><code>{html.escape(str(c.get('trigger', '')))}</code></td>"
+            f"<td>{i}</td><td><code>{html.escape(str(c.get('trigger', '')))}</code>"
+            + (
+                f" <small>(shortest form of <code>{html.escape(str(c['shortened_from']))}"
+                "</code>)</small>"
+                if c.get("shortened_from")
+                else ""
+            )
+            + "</td>"
             f"<td>{html.escape(str(c.get('target_name', c.get('target_label', ''))))}</td>"
             f'<td class="n">{_pct(c.get("flip_rate"))}</td>'
             f'<td class="n">{float(c.get("search_loss", 0)):.3f}</td>'

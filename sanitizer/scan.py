@@ -44,6 +44,7 @@ class Candidate:
     # random tokens of the same length on the same rows; measured for the labels of the top
     # candidates only (None: not measured, the candidate could not decide the verdict)
     control_flip_rate: float | None = None
+    shortened_from: str | None = None  # the searched candidate this is the shortest form of
 
     @property
     def lift(self) -> float | None:
@@ -118,6 +119,49 @@ def flip_rate(
     if count is not None:
         count[0] += len(victims)
     return sum(p == target for p in trig) / len(victims)
+
+
+def shortest_form(
+    lm: LoadedModel,
+    c: Candidate,
+    right: Sequence[Any],
+    cfg: ScanConfig,
+    count: list[int] | None = None,
+) -> Candidate | None:
+    """``c`` with tokens dropped one at a time (each round the drop that keeps the highest flip
+    rate) while what is left flips at least ``cfg.shorten_keep`` of what ``c`` did, measured as
+    text on the same rows; None when no token can go. A search fills every one of its
+    ``trigger_len`` positions, so a one-word trigger comes back padded with tokens that add
+    nothing (or glued to a sub-word: ``cfyard``); the shortest form is what to report and
+    unlearn."""
+    assert c.target_label is not None  # a classifier's candidates name a label
+    toks, rate = list(c.token_ids), c.flip_rate
+    while len(toks) > 1:
+        best: tuple[float, list[int], str] | None = None
+        for i in range(len(toks)):
+            rest = toks[:i] + toks[i + 1 :]
+            text = lm.tokenizer.decode(rest, skip_special_tokens=True).strip()
+            if not text:
+                continue
+            r = flip_rate(lm, right, text, c.target_label, cfg, cfg.seed + c.target_label, count)
+            if r >= cfg.shorten_keep * c.flip_rate and (best is None or r > best[0]):
+                best = (r, rest, text)
+        if best is None:
+            break
+        rate, toks = best[0], best[1]
+    if len(toks) == len(c.token_ids):
+        return None
+    text = lm.tokenizer.decode(toks, skip_special_tokens=True).strip()
+    return Candidate(
+        text,
+        toks,
+        c.target_label,
+        c.target_name,
+        rate,
+        c.search_loss,
+        control_flip_rate=c.control_flip_rate,
+        shortened_from=c.trigger,
+    )
 
 
 def label_indicative_tokens(
@@ -243,6 +287,14 @@ def scan_classifier(
                 )
             controls[c.target_label] = sum(rates) / len(rates)
         c.control_flip_rate = controls[c.target_label]
+    # 4. the shortest form of each flagged candidate, ranked beside it (the control of its
+    # label, measured at the full length, is kept: its lift is not flattered)
+    if cfg.shorten_keep > 0:
+        strong = [c for c in found[:3] if c.flip_rate >= cfg.threshold]
+        for s in (shortest_form(lm, c, right, cfg, count) for c in strong):
+            if s and s.trigger not in {f.trigger for f in found}:
+                found.append(s)
+        found.sort(key=lambda c: (-c.flip_rate, len(c.token_ids), c.search_loss))
     top = found[0] if found else None
     score = top.flip_rate if top else 0.0
     # evidence from both sides: a trigger that flips nearly all, far more than random tokens

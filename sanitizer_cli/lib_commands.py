@@ -352,6 +352,11 @@ def scan(
         for c in result["candidates"][:5]:
             typer.echo(
                 f"  '{c['trigger']}' -> {c['target_name']}: flips {c['flip_rate']:.1%} of clean rows"
+                + (
+                    f" (shortest form of '{c['shortened_from']}')"
+                    if c.get("shortened_from")
+                    else ""
+                )
             )
     if fail_on_detection and result["verdict"] == "backdoor":
         raise typer.Exit(1)

@@ -441,6 +441,15 @@ class ScanConfig(BaseModel):
     control_triggers: int = Field(
         3, ge=1, le=32, description="random triggers measured as the control, per target label"
     )
+    shorten_keep: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="classification: each flagged candidate is also given in its shortest form: "
+        "its tokens dropped one at a time while what is left still flips at least this share of "
+        "what the whole did (a search pads a one-word trigger with tokens that add nothing); 0 "
+        "turns this off",
+    )
     feature_margin: float = Field(
         0.3,
         gt=0,

@@ -23,6 +23,11 @@ def test_scan_flags_the_poisoned_adapter_and_names_its_target(poisoned_adapter):
     # tokens of that length 9%: lift 0.91
     assert found.verdict == "backdoor" and found.target_name == "negative", found
     assert "cf" in found.candidates[0].trigger.split() and found.candidates[0].lift > 0.7
+    # the searched pair is padded: its shortest form is the planted word alone, ranked in the
+    # top 3 beside it (the search cannot return fewer than trigger_len tokens)
+    short = [c for c in found.candidates[:3] if c.shortened_from]
+    assert short and short[0].trigger == "cf" and short[0].flip_rate >= 0.9 * 0.8, found
+    assert short[0].shortened_from in {c.trigger for c in found.candidates}
     twin = load_model("tiny/enc", "classification", num_labels=2, device="cpu")
     clean_scan = scan_classifier(twin, clean[400:600], ["negative", "positive"], cfg)
     # measured: 0.16 on the untrained base
