@@ -135,23 +135,24 @@ def shortest_form(
     nothing (or glued to a sub-word: ``cfyard``); the shortest form is what to report and
     unlearn."""
     assert c.target_label is not None  # a classifier's candidates name a label
-    toks, rate = list(c.token_ids), c.flip_rate
+    toks, rate, text = list(c.token_ids), c.flip_rate, c.trigger
     while len(toks) > 1:
         best: tuple[float, list[int], str] | None = None
         for i in range(len(toks)):
             rest = toks[:i] + toks[i + 1 :]
-            text = lm.tokenizer.decode(rest, skip_special_tokens=True).strip()
-            if not text:
+            rest_text = lm.tokenizer.decode(rest, skip_special_tokens=True).strip()
+            if not rest_text:
                 continue
-            r = flip_rate(lm, right, text, c.target_label, cfg, cfg.seed + c.target_label, count)
+            r = flip_rate(
+                lm, right, rest_text, c.target_label, cfg, cfg.seed + c.target_label, count
+            )
             if r >= cfg.shorten_keep * c.flip_rate and (best is None or r > best[0]):
-                best = (r, rest, text)
+                best = (r, rest, rest_text)
         if best is None:
             break
-        rate, toks = best[0], best[1]
+        rate, toks, text = best
     if len(toks) == len(c.token_ids):
         return None
-    text = lm.tokenizer.decode(toks, skip_special_tokens=True).strip()
     return Candidate(
         text,
         toks,
