@@ -162,6 +162,17 @@ DEV_CELLS: list[Cell] = [
 # the same adapter merged into full weights (input (a), no base named): where auto's choice for
 # full weights is measured (it shares the (b) cell's adapter)
 DEV_CELLS.append(replace(DEV_CELLS[-1], name="dev-trec-insertsent-mpnet-merged", input_kind="a"))
+# a rare-word trigger on the same task: a clean twin flips almost nothing under a rare word, so
+# what a defense leaves of the backdoor shows above the floor (the sentence trigger's twins flip
+# 15-18% of TREC's rows by the sentence's meaning alone). Where rebuild's distillation settings
+# are held against carrying the trigger over (issue 21: RT BadNet x mpnet kept 4.5 points of
+# trigger-specific flip after rebuild, none after retraining without a teacher)
+DEV_CELLS.append(replace(DEV_CELLS[-2], name="dev-trec-badnet-mpnet", attack="badnet"))
+# the benchmark cell where rebuild kept that residue, its recipe on RT's validation split with
+# --seeds 100 (other attack, clean and test rows), as dev-rotten_tomatoes-syntactic-smollm2 is
+DEV_CELLS.append(
+    replace(DEV_CELLS[1], name="dev-rotten_tomatoes-badnet-mpnet", attack="badnet", student=MPNET)
+)
 
 QUICK = Cell(
     "quick-rotten_tomatoes-badnet-mpnet",
