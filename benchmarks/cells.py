@@ -162,16 +162,25 @@ DEV_CELLS: list[Cell] = [
 # the same adapter merged into full weights (input (a), no base named): where auto's choice for
 # full weights is measured (it shares the (b) cell's adapter)
 DEV_CELLS.append(replace(DEV_CELLS[-1], name="dev-trec-insertsent-mpnet-merged", input_kind="a"))
-# a rare-word trigger on the same task: a clean twin flips almost nothing under a rare word, so
-# what a defense leaves of the backdoor shows above the floor (the sentence trigger's twins flip
-# 15-18% of TREC's rows by the sentence's meaning alone). Where rebuild's distillation settings
-# are held against carrying the trigger over (issue 21: RT BadNet x mpnet kept 4.5 points of
-# trigger-specific flip after rebuild, none after retraining without a teacher)
-DEV_CELLS.append(replace(DEV_CELLS[-2], name="dev-trec-badnet-mpnet", attack="badnet"))
+_DEV = {c.name: c for c in DEV_CELLS}
+# a rare-word trigger on the TREC cell's task: a clean twin flips almost nothing under a rare
+# word, so what a defense leaves of the backdoor shows above the floor (the sentence trigger's
+# twins flip 15-18% of TREC's rows by the sentence's meaning alone). Where rebuild's
+# distillation settings are held against carrying the trigger over (issue 21: RT BadNet x mpnet
+# kept 4.5 points of trigger-specific flip after rebuild, none after finetune with the adapter's
+# deltas dropped)
+DEV_CELLS.append(
+    replace(_DEV["dev-trec-insertsent-mpnet"], name="dev-trec-badnet-mpnet", attack="badnet")
+)
 # the benchmark cell where rebuild kept that residue, its recipe on RT's validation split with
 # --seeds 100 (other attack, clean and test rows), as dev-rotten_tomatoes-syntactic-smollm2 is
 DEV_CELLS.append(
-    replace(DEV_CELLS[1], name="dev-rotten_tomatoes-badnet-mpnet", attack="badnet", student=MPNET)
+    replace(
+        _DEV["dev-rotten_tomatoes-syntactic-smollm2"],
+        name="dev-rotten_tomatoes-badnet-mpnet",
+        attack="badnet",
+        student=MPNET,
+    )
 )
 
 QUICK = Cell(
