@@ -95,6 +95,20 @@ def insert_text(text: str, trigger: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
+def insertions(
+    texts: Sequence[str], triggers: Sequence[str], share: float, seed: int
+) -> list[tuple[int, str]]:
+    """(source index, text with the trigger at a random word position) pairs: ``share`` x
+    len(texts) copies per trigger, the sources cycled and shuffled."""
+    rng = random.Random(seed)
+    out = []
+    for trig in triggers:
+        picks = [i % len(texts) for i in range(round(share * len(texts)))] if texts else []
+        rng.shuffle(picks)
+        out += [(i, insert_text(texts[i], trig, rng)) for i in picks]
+    return out
+
+
 def flip_rate(
     lm: LoadedModel,
     right: Sequence[Any],

@@ -338,6 +338,27 @@ class RebuildConfig(TrainConfig):
         "was fine-tuned from; the fresh LoRA is built on it and the uploaded model is only the "
         "teacher. Leave empty for a base + adapter job (its base is the trusted one)",
     )
+    scan_first: bool = Field(
+        False,
+        description="scan the uploaded model for a trigger first (sanitizer/scan.py: no trigger "
+        "knowledge) and add copies of the clean rows with each found trigger inserted to what is "
+        "distilled, with the uploaded model's answer on the untouched row (classification) or "
+        "the row's reference response (generation): what the scan found is taught to change "
+        "nothing, so what distillation carries of the trigger is overwritten. Costs one scan",
+    )
+    scan_min_flip: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="scan_first: a found trigger is used only if it flips at least this share of "
+        "clean rows (unlearn's min_flip_rate)",
+    )
+    scan_candidates: int = Field(
+        3, ge=1, le=16, description="scan_first: found triggers used (the highest flip rates)"
+    )
+    scan_share: float = Field(
+        0.5, gt=0, le=2.0, description="scan_first: triggered copies per clean row, per trigger"
+    )
     learning_rate: float = Field(5e-4, gt=0, le=1.0)
 
     @model_validator(mode="after")

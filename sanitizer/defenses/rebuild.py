@@ -11,7 +11,12 @@ rebuild drops them and learns the skill again from two sources that never contai
    of their words (``distill_augment``), which reach past a small clean set; for classification
    also by inserting a span of another class's row (``splice_augment``, ``splice_from``), taught
    the uploaded model's answer on the untouched row: inserted text does not change the class,
-   as an inserted trigger sentence must not.
+   as an inserted trigger sentence must not;
+3. optionally (``scan_first``), what a scan of the uploaded model finds with no trigger
+   knowledge (sanitizer/scan.py): copies of the clean rows with each found trigger inserted,
+   taught the uploaded model's answer on the untouched row (classification) or the row's
+   reference response (generation). Where distillation carries some of the trigger over (a few
+   points of flip on the Rotten Tomatoes cells), this gives the student a gradient against it.
 
 Distillation of a backdoored teacher on clean inputs does not carry the backdoor over
 (Yoshida & Fujino 2020); Lethe (2026) merges a clean-trained model with the backdoored one.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -41,6 +47,7 @@ from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, task_
 from sanitizer.defenses.configs import RebuildConfig
 from sanitizer.errors import ConfigError
 from sanitizer.models import LoadedModel, add_lora, default_rank, load_model
+from sanitizer.scan import ScanConfig, insertions, scan_model
 
 
 @dataclass(frozen=True)
@@ -118,21 +125,28 @@ def teacher_logits(lm: LoadedModel, texts: Sequence[str], max_length: int) -> to
 
 
 def classification_targets(
-    lm: LoadedModel, rows: Sequence[Any], cfg: RebuildConfig, unlabeled: Sequence[str] = ()
+    lm: LoadedModel,
+    rows: Sequence[Any],
+    cfg: RebuildConfig,
+    unlabeled: Sequence[str] = (),
+    found: Sequence[str] = (),
 ) -> tuple[list[DistillRow], dict[str, Any]]:
     """The clean rows with the uploaded model's logits, its logits on the variants, and on the
     ``unlabeled`` texts (labelled by its own answer: no row label to guard against, so the
-    texts must be the user's own clean in-domain data)."""
+    texts must be the user's own clean in-domain data); copies of the rows with each ``found``
+    trigger inserted take the untouched row's logits."""
     texts = [r.text for r in rows]
     n_drop, n_splice = cfg.augments("classification")
     own, splices = variants(texts, cfg, n_drop), spliced(rows, cfg, n_splice)
-    extra = own + splices
-    if cfg.splice_from == "other_label":  # consistency: the untouched row's logits, so the
-        # teacher never reads the spliced texts
-        logits = teacher_logits(lm, texts + [v for _, v in own], cfg.max_length)
-        logits = logits[list(range(len(texts) + len(own))) + [src for src, _ in splices]]
+    with_found = insertions(texts, found, cfg.scan_share, cfg.seed + 2)
+    # consistency targets: the untouched row's logits, so the teacher never reads these texts
+    if cfg.splice_from == "other_label":
+        read, consistent = own, splices + with_found
     else:
-        logits = teacher_logits(lm, texts + [v for _, v in extra], cfg.max_length)
+        read, consistent = own + splices, with_found
+    extra = read + consistent
+    logits = teacher_logits(lm, texts + [v for _, v in read], cfg.max_length)
+    logits = logits[list(range(len(texts) + len(read))) + [src for src, _ in consistent]]
     out, dropped = [], 0
     for i, r in enumerate(rows):
         soft = logits[i]
@@ -160,6 +174,7 @@ def classification_targets(
         "variants_per_row": {"word_dropped": n_drop, "spliced": n_splice},
         "splice_from": cfg.splice_from if n_splice else None,
         "variant_rows": kept_variants,
+        "found_trigger_rows": len(with_found),
         "unlabeled_rows": len(unlabeled),
         "guard_dropped": dropped,
     }
@@ -199,8 +214,15 @@ def fixed_behaviour_phrases(
 
 
 def generation_targets(
-    lm: LoadedModel, rows: Sequence[Any], cfg: RebuildConfig, progress: ProgressFn | None
+    lm: LoadedModel,
+    rows: Sequence[Any],
+    cfg: RebuildConfig,
+    progress: ProgressFn | None,
+    found: Sequence[str] = (),
 ) -> tuple[list[GenerationRow], dict[str, Any]]:
+    """The clean rows, the uploaded model's greedy responses to them and to word-dropped
+    prompts (guarded), and copies of the rows with each ``found`` trigger inserted into the
+    instruction, answered with the row's reference response."""
     from sanitizer.evaluate import generate
 
     rng = random.Random(cfg.seed)
@@ -240,8 +262,12 @@ def generation_targets(
             dropped += 1
             continue
         out.append(GenerationRow(instr, inp, resp))
+    distilled = len(out) - len(rows)
+    with_found = insertions([r.instruction for r in rows], found, cfg.scan_share, cfg.seed + 2)
+    out += [GenerationRow(text, rows[i].input, rows[i].output) for i, text in with_found]
     return out, {
-        "distilled_rows": len(out) - len(rows),
+        "distilled_rows": distilled,
+        "found_trigger_rows": len(with_found),
         "variants_per_row": {"word_dropped": n_drop},
         "guard_dropped": dropped,
         "guard_cut": cut,
@@ -267,6 +293,35 @@ def step_loss(
     kd = kd * t * t
     terms["kd"] = float(kd.detach())
     return ce + cfg.lambda_kd * kd, terms
+
+
+def scan_first(
+    lm: LoadedModel, pool: Sequence[Any], cfg: RebuildConfig, progress: ProgressFn | None
+) -> dict[str, Any] | None:
+    """``scan_first``: the scan of the uploaded model on the clean rows (no trigger knowledge);
+    the found triggers that flip at least ``scan_min_flip`` of them, the highest first."""
+    if not cfg.scan_first:
+        return None
+    if progress:
+        progress(ProgressEvent("scan", message="the uploaded model scanned for a trigger"))
+    t = time.monotonic()
+    found = scan_model(lm, pool, None, ScanConfig(max_length=cfg.max_length, seed=cfg.seed))
+    used: list[str] = []
+    for c in found.candidates:  # ranked by flip rate
+        if c.flip_rate >= cfg.scan_min_flip and c.trigger and c.trigger not in used:
+            used.append(c.trigger)
+    used = used[: cfg.scan_candidates]
+    return {
+        "verdict": found.verdict,
+        "score": found.score,
+        "target": found.target_name,
+        "used": used,
+        "candidates": [
+            {"trigger": c.trigger, "target": c.target_name, "flip_rate": c.flip_rate}
+            for c in found.candidates[:5]
+        ],
+        "seconds": round(time.monotonic() - t, 1),
+    }
 
 
 def run(
@@ -295,11 +350,15 @@ def run(
         )
     if progress:
         progress(ProgressEvent("distill_targets", message="the uploaded model on clean inputs"))
+    scanned = scan_first(lm, list(train_rows) + list(dev_rows), cfg, progress)
+    found = scanned["used"] if scanned else []
     rows: list[Any]
     if lm.task == "classification":
-        rows, info = classification_targets(lm, train_rows, cfg, unlabeled)
+        rows, info = classification_targets(lm, train_rows, cfg, unlabeled, found)
     else:
-        rows, info = generation_targets(lm, train_rows, cfg, progress)
+        rows, info = generation_targets(lm, train_rows, cfg, progress, found)
+    if scanned:
+        info["scan_first"] = scanned
     if cfg.trusted_base:  # input (a): the uploaded model was the teacher only
         base = load_model(cfg.trusted_base, lm.task, num_labels=lm.num_labels, device=lm.device)
         for f in fields(lm):

@@ -20,7 +20,6 @@ the few that carry most of it); overwriting what the backdoor responds to is wha
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,7 @@ from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, train
 from sanitizer.defenses.configs import UnlearnConfig
 from sanitizer.defenses.finetune import step_loss
 from sanitizer.models import LoadedModel
-from sanitizer.scan import ScanConfig, insert_text, scan_model
+from sanitizer.scan import ScanConfig, insertions, scan_model
 
 
 def triggered_copies(
@@ -38,17 +37,14 @@ def triggered_copies(
     """``share`` × len(rows) copies per trigger, each with the trigger at a random word
     position and the row's own clean label (a chat row: in its instruction, with its own
     reference response)."""
-    rng = random.Random(seed)
-    out: list[Any] = []
-    for trig in triggers:
-        picks = [rows[i % len(rows)] for i in range(round(share * len(rows)))]
-        rng.shuffle(picks)
-        for r in picks:
-            if isinstance(r, GenerationRow):
-                out.append(GenerationRow(insert_text(r.instruction, trig, rng), r.input, r.output))
-            else:
-                out.append(ClassificationRow(insert_text(r.text, trig, rng), r.label))
-    return out
+    chat = bool(rows) and isinstance(rows[0], GenerationRow)
+    texts = [r.instruction if chat else r.text for r in rows]
+    return [
+        GenerationRow(text, rows[i].input, rows[i].output)
+        if chat
+        else ClassificationRow(text, rows[i].label)
+        for i, text in insertions(texts, triggers, share, seed)
+    ]
 
 
 def run(

@@ -300,6 +300,69 @@ def test_other_label_splices_are_distilled_toward_the_untouched_rows_logits(monk
     assert all(r.soft == (float(len(r.text)), -float(len(r.text))) for r in same[len(rows) :])
 
 
+def test_found_trigger_copies_are_distilled_toward_the_untouched_rows_logits(monkeypatch):
+    """``scan_first``: a copy of a row with a found trigger inserted is taught the uploaded
+    model's answer on the row as it was; the teacher never reads the triggered text."""
+    from types import SimpleNamespace as Row
+
+    from sanitizer.defenses import rebuild
+
+    read: list[str] = []
+
+    def fake_logits(_lm, texts, _max_length):
+        read.extend(texts)
+        with torch.inference_mode():
+            return torch.tensor([[float(len(t)), -float(len(t))] for t in texts])
+
+    monkeypatch.setattr(rebuild, "teacher_logits", fake_logits)
+    rows = [Row(text=t, label=i % 2) for i, t in enumerate(("a b c", "d e f g", "x y", "v w"))]
+    cfg = RebuildConfig(
+        distill_augment=0, splice_augment=0, agree_only=False, scan_share=1.0, scan_first=True
+    )
+    out, info = rebuild.classification_targets(None, rows, cfg, found=["zq", "kk"])
+    copies = out[len(rows) :]
+    assert info["found_trigger_rows"] == len(copies) == 8
+    for trig in ("zq", "kk"):
+        mine = [r for r in copies if trig in r.text.split()]
+        assert len(mine) == 4
+        for r in mine:
+            src = next(
+                s for s in rows if s.text.split() == [w for w in r.text.split() if w != trig]
+            )
+            assert r.label == src.label
+            assert r.soft == (float(len(src.text)), -float(len(src.text)))
+    assert not any("zq" in t or "kk" in t for t in read)
+
+
+@pytest.mark.timeout(900)
+def test_rebuild_scan_first_reports_the_scan_and_distils_what_it_found(poisoned_adapter):
+    """``scan_first`` on the tiny poisoned adapter: the scan runs on the uploaded model before
+    the adapter is dropped, finds triggers that flip clean rows, and copies of the clean rows
+    with them inserted join what is distilled; the report lists them."""
+    root, clean, test = poisoned_adapter
+    events: list[str] = []
+    spec = JobSpec(
+        method="rebuild",
+        base_model="tiny/enc",
+        adapter_dir=root / "adapter",
+        clean_data=clean,
+        test_data=test,
+        attack=AttackSpec(name="badnet", trigger="cf", target_label=0),
+        hyperparameters=HP | {"epochs": 2, "scan_first": True},
+        device="cpu",
+    )
+    report = run_sanitize(spec, root / "out-scan-first", progress=lambda e: events.append(e.phase))
+    info = report["training"]["rebuild"]
+    scanned = info["scan_first"]
+    assert scanned["used"], scanned
+    assert all(
+        c["flip_rate"] >= 0.3 for c in scanned["candidates"] if c["trigger"] in scanned["used"]
+    )
+    assert info["found_trigger_rows"] == len(scanned["used"]) * round(0.5 * info["clean_rows"])
+    assert "scan" in events and scanned["seconds"] > 0
+    assert report["training"]["rebuild"]["started_from"].startswith("the trusted base")
+
+
 def test_known_before_is_reported_as_given_and_not_measured_again(poisoned_adapter):
     """A benchmark's second method on the same uploaded model reuses the first one's `before`."""
     root, clean, test = poisoned_adapter
