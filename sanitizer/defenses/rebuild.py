@@ -304,7 +304,7 @@ def scan_first(
         return None
     if progress:
         progress(ProgressEvent("scan", message="the uploaded model scanned for a trigger"))
-    t = time.monotonic()
+    t, cls = time.monotonic(), lm.task == "classification"
     found = scan_model(lm, pool, None, ScanConfig(max_length=cfg.max_length, seed=cfg.seed))
     used: list[str] = []
     for c in found.candidates:  # ranked by flip rate
@@ -314,10 +314,14 @@ def scan_first(
     return {
         "verdict": found.verdict,
         "score": found.score,
-        "target": found.target_name,
+        "target": found.target_label if cls else found.target_name,  # a label index
         "used": used,
         "candidates": [
-            {"trigger": c.trigger, "target": c.target_name, "flip_rate": c.flip_rate}
+            {
+                "trigger": c.trigger,
+                "target": c.target_label if cls else c.target_name,
+                "flip_rate": c.flip_rate,
+            }
             for c in found.candidates[:5]
         ],
         "seconds": round(time.monotonic() - t, 1),
