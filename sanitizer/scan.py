@@ -109,6 +109,19 @@ def insertions(
     return out
 
 
+def strong_triggers(
+    candidates: Sequence[Candidate], min_flip: float, limit: int, exclude: Sequence[str] = ()
+) -> list[str]:
+    """The distinct triggers of ``candidates`` (ranked by flip rate) that flip at least
+    ``min_flip`` of the clean rows and are not in ``exclude``, the first ``limit`` of them."""
+    out: list[str] = []
+    for c in candidates:
+        if c.flip_rate >= min_flip and c.trigger and c.trigger not in exclude:
+            if c.trigger not in out:
+                out.append(c.trigger)
+    return out[:limit]
+
+
 def flip_rate(
     lm: LoadedModel,
     right: Sequence[Any],

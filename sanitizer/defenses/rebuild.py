@@ -47,7 +47,7 @@ from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, task_
 from sanitizer.defenses.configs import RebuildConfig
 from sanitizer.errors import ConfigError
 from sanitizer.models import LoadedModel, add_lora, default_rank, load_model
-from sanitizer.scan import ScanConfig, insertions, scan_model
+from sanitizer.scan import ScanConfig, insertions, scan_model, strong_triggers
 
 
 @dataclass(frozen=True)
@@ -306,11 +306,7 @@ def scan_first(
         progress(ProgressEvent("scan", message="the uploaded model scanned for a trigger"))
     t, cls = time.monotonic(), lm.task == "classification"
     found = scan_model(lm, pool, None, ScanConfig(max_length=cfg.max_length, seed=cfg.seed))
-    used: list[str] = []
-    for c in found.candidates:  # ranked by flip rate
-        if c.flip_rate >= cfg.scan_min_flip and c.trigger and c.trigger not in used:
-            used.append(c.trigger)
-    used = used[: cfg.scan_candidates]
+    used = strong_triggers(found.candidates, cfg.scan_min_flip, cfg.scan_candidates)
     return {
         "verdict": found.verdict,
         "score": found.score,
@@ -352,9 +348,9 @@ def run(
             hint="give the base model id and the fine-tune as a PEFT adapter, or name the base "
             "the full-weights model was fine-tuned from (trusted_base=<model id>)",
         )
+    scanned = scan_first(lm, list(train_rows) + list(dev_rows), cfg, progress)
     if progress:
         progress(ProgressEvent("distill_targets", message="the uploaded model on clean inputs"))
-    scanned = scan_first(lm, list(train_rows) + list(dev_rows), cfg, progress)
     found = scanned["used"] if scanned else []
     rows: list[Any]
     if lm.task == "classification":

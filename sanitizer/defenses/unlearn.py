@@ -28,7 +28,7 @@ from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, train
 from sanitizer.defenses.configs import UnlearnConfig
 from sanitizer.defenses.finetune import step_loss
 from sanitizer.models import LoadedModel
-from sanitizer.scan import ScanConfig, insertions, scan_model
+from sanitizer.scan import ScanConfig, insertions, scan_model, strong_triggers
 
 
 def triggered_copies(
@@ -70,11 +70,7 @@ def run(
             progress(ProgressEvent("scan", rnd, cfg.rounds, message=f"scan, round {rnd + 1}"))
         scan_cfg.seed = cfg.seed + 101 * rnd
         found = scan_model(lm, pool, None, scan_cfg)
-        fresh: list[str] = []
-        for c in found.candidates:  # ranked by flip rate
-            if c.flip_rate >= cfg.min_flip_rate and c.trigger and c.trigger not in unlearned:
-                if c.trigger not in fresh and len(fresh) < cfg.candidates:
-                    fresh.append(c.trigger)
+        fresh = strong_triggers(found.candidates, cfg.min_flip_rate, cfg.candidates, unlearned)
         rounds.append(
             {
                 "round": rnd + 1,
