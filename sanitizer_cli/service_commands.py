@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def worker_argv(queues: str | None, concurrency: int, name: str = "worker") -> l
         "--without-gossip",
         "--without-mingle",
     ]
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _embedded_key() -> tuple[str, str]:
@@ -133,6 +138,12 @@ def serve(
             status_file,
             env={**os.environ, "SANITIZER_DATA_DIR": str(s.data_dir)},
         ).start()
+    # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and then raises
+    # the signal again: with the default handler the process would die there and skip the
+    # `finally` below, leaving the workers running (they only get SIGTERM through the
+    # parent-death signal, and one busy with a job keeps running it). Found here, that handler
+    # turns the re-raised SIGTERM into SystemExit, so the workers are stopped first.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run("app.main:app", host=host, port=port, log_level="info", workers=api_workers)
     finally:

@@ -284,12 +284,29 @@ def test_embedded_serve_cancel_and_success(service_env, assets, tmp_path):
             assert c.get(f"/v1/jobs/{job['id']}/report").status_code == 200
         # API, worker and task logs of two jobs: the key is in none of them
         assert service_env["SANITIZER_API_KEY"] not in (tmp_path / "serve.log").read_text()
-    finally:
+        # SIGTERM stops the worker too, before serve exits (uvicorn re-raises the signal after
+        # its own shutdown; a worker left under PID 1 once outlived a CI run)
+        status = json.loads((Path(service_env["SANITIZER_DATA_DIR"]) / "workers.json").read_text())
+        assert status["alive"] == 1 and status["pids"], status
         os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM, (tmp_path / "serve.log").read_text()[-2000:]
+        left = [pid for pid in status["pids"] if _alive(pid)]
+        assert not left, f"worker(s) {left} still running after serve exited"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """A process with this pid exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.parametrize("max_attempts,outcome", [(2, "succeeded"), (1, "failed")])
