@@ -268,11 +268,15 @@ def _check_config(body: JobCreate) -> Any:
         if body.type == "scan":
             return validate_config(ScanConfig, {"seed": body.seed, **body.hyperparameters})
         values = {"seed": body.seed, **body.hyperparameters}
-        cfg = config_for(body.method, values)
+        has_adapter = body.adapter_file is not None
+        cfg = config_for(body.method, values, has_adapter=has_adapter)
         cfg.check_task(body.task)
         if body.method == registry.AUTO:  # what auto will run must take the settings too
             chosen, _ = registry.resolve(
-                body.method, task=body.task, has_adapter=body.adapter_file is not None
+                body.method,
+                task=body.task,
+                has_adapter=has_adapter,
+                trusted_base=bool(getattr(cfg, "trusted_base", None)),
             )
             config_for(chosen, values).check_task(body.task)
         return cfg

@@ -147,6 +147,12 @@ def resolve(
             "is the trusted base; rebuild trains a fresh LoRA on it from the clean rows and the "
             "uploaded model's answers on clean inputs (as for an adapter job)"
         )
+    if trusted_base:
+        return "rebuild", (
+            "auto: the job names the base model the full weights were fine-tuned from "
+            "(trusted_base), so that model is trusted; rebuild trains a fresh LoRA on it from the "
+            "clean rows and the uploaded model's answers on clean inputs (as for an adapter job)"
+        )
     return "crow", (
         "auto: no trusted base (the model was given as full weights), so the defense trains on "
         "top of it; CROW, the better of the two published defenses on the development cells "
@@ -154,12 +160,26 @@ def resolve(
     )
 
 
+def auto_choice(*, has_adapter: bool, trusted_base: bool) -> str | None:
+    """What ``auto`` runs when that is known before the job runs: rebuild for an adapter job
+    (its base is trusted) or a job that names the base its full weights came from
+    (``trusted_base``). None for other full weights: the worker looks for the base among its
+    own models (rebuild when found, CROW otherwise)."""
+    return "rebuild" if has_adapter or trusted_base else None
+
+
 CONFIGS: dict[str, type[TrainConfig]] = {n: s.config for n, s in REGISTRY.items()}
 
 
-def config_for(method: str, values: dict[str, Any] | None = None) -> TrainConfig:
+def config_for(
+    method: str, values: dict[str, Any] | None = None, *, has_adapter: bool = False
+) -> TrainConfig:
     """The validated config of ``method``; ConfigError names the method or every bad field.
-    ``auto`` is validated as the shared fields (the method is chosen when the job runs)."""
+    ``auto`` is validated as the method it will run when that is known already (an adapter
+    job, or ``trusted_base`` named: rebuild, so rebuild's own settings such as ``scan_first``
+    are accepted), else as the fields every method shares (chosen when the job runs)."""
     if method == AUTO:
-        return validate_config(TrainConfig, values)
+        named = bool((values or {}).get("trusted_base"))
+        chosen = auto_choice(has_adapter=has_adapter, trusted_base=named)
+        return validate_config(get(chosen).config if chosen else TrainConfig, values)
     return validate_config(get(method).config, values)

@@ -118,6 +118,23 @@ def test_rebuild_refuses_a_model_with_no_trusted_base(tmp_path):
     )
 
 
+def test_auto_takes_rebuild_settings_when_it_will_run_rebuild():
+    """auto on an adapter job, or on full weights whose base the job names, runs rebuild, so
+    rebuild's own settings are accepted; on other full weights (rebuild or CROW, chosen by the
+    worker) only the shared ones are, and the refusal names the setting."""
+    from sanitizer.defenses.registry import config_for, resolve
+
+    cfg = config_for("auto", {"scan_first": True}, has_adapter=True)
+    assert isinstance(cfg, RebuildConfig) and cfg.scan_first
+    named = config_for("auto", {"trusted_base": "tiny/enc", "scan_first": True})
+    assert isinstance(named, RebuildConfig) and named.trusted_base == "tiny/enc"
+    with pytest.raises(ConfigError, match="scan_first"):
+        config_for("auto", {"scan_first": True})
+    assert not isinstance(config_for("auto", {"epochs": 2}), RebuildConfig)
+    method, why = resolve("auto", task="classification", has_adapter=False, trusted_base=True)
+    assert method == "rebuild" and why is not None and "trusted_base" in why
+
+
 @pytest.mark.timeout(900)
 def test_rebuild_of_full_weights_on_the_base_the_job_names(poisoned_adapter):
     """Input (a): the poisoned adapter merged into full weights, given with no adapter; the job

@@ -830,6 +830,20 @@ def test_auto_settings_are_checked_against_the_method_auto_will_choose(api, asse
     assert "unlearn_first" in body["detail"]
     ok = api.post("/v1/jobs", json=job_body(ds, method="crow", adapter_file=ad, hyperparameters=hp))
     assert ok.status_code == 202, ok.text
+    # rebuild's own settings: taken by auto when it will run rebuild (an adapter, or the base
+    # named), refused with the setting named when the worker chooses (full weights)
+    hp = {"scan_first": True}
+    ok = api.post("/v1/jobs", json=job_body(ds, method="auto", adapter_file=ad, hyperparameters=hp))
+    assert ok.status_code == 202, ok.text
+    body = problem(
+        api.post("/v1/jobs", json=job_body(ds, method="auto", hyperparameters=hp)),
+        422,
+        "invalid_config",
+    )
+    assert "scan_first" in body["detail"]
+    hp = {"scan_first": True, "trusted_base": "tiny/bert"}
+    ok = api.post("/v1/jobs", json=job_body(ds, method="auto", hyperparameters=hp))
+    assert ok.status_code == 202, ok.text
 
 
 def test_unlabeled_texts_are_a_file_a_rebuild_job_can_name(api, assets):
