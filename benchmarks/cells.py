@@ -121,6 +121,13 @@ CELLS: list[Cell] = [
     *(_gen_paired(f"instructions-{atk}-paired-smollm2", atk) for atk in ("badnets", "ctba")),
     *SKILLS_CELLS,
 ]
+# input (a) on Rotten Tomatoes x mpnet (issue 22: removal when the model comes as full weights
+# and no base is named): each (b) cell's adapter merged into full weights, shared with it
+CELLS += [
+    replace(c, name=f"{c.name}-merged", input_kind="a")
+    for c in list(CELLS)
+    if c.dataset == "rotten_tomatoes" and c.student == MPNET
+]
 
 # Development cells: where defaults are chosen, so the benchmark cells are never tuned on.
 # Another trigger type (a prefix), measured on the dataset's dev split (never the test rows the
