@@ -84,6 +84,15 @@ def wait_for(fn: Any, timeout: float, interval: float = 0.5, what: str = "condit
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its new parent has not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 class Stack:
     """The real service as separate processes: a uvicorn API and Celery workers."""
 

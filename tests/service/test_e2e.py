@@ -22,7 +22,15 @@ import httpx
 import pytest
 
 from tests.service.conftest import require_or_skip
-from tests.service.helpers import REPO, Stack, free_port, upload, wait_for, wait_job
+from tests.service.helpers import (
+    REPO,
+    Stack,
+    free_port,
+    process_gone,
+    upload,
+    wait_for,
+    wait_job,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -290,7 +298,7 @@ def test_embedded_serve_cancel_and_success(service_env, assets, tmp_path):
         assert status["alive"] == 1 and status["pids"], status
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 128 + signal.SIGTERM, (tmp_path / "serve.log").read_text()[-2000:]
-        left = [pid for pid in status["pids"] if _alive(pid)]
+        left = [pid for pid in status["pids"] if not process_gone(pid)]
         assert not left, f"worker(s) {left} still running after serve exited"
     finally:
         if proc.poll() is None:
@@ -299,14 +307,6 @@ def test_embedded_serve_cancel_and_success(service_env, assets, tmp_path):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    """A process with this pid exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("max_attempts,outcome", [(2, "succeeded"), (1, "failed")])

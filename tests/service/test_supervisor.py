@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from jobstore.supervisor import WorkerSupervisor, read_status
+from tests.service.helpers import process_gone
 from tests.service.test_api import problem
 
 
@@ -109,15 +110,6 @@ def test_stopping_reaps_the_workers_children_within_the_bound(tmp_path: Path) ->
     _wait(lambda: gone(worker) and gone(child), timeout=5)
 
 
-def _gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie its new parent has not reaped yet."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_a_worker_does_not_outlive_a_killed_serve(tmp_path: Path) -> None:
     """`serve` killed with SIGKILL runs no cleanup; its workers must still go (they lived on
     under PID 1 after test runs that killed the service)."""
@@ -138,9 +130,9 @@ def test_a_worker_does_not_outlive_a_killed_serve(tmp_path: Path) -> None:
     try:
         _wait(lambda: bool((read_status(status) or {}).get("pids")))
         worker = (read_status(status) or {})["pids"][0]
-        assert not _gone(worker)
+        assert not process_gone(worker)
         serve.kill()
         serve.wait(timeout=10)
-        _wait(lambda: _gone(worker), timeout=10)
+        _wait(lambda: process_gone(worker), timeout=10)
     finally:
         serve.kill()
