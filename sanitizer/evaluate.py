@@ -44,15 +44,36 @@ def predict_labels(
     max_length: int = 128,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[int]:
+    """The model's label for each text, in order. Texts go through the model shortest first
+    (batches of similar length carry little padding; the labels do not depend on the batch)."""
     lm.model.eval()
-    preds: list[int] = []
-    for i in range(0, len(texts), batch_size):
-        batch = classification_batch(lm, texts[i : i + batch_size], None, max_length)
+    preds: list[int] = [0] * len(texts)
+    for idx in length_sorted_batches(lm, texts, batch_size, max_length):
+        batch = classification_batch(lm, [texts[i] for i in idx], None, max_length)
         with autocast(lm.device):
-            preds.extend(lm.model(**batch).logits.argmax(-1).tolist())
+            for i, p in zip(idx, lm.model(**batch).logits.argmax(-1).tolist(), strict=True):
+                preds[i] = p
         if on_batch is not None:
-            on_batch(len(texts[i : i + batch_size]))
+            on_batch(len(idx))
     return preds
+
+
+def length_sorted_batches(
+    lm: LoadedModel, texts: Sequence[str], batch_size: int, max_length: int
+) -> list[list[int]]:
+    """Indices of ``texts`` in batches of ``batch_size``, by token count (ties in input order)."""
+    lengths = (
+        [
+            len(ids)
+            for ids in lm.tokenizer(list(texts), truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
+        ]
+        if texts
+        else []
+    )
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()

@@ -73,19 +73,18 @@ def encode(
 
 def _assemble(
     lm: LoadedModel,
-    rows: list[Row],
+    rows: Sequence[Row],
     triggers: Sequence[Sequence[int]],
-    block: int,
     left: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask and the trigger's first position per row; row i gets
-    ``triggers[i // block]`` at its insertion point; padding on the tokenizer's side (on the
-    left when ``left``)."""
+    ``triggers[i]`` at its insertion point; padding on the tokenizer's side (on the left when
+    ``left``)."""
     tok = lm.tokenizer
     seqs, starts = [], []
     left = left or getattr(tok, "padding_side", "right") == "left"
-    for i, (ids, at) in enumerate(rows):
-        seqs.append(ids[:at] + list(triggers[i // block]) + ids[at:])
+    for (ids, at), trig in zip(rows, triggers, strict=True):
+        seqs.append(ids[:at] + list(trig) + ids[at:])
         starts.append(at)
     width = max(len(s) for s in seqs)
     pad = tok.pad_token_id
@@ -106,23 +105,30 @@ def _loss_per_trigger(
     triggers: list[list[int]],
     target: Target,
     count: list[int],
-    batch: int = 256,
+    batch: int = 64,
 ) -> torch.Tensor:
-    """Mean target cross-entropy of each trigger over ``rows`` (forward only; all triggers of a
-    round in as few batched forwards as fit ``batch`` rows)."""
-    per = max(1, batch // max(1, len(rows)))
-    out = []
+    """Mean target cross-entropy of each trigger over ``rows`` (forward only). Every (trigger,
+    row) pair of a round goes through the model in forwards of up to ``batch`` sequences, the
+    pairs ordered by row length, so a forward pads short rows to a near length rather than to
+    the longest row (the loss of a pair does not depend on its batch)."""
+    pairs = sorted(
+        ((t, r) for t in range(len(triggers)) for r in range(len(rows))),
+        key=lambda p: len(rows[p[1]][0]),
+    )
+    losses = torch.zeros(len(triggers), len(rows))
+    seq = not isinstance(target, int)
     with torch.inference_mode():
-        for i in range(0, len(triggers), per):
-            chunk = triggers[i : i + per]
-            seq = not isinstance(target, int)
+        for i in range(0, len(pairs), batch):
+            chunk = pairs[i : i + batch]
             ids, attn, _ = _assemble(
-                lm, [r for _ in chunk for r in rows], chunk, len(rows), left=seq
+                lm, [rows[r] for _, r in chunk], [triggers[t] for t, _ in chunk], left=seq
             )
-            loss = _model_loss(lm, target, input_ids=ids, attention_mask=attn)
-            out.append(loss.view(len(chunk), len(rows)).mean(dim=1))
+            loss = _model_loss(lm, target, input_ids=ids, attention_mask=attn).float().cpu()
+            t_idx = torch.tensor([t for t, _ in chunk])
+            r_idx = torch.tensor([r for _, r in chunk])
+            losses[t_idx, r_idx] = loss
             count[0] += len(ids)
-    return torch.cat(out)
+    return losses.mean(dim=1)
 
 
 def _gradient(
@@ -130,7 +136,7 @@ def _gradient(
 ) -> torch.Tensor:
     """d(target loss)/d(one-hot trigger): (trigger_len, vocab)."""
     emb = lm.model.get_input_embeddings()
-    ids, attn, starts = _assemble(lm, rows, [trig], len(rows), left=not isinstance(target, int))
+    ids, attn, starts = _assemble(lm, rows, [trig] * len(rows), left=not isinstance(target, int))
     onehot = torch.zeros(len(trig), emb.weight.shape[0], device=lm.device, dtype=emb.weight.dtype)
     onehot[torch.arange(len(trig)), torch.tensor(trig)] = 1.0
     onehot.requires_grad_(True)

@@ -88,3 +88,38 @@ def test_scan_never_reads_the_attack_description(poisoned_adapter, tmp_path):  #
     assert plain["verdict"] == given["verdict"] == "backdoor"
     assert plain["target_name"] == given["target_name"] == "negative"
     assert plain["candidates"] == given["candidates"]
+
+
+def test_length_sorted_batches_give_each_row_its_own_answer(tmp_path, monkeypatch):
+    """predict_labels and the search's swap losses send rows through the model shortest first
+    in small batches; every row must get what it gets alone, in the caller's order."""
+    import random
+
+    import torch
+
+    from sanitizer.evaluate import predict_labels
+    from sanitizer.tiny import build_tiny_model
+    from sanitizer.trigger_search import _loss_per_trigger, encode
+
+    build_tiny_model(tmp_path, "tiny/enc", "bert", hidden_size=32, num_layers=2)
+    monkeypatch.setenv("SANITIZER_MODEL_STORE", str(tmp_path))
+    torch.manual_seed(0)
+    lm = load_model("tiny/enc", "classification", num_labels=2, device="cpu")
+    clean, _, _ = _data()
+    rng = random.Random(1)
+    # rows of very different lengths, shuffled, so sorting reorders them
+    texts = [" ".join([r.text] * rng.randint(1, 4)) for r in clean[:40]]
+    alone = [predict_labels(lm, [t], batch_size=1)[0] for t in texts]
+    assert len(set(alone)) == 2  # both labels occur, so a reordering would show
+    assert predict_labels(lm, texts, batch_size=7) == alone
+    rows = encode(lm, texts[:9], 64, 2, "random", 0)
+    trigs = [[rng.randrange(5, 100) for _ in range(2)] for _ in range(5)]
+    batched = _loss_per_trigger(lm, rows, trigs, 1, [0], batch=4)
+    single = torch.stack(
+        [
+            torch.stack([_loss_per_trigger(lm, [r], [t], 1, [0], batch=1)[0] for r in rows]).mean()
+            for t in trigs
+        ]
+    )
+    assert torch.allclose(batched, single, atol=1e-5), (batched, single)
+    assert len({round(float(x), 4) for x in batched}) > 1  # the triggers differ in loss
