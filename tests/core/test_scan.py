@@ -11,7 +11,7 @@ from tests.core.test_defense_behaviour import _data
 from tests.core.test_rebuild import poisoned_adapter  # noqa: F401  (the shared fixture)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_scan_flags_the_poisoned_adapter_and_names_its_target(poisoned_adapter):  # noqa: F811
     root, _, _ = poisoned_adapter
     clean, _, _ = _data()
@@ -41,7 +41,7 @@ def test_insert_text_puts_the_trigger_between_words():
     assert sorted(out) == ["a", "b", "c", "zz"] and len(out) == 4
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_a_sanitize_job_can_scan_its_own_result(poisoned_adapter):  # noqa: F811
     """scan_after: the uploaded model is flagged (above), the rebuilt one is scanned in the
     same job and its verdict lands in the report."""
@@ -63,7 +63,7 @@ def test_a_sanitize_job_can_scan_its_own_result(poisoned_adapter):  # noqa: F811
     assert scan["verdict"] == ("backdoor" if flagged else "clean"), scan
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_scan_never_reads_the_attack_description(poisoned_adapter, tmp_path):  # noqa: F811
     """The same folder with and without an attack.json (one naming a false trigger and target):
     the same verdict, target and candidates, so the result comes from the weights alone."""
