@@ -153,10 +153,18 @@ def resolve(
             "(trusted_base), so that model is trusted; rebuild trains a fresh LoRA on it from the "
             "clean rows and the uploaded model's answers on clean inputs (as for an adapter job)"
         )
+    if task == "classification":
+        return "unlearn", (
+            "auto: no trusted base (the model was given as full weights and its base is not one "
+            "of this service's models), so nothing clean can be rebuilt on; unlearn scans the "
+            "model for a trigger (no trigger knowledge) and trains what it finds away "
+            "(dev-trec-insertsent-mpnet-merged: flip rate 99.3% -> 26.1% at CA +0.25, where CROW leaves 51.9%)"
+        )
     return "crow", (
-        "auto: no trusted base (the model was given as full weights), so the defense trains on "
-        "top of it; CROW, the better of the two published defenses on the development cells "
-        "(dev-trec-insertsent-mpnet: CROW 51.7% ASR left, W2SDefense 65.2%)"
+        "auto: no trusted base (the model was given as full weights and its base is not one of "
+        "this service's models), so the defense trains on top of it; CROW, the better of the two "
+        "published defenses on the development cells (a chat model's scan is not yet measured "
+        "on a real model, so unlearn is not chosen for generation)"
     )
 
 
@@ -164,7 +172,8 @@ def auto_choice(*, has_adapter: bool, trusted_base: bool) -> str | None:
     """What ``auto`` runs when that is known before the job runs: rebuild for an adapter job
     (its base is trusted) or a job that names the base its full weights came from
     (``trusted_base``). None for other full weights: the worker looks for the base among its
-    own models (rebuild when found, CROW otherwise)."""
+    own models (rebuild when found; otherwise unlearn on classification, CROW on
+    generation)."""
     return "rebuild" if has_adapter or trusted_base else None
 
 

@@ -118,6 +118,21 @@ def test_rebuild_refuses_a_model_with_no_trusted_base(tmp_path):
     )
 
 
+def test_auto_on_full_weights_with_no_base_found_scans_and_unlearns_a_classifier():
+    """No adapter, no base named, none identified: nothing clean to rebuild on. A classifier
+    gets unlearn (scan, then train what was found away; chosen on the development cell), a chat
+    model CROW (unlearn is not measured on a real chat model); the reason says so."""
+    from sanitizer.defenses.registry import resolve
+
+    method, why = resolve("auto", task="classification", has_adapter=False)
+    assert method == "unlearn" and why is not None and "no trusted base" in why
+    method, why = resolve("auto", task="generation", has_adapter=False)
+    assert method == "crow" and why is not None and "no trusted base" in why
+    assert resolve("auto", task="classification", has_adapter=False, identified_base="m")[0] == (
+        "rebuild"
+    )
+
+
 def test_auto_takes_rebuild_settings_when_it_will_run_rebuild():
     """auto on an adapter job, or on full weights whose base the job names, runs rebuild, so
     rebuild's own settings are accepted; on other full weights (rebuild or CROW, chosen by the
