@@ -62,16 +62,10 @@ def length_sorted_batches(
     lm: LoadedModel, texts: Sequence[str], batch_size: int, max_length: int
 ) -> list[list[int]]:
     """Indices of ``texts`` in batches of ``batch_size``, by token count (ties in input order)."""
-    lengths = (
-        [
-            len(ids)
-            for ids in lm.tokenizer(list(texts), truncation=True, max_length=max_length)[
-                "input_ids"
-            ]
-        ]
-        if texts
-        else []
-    )
+    if not texts:
+        return []
+    encoded = lm.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    lengths = [len(ids) for ids in encoded]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 

@@ -135,8 +135,8 @@ def test_auto_on_full_weights_with_no_base_found_scans_and_unlearns_a_classifier
 
 def test_auto_takes_rebuild_settings_when_it_will_run_rebuild():
     """auto on an adapter job, or on full weights whose base the job names, runs rebuild, so
-    rebuild's own settings are accepted; on other full weights (rebuild or CROW, chosen by the
-    worker) only the shared ones are, and the refusal names the setting."""
+    rebuild's own settings are accepted; on other full weights (rebuild, unlearn or CROW, chosen
+    by the worker) only the shared ones are, and the refusal names the setting."""
     from sanitizer.defenses.registry import config_for, resolve
 
     cfg = config_for("auto", {"scan_first": True}, has_adapter=True)
