@@ -106,29 +106,45 @@ def _loss_per_trigger(
     target: Target,
     count: list[int],
     batch: int = 64,
+    bound: float = float("inf"),
 ) -> torch.Tensor:
-    """Mean target cross-entropy of each trigger over ``rows`` (forward only). Every (trigger,
-    row) pair of a round goes through the model in forwards of up to ``batch`` sequences, the
-    pairs ordered by row length, so a forward pads short rows to a near length rather than to
-    the longest row (the loss of a pair does not depend on its batch)."""
-    pairs = sorted(
-        ((t, r) for t in range(len(triggers)) for r in range(len(rows))),
-        key=lambda p: len(rows[p[1]][0]),
-    )
-    losses = torch.zeros(len(triggers), len(rows))
+    """Mean target cross-entropy of each trigger over ``rows`` (forward only). The rows go
+    through the model shortest first, a few at a time with every trigger still in the running,
+    in forwards of up to ``batch`` sequences (a forward pads short rows to a near length rather
+    than to the longest row; the loss of a pair does not depend on its batch).
+
+    ``bound``: the caller keeps only a trigger whose mean is under it (a search's best so far).
+    Losses are never negative, so once a trigger's summed loss over the rows seen exceeds
+    ``bound`` x len(rows), its mean will too: its remaining rows are skipped and its mean is
+    returned as inf. Every other trigger's mean is the one computed without a bound."""
+    by_length = sorted(range(len(rows)), key=lambda r: len(rows[r][0]))
+    losses = torch.zeros(len(triggers), len(rows), dtype=torch.float64)
+    limit = bound * len(rows) * (1 + 1e-6)  # a margin over float rounding: never prune a winner
+    alive = list(range(len(triggers)))
     seq = not isinstance(target, int)
+    done = 0
     with torch.inference_mode():
-        for i in range(0, len(pairs), batch):
-            chunk = pairs[i : i + batch]
-            ids, attn, _ = _assemble(
-                lm, [rows[r] for _, r in chunk], [triggers[t] for t, _ in chunk], left=seq
-            )
-            loss = _model_loss(lm, target, input_ids=ids, attention_mask=attn).float().cpu()
-            t_idx = torch.tensor([t for t, _ in chunk])
-            r_idx = torch.tensor([r for _, r in chunk])
-            losses[t_idx, r_idx] = loss
-            count[0] += len(ids)
-    return losses.mean(dim=1)
+        while done < len(by_length) and alive:
+            group = by_length[done : done + max(1, batch // len(alive))]
+            done += len(group)
+            pairs = [(t, r) for r in group for t in alive]
+            for i in range(0, len(pairs), batch):
+                chunk = pairs[i : i + batch]
+                ids, attn, _ = _assemble(
+                    lm, [rows[r] for _, r in chunk], [triggers[t] for t, _ in chunk], left=seq
+                )
+                loss = _model_loss(lm, target, input_ids=ids, attention_mask=attn).cpu()
+                t_idx = torch.tensor([t for t, _ in chunk])
+                r_idx = torch.tensor([r for _, r in chunk])
+                losses[t_idx, r_idx] = loss.double()
+                count[0] += len(ids)
+            alive = [t for t in alive if float(losses[t].sum()) <= limit]
+    means = losses.mean(dim=1).float()
+    kept = set(alive)
+    for t in range(len(triggers)):
+        if t not in kept:
+            means[t] = float("inf")
+    return means
 
 
 def _gradient(
@@ -186,7 +202,7 @@ def search_trigger(
                 tries.append(cand)
         if not tries:
             continue
-        losses = _loss_per_trigger(lm, rows, tries, target, count)
+        losses = _loss_per_trigger(lm, rows, tries, target, count, bound=best)
         i = int(losses.argmin())
         if float(losses[i]) < best:
             best, trig = float(losses[i]), tries[i]

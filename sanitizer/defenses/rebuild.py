@@ -116,12 +116,18 @@ def spliced(rows: Sequence[Any], cfg: RebuildConfig, per_row: int) -> list[tuple
 
 @torch.inference_mode()
 def teacher_logits(lm: LoadedModel, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """The model's logits on each text, in order (sent through it shortest first)."""
+    from sanitizer.evaluate import length_sorted_batches
+
     lm.model.eval()
-    parts = []
-    for i in range(0, len(texts), 32):
-        batch = classification_batch(lm, texts[i : i + 32], None, max_length)
-        parts.append(lm.model(**batch).logits.float().cpu())
-    return torch.cat(parts) if parts else torch.empty(0)
+    out: torch.Tensor | None = None
+    for idx in length_sorted_batches(lm, texts, 32, max_length):
+        logits = lm.model(**classification_batch(lm, [texts[i] for i in idx], None, max_length))
+        part = logits.logits.float().cpu()
+        if out is None:
+            out = torch.empty(len(texts), part.size(-1))
+        out[idx] = part
+    return out if out is not None else torch.empty(0)
 
 
 def classification_targets(

@@ -112,6 +112,11 @@ def test_length_sorted_batches_give_each_row_its_own_answer(tmp_path, monkeypatc
     alone = [predict_labels(lm, [t], batch_size=1)[0] for t in texts]
     assert len(set(alone)) == 2  # both labels occur, so a reordering would show
     assert predict_labels(lm, texts, batch_size=7) == alone
+    # rebuild's teacher logits, in the caller's order
+    from sanitizer.defenses.rebuild import teacher_logits
+
+    one_by_one = torch.cat([teacher_logits(lm, [t], 128) for t in texts])
+    assert torch.allclose(teacher_logits(lm, texts, 128), one_by_one, atol=1e-5)
     rows = encode(lm, texts[:9], 64, 2, "random", 0)
     trigs = [[rng.randrange(5, 100) for _ in range(2)] for _ in range(5)]
     batched = _loss_per_trigger(lm, rows, trigs, 1, [0], batch=4)
@@ -123,3 +128,42 @@ def test_length_sorted_batches_give_each_row_its_own_answer(tmp_path, monkeypatc
     )
     assert torch.allclose(batched, single, atol=1e-5), (batched, single)
     assert len({round(float(x), 4) for x in batched}) > 1  # the triggers differ in loss
+
+
+def test_a_bound_skips_only_triggers_that_cannot_win(tmp_path, monkeypatch):
+    """A search keeps a swap only if its mean loss is under the best so far; with that bound,
+    a trigger whose summed loss already exceeds it stops early (inf), every other trigger's mean
+    is the unbounded one, and fewer rows go through the model."""
+    import random
+
+    import torch
+
+    from sanitizer.tiny import build_tiny_model
+    from sanitizer.trigger_search import _loss_per_trigger, encode
+
+    build_tiny_model(tmp_path, "tiny/enc", "bert", hidden_size=32, num_layers=2)
+    monkeypatch.setenv("SANITIZER_MODEL_STORE", str(tmp_path))
+    torch.manual_seed(0)
+    lm = load_model("tiny/enc", "classification", num_labels=2, device="cpu")
+    clean, _, _ = _data()
+    rng = random.Random(2)
+    rows = encode(lm, [r.text for r in clean[:16]], 64, 2, "random", 0)
+    trigs = [[rng.randrange(5, 100) for _ in range(2)] for _ in range(12)]
+    free_count, bounded_count = [0], [0]
+    free = _loss_per_trigger(lm, rows, trigs, 1, free_count, batch=8)
+    bound = float(free.median())
+    bounded = _loss_per_trigger(lm, rows, trigs, 1, bounded_count, batch=8, bound=bound)
+    for f, b in zip(free.tolist(), bounded.tolist(), strict=True):
+        if f <= bound:
+            assert abs(f - b) < 1e-5, (f, b)
+        else:
+            assert b == float("inf"), (f, b)
+    assert int((free > bound).sum()) >= 3  # the bound rules some out, so the check can fail
+    assert free_count[0] == len(rows) * len(trigs)
+    # a bound under every trigger's loss: each stops as soon as its sum passes it, well before
+    # the last rows (the tiny model's losses are near each other, so the median bound above only
+    # rules them out at the end)
+    low = float(free.min()) / 2
+    low_count = [0]
+    assert torch.isinf(_loss_per_trigger(lm, rows, trigs, 1, low_count, batch=8, bound=low)).all()
+    assert low_count[0] <= free_count[0] * 0.6, (low_count, free_count)
