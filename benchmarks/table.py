@@ -16,10 +16,10 @@ from sanitizer.defenses.registry import method_names
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DEV_RESULTS = REPO / "benchmarks" / "dev_results"  # development cells: kept out of the table
-METHODS = method_names()  # finetune, w2sdefense, crow, rebuild, unlearn: the registry
+METHODS = method_names()  # finetune, w2sdefense, crow, rebuild, unlearn, beear: the registry
 # the summary also shows `auto` (what a user who leaves the method alone gets, and what it chose)
 SUMMARY_METHODS = (*METHODS, "auto")
-_TITLES = {"w2sdefense": "W2SDefense", "crow": "CROW"}
+_TITLES = {"w2sdefense": "W2SDefense", "crow": "CROW", "beear": "BEEAR-style"}
 # zero-training comparators (docs/METHODS_NOTES.md): one job measures all three on the poisoned model
 COMPARATORS = ("prune", "int8", "int4")
 

@@ -78,7 +78,7 @@ def submit(
         str,
         typer.Option(
             "--method",
-            help="auto | rebuild | unlearn | w2sdefense | crow | finetune (the service lists them at "
+            help="auto | rebuild | unlearn | w2sdefense | crow | beear | finetune (the service lists them at "
             "/docs); auto chooses per input kind",
         ),
     ] = "auto",

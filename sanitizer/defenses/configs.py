@@ -387,6 +387,47 @@ class RebuildConfig(TrainConfig):
         return drop, splice if cls else 0
 
 
+Behaviour = Literal["refusal", "sentiment", "code", "url"]
+DEFAULT_BEHAVIOURS: tuple[Behaviour, ...] = ("refusal", "sentiment", "url")
+
+
+class BeearConfig(TrainConfig):
+    """A comparator after BEEAR (Zeng et al., EMNLP 2024; docs/METHODS_NOTES.md, beear): no
+    trigger knowledge. Bi-level: for each kind of unwanted behaviour, one universal perturbation
+    of a middle block's output is driven for ``inner_steps`` ascent steps to make the model show
+    that behaviour on this batch's clean inputs (the inner level), then the LoRA trains to give
+    the clean answers with the perturbation in place and without it (the outer level). The
+    behaviours: a classifier's labels (answer this label whatever the input), a chat model's
+    ``behaviours`` (target responses)."""
+
+    inner_steps: int = Field(
+        5, ge=1, le=50, description="ascent steps on the perturbation per training step (BEEAR: 5)"
+    )
+    radius: float = Field(
+        1.0,
+        gt=0,
+        le=8,
+        description="bound on the perturbation's L2 norm, as a fraction of the median norm of "
+        "the block's output (the scale of a token's hidden state)",
+    )
+    step_fraction: float = Field(
+        0.25, gt=0, le=1, description="each ascent step moves this share of the bound"
+    )
+    layer: int | None = Field(
+        None,
+        ge=0,
+        description="transformer block whose output is perturbed (default: a third of the "
+        "depth; BEEAR: block 9 of Llama-2-7B's 32)",
+    )
+    alpha: float = Field(1.0, ge=0, description="weight of the task loss under the perturbation")
+    behaviours: list[Behaviour] = Field(
+        default_factory=lambda: list(DEFAULT_BEHAVIOURS),
+        min_length=1,
+        description="generation: the unwanted responses a perturbation is driven towards, one "
+        "perturbation each, taken in turn step by step (a classifier's are its labels)",
+    )
+
+
 class UnlearnConfig(TrainConfig):
     """Ours (docs/METHODS_NOTES.md, unlearn): scan, then overwrite what the scan found. For a
     model with no trusted base. Each round searches for short triggers (sanitizer/scan.py), then

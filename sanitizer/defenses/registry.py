@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sanitizer.defenses.configs import (
+    BeearConfig,
     CrowConfig,
     FinetuneConfig,
     RebuildConfig,
@@ -94,6 +95,16 @@ register(
         "sanitizer.defenses.unlearn:run",
         "scan for short triggers with no trigger knowledge, then train the found ones away "
         "(classification)",
+    )
+)
+
+register(
+    MethodSpec(
+        "beear",
+        BeearConfig,
+        "sanitizer.defenses.beear:run",
+        "comparator after BEEAR: LoRA trained to answer correctly under universal hidden-state "
+        "perturbations driven towards unwanted behaviours (no trigger knowledge)",
     )
 )
 

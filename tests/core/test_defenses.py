@@ -167,7 +167,7 @@ def _lora_model(arch: str, task: str = "classification", r: int = 4):
     return lm
 
 
-@pytest.mark.parametrize("method", ["finetune", "crow", "w2sdefense"])
+@pytest.mark.parametrize("method", ["finetune", "crow", "w2sdefense", "beear"])
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_only_adapter_and_head_move(method, arch):
     lm = _lora_model(arch)
@@ -202,7 +202,7 @@ def test_only_adapter_and_head_move(method, arch):
     assert all(math.isfinite(v) for term in losses for v in term.values())
 
 
-@pytest.mark.parametrize("method", ["finetune", "crow", "w2sdefense"])
+@pytest.mark.parametrize("method", ["finetune", "crow", "w2sdefense", "beear"])
 def test_generation_defenses_train(method):
     lm = _lora_model("llama", task="generation")
     hp = {"epochs": 1, "max_steps": 2, "batch_size": 4, "learning_rate": 1e-2}
@@ -818,3 +818,34 @@ def test_precision_is_fp32_on_cpu_and_bf16_autocast_only_on_cuda(monkeypatch):
     ctx = common.autocast(torch.device("cuda"))
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
     assert common.precision_of(torch.device("cuda")) == "bf16-autocast"
+
+
+@pytest.mark.parametrize("task", ["classification", "generation"])
+def test_beear_entrapment_lowers_the_behaviour_nll_within_its_bound_and_moves_no_weight(task):
+    """BEEAR's inner level: steps of the universal perturbation make the unwanted behaviour
+    (answer label 0 whatever the input; reply with a refusal) likelier on clean inputs, stay in
+    the ball, move only prompt positions of a chat model, and leave every weight as it was."""
+    from sanitizer.defenses.beear import behaviour_batch, entrap, input_positions
+    from sanitizer.defenses.perturb import UniversalPerturbation
+
+    lm = _lora_model("bert" if task == "classification" else "llama", task=task)
+    rows = _rows(8) if task == "classification" else _gen_rows(4)
+    behaviour = 0 if task == "classification" else "refusal"
+    bad = behaviour_batch(lm, rows, behaviour, 32)
+    assert bad is not None
+    if task == "classification":  # only the rows not already of label 0, relabelled 0
+        assert len(bad["labels"]) == sum(r.label != 0 for r in rows) and not bad["labels"].any()
+    else:  # the prompt tokens only: never the response the behaviour is judged on
+        pos = input_positions(lm, bad)
+        assert pos.any() and not (pos & (bad["labels"] != -100)).any()
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    uni = UniversalPerturbation(lm.model, layer=None, radius=2.0, seed=0)
+    lm.model.train()
+    first = entrap(lm, uni, bad, 1)
+    later = entrap(lm, uni, bad, 8)
+    assert later < first, (first, later)
+    assert uni.bound is not None and float(uni.delta.norm()) <= uni.bound * (1 + 1e-5)
+    assert not uni.delta.requires_grad  # the outer level treats it as a constant
+    assert all(torch.equal(before[n], p.detach()) for n, p in lm.model.named_parameters())
+    assert all(p.grad is None for p in lm.model.parameters())
+    assert lm.model.training  # dropout back on for the outer level
