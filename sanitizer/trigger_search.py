@@ -140,10 +140,9 @@ def _loss_per_trigger(
                 count[0] += len(ids)
             alive = [t for t in alive if float(losses[t].sum()) <= limit]
     means = losses.mean(dim=1).float()
-    kept = set(alive)
-    for t in range(len(triggers)):
-        if t not in kept:
-            means[t] = float("inf")
+    pruned = torch.ones(len(triggers), dtype=torch.bool)
+    pruned[torch.tensor(alive, dtype=torch.long)] = False
+    means[pruned] = float("inf")
     return means
 
 

@@ -78,8 +78,8 @@ def submit(
         str,
         typer.Option(
             "--method",
-            help="auto | rebuild | unlearn | w2sdefense | crow | beear | finetune (the service lists them at "
-            "/docs); auto chooses per input kind",
+            help="auto | rebuild | unlearn | w2sdefense | crow | beear | finetune (the service "
+            "lists them at /docs); auto chooses per input kind",
         ),
     ] = "auto",
     adapter: Annotated[

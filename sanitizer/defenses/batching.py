@@ -59,6 +59,11 @@ def generation_batch(lm: LoadedModel, rows: Sequence[Any], max_length: int) -> B
     }
 
 
+def prompt_positions(batch: Batch) -> torch.Tensor:
+    """A ``generation_batch``'s prompt tokens: real tokens outside the response's loss."""
+    return (batch["labels"] == -100) & batch["attention_mask"].bool()
+
+
 def make_batch(lm: LoadedModel, rows: Sequence[Any], max_length: int) -> Batch:
     if lm.task == "classification":
         return classification_batch(lm, [r.text for r in rows], [r.label for r in rows], max_length)

@@ -26,7 +26,12 @@ from typing import Any
 
 import torch
 
-from sanitizer.defenses.batching import Batch, classification_batch, make_batch
+from sanitizer.defenses.batching import (
+    Batch,
+    classification_batch,
+    make_batch,
+    prompt_positions,
+)
 from sanitizer.defenses.common import CancelFn, ProgressFn, task_loss, train
 from sanitizer.defenses.configs import BeearConfig
 from sanitizer.defenses.perturb import UniversalPerturbation
@@ -37,10 +42,9 @@ from sanitizer.models import LoadedModel
 def input_positions(lm: LoadedModel, batch: Batch) -> torch.Tensor:
     """Where ``delta`` goes: every real token of a classifier's input; a chat model's prompt
     tokens (the response is what the behaviour is judged on)."""
-    real = batch["attention_mask"].bool()
     if lm.task == "classification":
-        return real
-    return real & (batch["labels"] == -100)
+        return batch["attention_mask"].bool()
+    return prompt_positions(batch)
 
 
 def behaviour_batch(

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sanitizer.errors import ConfigError
 
+# kinds of unwanted response a perturbation can be driven towards (sanitizer.attacks.TARGET_RESPONSES)
+Behaviour = Literal["refusal", "sentiment", "code", "url"]
+
 
 class TrainConfig(BaseModel):
     """Fields every defense shares. Defaults are overridden per method from docs/METHODS_NOTES.md."""
@@ -184,7 +187,7 @@ class W2SConfig(TrainConfig):
         le=10_000,
         description="ascent steps on delta alone (no weight update) before the training starts",
     )
-    universal_target: Literal["refusal", "sentiment", "code", "url"] | None = Field(
+    universal_target: Behaviour | None = Field(
         None,
         description="Ours, after BEEAR (Zeng et al. 2024), generation only (default None: the "
         "divergence objective above): delta is searched by lowering the student's NLL of this "
@@ -387,7 +390,6 @@ class RebuildConfig(TrainConfig):
         return drop, splice if cls else 0
 
 
-Behaviour = Literal["refusal", "sentiment", "code", "url"]
 DEFAULT_BEHAVIOURS: tuple[Behaviour, ...] = ("refusal", "sentiment", "url")
 
 

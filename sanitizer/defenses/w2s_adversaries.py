@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sanitizer.defenses.batching import Batch, iterate_batches, make_batch
+from sanitizer.defenses.batching import Batch, iterate_batches, make_batch, prompt_positions
 from sanitizer.defenses.configs import W2SConfig
 from sanitizer.defenses.perturb import UniversalPerturbation, embedding_leaf, fgsm_embeds
 from sanitizer.models import LoadedModel
@@ -88,8 +88,9 @@ def target_parts(batch: Batch, rows: Sequence[Any]):
     responses, which ``target_rows`` made the target response."""
     resp = batch["labels"][:, 1:] != -100
     labels = batch["labels"][:, 1:][resp]
-    prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
-    return prompt, lambda logits: -F.cross_entropy(logits[:, :-1][resp].float(), labels)
+    return prompt_positions(
+        batch
+    ), lambda logits: -F.cross_entropy(logits[:, :-1][resp].float(), labels)
 
 
 def universal_target_step(

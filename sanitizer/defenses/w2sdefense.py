@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sanitizer.defenses.batching import Batch
+from sanitizer.defenses.batching import Batch, prompt_positions
 from sanitizer.defenses.common import (
     CancelFn,
     ProgressFn,
@@ -143,8 +143,7 @@ def _generation_adv_parts(cfg: W2SConfig, teacher: LoadedModel):
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                 ).logits
             t_logits = t_all[:, :-1][resp].float()
-        prompt = (batch["labels"] == -100) & batch["attention_mask"].bool()
-        return prompt, lambda logits: kd_loss(
+        return prompt_positions(batch), lambda logits: kd_loss(
             logits[:, :-1][resp].float(), t_logits, cfg.temperature
         )
 
