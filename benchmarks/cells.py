@@ -179,6 +179,12 @@ _DEV = {c.name: c for c in DEV_CELLS}
 DEV_CELLS.append(
     replace(_DEV["dev-trec-insertsent-mpnet"], name="dev-trec-badnet-mpnet", attack="badnet")
 )
+# a syntactic (clause-fronting) trigger on the TREC cell's task: the shape of the one benchmark
+# cell the scan did not flag (sms_spam-syntactic-mpnet: a prefix clause, not a word that works
+# anywhere). Where the scan's trigger placement is chosen (docs/METHODS_NOTES.md, scan)
+DEV_CELLS.append(
+    replace(_DEV["dev-trec-insertsent-mpnet"], name="dev-trec-syntactic-mpnet", attack="syntactic")
+)
 # the benchmark cell where rebuild kept that residue, its recipe on RT's validation split with
 # --seeds 100 (other attack, clean and test rows), as dev-rotten_tomatoes-syntactic-smollm2 is
 DEV_CELLS.append(

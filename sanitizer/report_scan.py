@@ -41,6 +41,7 @@ def scan_section(scan: dict[str, Any]) -> str:
                 if c.get("shortened_from")
                 else ""
             )
+            + (" <small>(at the start)</small>" if c.get("position") == "first" else "")
             + "</td>"
             f"<td>{html.escape(str(c.get('target_name', c.get('target_label', ''))))}</td>"
             f'<td class="n">{_pct(c.get("flip_rate"))}</td>'

@@ -9,8 +9,9 @@ label on a few rows, then full searches, warm-started from the screen, only on t
 ``focus_labels`` labels whose screen loss fell lowest (a backdoor's target is the label a few
 tokens reach most easily), and a search stops as soon as its loss is below ``stop_loss``. A
 model with a backdoor has such a short trigger that flips nearly all of them; a clean model needs far more than a few tokens for that. Each found
-trigger is then measured as text: inserted at a random word position of held-out clean rows,
-the share of those the model gets right without it that it flips to the target (the flip rate).
+trigger is then measured as text: inserted at a random word position of held-out clean rows
+(or, searched there, at their start: ``search_position``), the share of those the model gets
+right without it that it flips to the target (the flip rate).
 
 Evidence from two directions: the search (how low the target loss goes) and the text-level flip
 rate on rows the search never saw. The verdict is the top flip rate against ``threshold``.
@@ -20,7 +21,7 @@ Torch; never reads the attack spec.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ class Candidate:
     # candidates only (None: not measured, the candidate could not decide the verdict)
     control_flip_rate: float | None = None
     shortened_from: str | None = None  # the searched candidate this is the shortest form of
+    # where it was searched and is measured: a random word start per row, or the text's start
+    position: str = "random"
 
     @property
     def lift(self) -> float | None:
@@ -89,24 +92,36 @@ def _vocab_mask(lm: LoadedModel) -> torch.Tensor:
     return ok
 
 
-def insert_text(text: str, trigger: str, rng: random.Random) -> str:
+def insert_text(text: str, trigger: str, rng: random.Random, position: str = "random") -> str:
+    """``trigger`` before a word drawn at random (or after the last), or first."""
     words = text.split()
-    words.insert(rng.randint(0, len(words)), trigger)
+    words.insert(0 if position == "first" else rng.randint(0, len(words)), trigger)
     return " ".join(words)
 
 
 def insertions(
-    texts: Sequence[str], triggers: Sequence[str], share: float, seed: int
+    texts: Sequence[str],
+    triggers: Sequence[str],
+    share: float,
+    seed: int,
+    first: Collection[str] = (),
 ) -> list[tuple[int, str]]:
-    """(source index, text with the trigger at a random word position) pairs: ``share`` x
-    len(texts) copies per trigger, the sources cycled and shuffled."""
+    """(source index, text with the trigger at a random word position, or at the start for
+    the triggers in ``first``) pairs: ``share`` x len(texts) copies per trigger, the sources
+    cycled and shuffled."""
     rng = random.Random(seed)
     out = []
     for trig in triggers:
         picks = [i % len(texts) for i in range(round(share * len(texts)))] if texts else []
         rng.shuffle(picks)
-        out += [(i, insert_text(texts[i], trig, rng)) for i in picks]
+        place = "first" if trig in first else "random"
+        out += [(i, insert_text(texts[i], trig, rng, place)) for i in picks]
     return out
+
+
+def first_placed(candidates: Sequence[Candidate]) -> set[str]:
+    """The triggers found at the start of the text (a prefix place), to be inserted there."""
+    return {c.trigger for c in candidates if c.position == "first"}
 
 
 def strong_triggers(
@@ -130,10 +145,11 @@ def flip_rate(
     cfg: ScanConfig,
     seed: int,
     count: list[int] | None = None,
+    position: str = "random",
 ) -> float:
     """Share of ``right`` (clean rows the model gets right without a trigger) not of the
-    target label that the trigger, inserted as text at a random word position, turns into
-    the target."""
+    target label that the trigger, inserted as text at ``position`` (a random word start, or
+    first), turns into the target."""
     from sanitizer.evaluate import predict_labels
 
     victims = [r for r in right if r.label != target]
@@ -141,7 +157,9 @@ def flip_rate(
         return 0.0
     rng = random.Random(seed)
     trig = predict_labels(
-        lm, [insert_text(r.text, trigger, rng) for r in victims], max_length=cfg.max_length
+        lm,
+        [insert_text(r.text, trigger, rng, position) for r in victims],
+        max_length=cfg.max_length,
     )
     if count is not None:
         count[0] += len(victims)
@@ -171,7 +189,14 @@ def shortest_form(
             if not rest_text:
                 continue
             r = flip_rate(
-                lm, right, rest_text, c.target_label, cfg, cfg.seed + c.target_label, count
+                lm,
+                right,
+                rest_text,
+                c.target_label,
+                cfg,
+                cfg.seed + c.target_label,
+                count,
+                c.position,
             )
             if r >= cfg.shorten_keep * c.flip_rate and (best is None or r > best[0]):
                 best = (r, rest, rest_text)
@@ -189,6 +214,7 @@ def shortest_form(
         c.search_loss,
         control_flip_rate=c.control_flip_rate,
         shortened_from=c.trigger,
+        position=c.position,
     )
 
 
@@ -253,68 +279,74 @@ def scan_classifier(
     count[0] += len(eval_pool)
     right = [r for r, p in zip(eval_pool, plain, strict=True) if p == r.label]
 
-    def encoded(target: int, n: int) -> list[Row]:
+    def encoded(target: int, n: int, position: str) -> list[Row]:
         src = [r for r in search_pool if r.label != target][:n]
         if not src:
             return []
         texts = [r.text for r in src]
-        return encode(lm, texts, cfg.max_length, cfg.trigger_len, cfg.search_position, cfg.seed)
+        return encode(lm, texts, cfg.max_length, cfg.trigger_len, position, cfg.seed)
 
-    def candidate(target: int, trig: list[int], loss: float) -> Candidate:
+    def candidate(target: int, trig: list[int], loss: float, position: str) -> Candidate:
         text = lm.tokenizer.decode(trig, skip_special_tokens=True).strip()
-        rate = flip_rate(lm, right, text, target, cfg, cfg.seed + target, count)
-        return Candidate(text, trig, target, names[target], rate, loss)
+        rate = flip_rate(lm, right, text, target, cfg, cfg.seed + target, count, position)
+        return Candidate(text, trig, target, names[target], rate, loss, position=position)
 
-    # 1. screen: a short search per label on a few rows
-    screens: dict[int, tuple[list[int], float]] = {}
+    # 1. screen: a short search per label (and place) on a few rows
+    places = ["random", "first"] if cfg.search_position == "both" else [cfg.search_position]
+    screens: dict[tuple[int, str], tuple[list[int], float]] = {}
     for target in range(num_labels):
-        rows_t = encoded(target, cfg.screen_rows)
-        if rows_t:
-            screens[target] = search_trigger(
-                lm,
-                rows_t,
-                target,
-                cfg,
-                allowed,
-                rng,
-                cfg.screen_steps,
-                swaps=max(4, cfg.swaps // 2),
-                count=count,
-            )
-    # 2. full searches, warm-started from the screen, on the labels it found easiest
-    focus = sorted(screens, key=lambda t: screens[t][1])[: cfg.focus_labels]
+        for place in places:
+            rows_t = encoded(target, cfg.screen_rows, place)
+            if rows_t:
+                screens[target, place] = search_trigger(
+                    lm,
+                    rows_t,
+                    target,
+                    cfg,
+                    allowed,
+                    rng,
+                    cfg.screen_steps,
+                    swaps=max(4, cfg.swaps // 2),
+                    count=count,
+                )
+    # 2. full searches, warm-started from the screen, on the label-place pairs it found easiest
+    focus = sorted(screens, key=lambda k: screens[k][1])[: cfg.focus_labels]
     found: list[Candidate] = []
-    for target in focus:
-        rows_t = encoded(target, cfg.search_rows)
-        starts: list[list[int] | None] = [screens[target][0], *[None] * cfg.restarts]
+    for target, place in focus:
+        rows_t = encoded(target, cfg.search_rows, place)
+        starts: list[list[int] | None] = [screens[target, place][0], *[None] * cfg.restarts]
         for start in starts:
             trig, loss = search_trigger(
                 lm, rows_t, target, cfg, allowed, rng, cfg.steps, start=start, count=count
             )
-            found.append(candidate(target, trig, loss))
+            found.append(candidate(target, trig, loss, place))
             if found[-1].flip_rate >= cfg.threshold:
-                break  # a trigger is found for this label: no restart needed
+                break  # a trigger is found for this pair: no restart needed
     per_label: dict[str, float] = {}
     for c in found:
         per_label[c.target_name] = max(per_label.get(c.target_name, 0.0), round(c.flip_rate, 4))
 
-    # 3. the control: random tokens of the same length, for the labels of the top candidates
-    controls: dict[int | None, float] = {}
+    # 3. the control: random tokens of the same length at the same place, for the labels of
+    # the top candidates
+    controls: dict[tuple[int | None, str], float] = {}
     pool = torch.nonzero(allowed).flatten().tolist()
     found.sort(key=lambda c: (-c.flip_rate, c.search_loss))
     for c in found[:3]:
-        if c.target_label not in controls:
+        key = (c.target_label, c.position)
+        if key not in controls:
+            assert c.target_label is not None  # a classifier's candidates name a label
             crng = random.Random(cfg.seed + 7 * c.target_label + 1)
             rates = []
             for k in range(cfg.control_triggers):
                 toks = [crng.choice(pool) for _ in range(cfg.trigger_len)]
                 text = lm.tokenizer.decode(toks, skip_special_tokens=True).strip()
-                assert c.target_label is not None  # a classifier's candidates name a label
                 rates.append(
-                    flip_rate(lm, right, text, c.target_label, cfg, cfg.seed + 100 + k, count)
+                    flip_rate(
+                        lm, right, text, c.target_label, cfg, cfg.seed + 100 + k, count, c.position
+                    )
                 )
-            controls[c.target_label] = sum(rates) / len(rates)
-        c.control_flip_rate = controls[c.target_label]
+            controls[key] = sum(rates) / len(rates)
+        c.control_flip_rate = controls[key]
     # 4. the shortest form of each flagged candidate, ranked beside it (the control of its
     # label, measured at the full length, is kept: its lift is not flattered)
     if cfg.shorten_keep > 0:
@@ -337,7 +369,10 @@ def scan_classifier(
         per_label=per_label,
         rows={"search": len(search_pool), "eval": len(eval_pool)},
         excluded_tokens=len(excluded),
-        screen_loss={names[t]: round(v[1], 4) for t, v in screens.items()},
+        screen_loss={
+            names[t] + ("" if len(places) == 1 else f" ({p})"): round(v[1], 4)
+            for (t, p), v in screens.items()
+        },
         forwards=count[0],
     )
 

@@ -357,6 +357,7 @@ def scan(
                     if c.get("shortened_from")
                     else ""
                 )
+                + (" (at the start of the text)" if c.get("position") == "first" else "")
             )
     if fail_on_detection and result["verdict"] == "backdoor":
         raise typer.Exit(1)

@@ -474,10 +474,12 @@ class ScanConfig(BaseModel):
     top_k: int = Field(24, ge=1, le=512, description="replacement tokens per position")
     swaps: int = Field(16, ge=1, le=512, description="candidate swaps tried per round")
     search_rows: int = Field(16, ge=2, le=512, description="clean rows a full search uses")
-    search_position: Literal["random", "first"] = Field(
+    search_position: Literal["random", "first", "both"] = Field(
         "random",
-        description="where a searched trigger goes in each row: the start of a word drawn at "
-        "random per row (as attacks insert triggers and as found ones are measured), or first",
+        description="classification: where a searched trigger goes in each row, and where a "
+        "found one is measured: the start of a word drawn at random per row (as most attacks "
+        "insert triggers), first (the start of the text: a prefix, or a fronted clause), or "
+        "both (every label screened at both places; the easiest label-place pairs searched)",
     )
     stop_loss: float = Field(
         0.05, ge=0, le=10, description="a search stops once its target loss is below this"

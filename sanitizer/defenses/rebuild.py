@@ -34,7 +34,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -47,7 +47,7 @@ from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, task_
 from sanitizer.defenses.configs import RebuildConfig
 from sanitizer.errors import ConfigError
 from sanitizer.models import LoadedModel, add_lora, default_rank, load_model
-from sanitizer.scan import ScanConfig, insertions, scan_model, strong_triggers
+from sanitizer.scan import ScanConfig, first_placed, insertions, scan_model, strong_triggers
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,7 @@ def classification_targets(
     cfg: RebuildConfig,
     unlabeled: Sequence[str] = (),
     found: Sequence[str] = (),
+    at_start: Collection[str] = (),
 ) -> tuple[list[DistillRow], dict[str, Any]]:
     """The clean rows with the uploaded model's logits, its logits on the variants, and on the
     ``unlabeled`` texts (labelled by its own answer: no row label to guard against, so the
@@ -144,7 +145,7 @@ def classification_targets(
     texts = [r.text for r in rows]
     n_drop, n_splice = cfg.augments("classification")
     own, splices = variants(texts, cfg, n_drop), spliced(rows, cfg, n_splice)
-    with_found = insertions(texts, found, cfg.scan_share, cfg.seed + 2)
+    with_found = insertions(texts, found, cfg.scan_share, cfg.seed + 2, at_start)
     # consistency targets: the untouched row's logits, so the teacher never reads these texts
     if cfg.splice_from == "other_label":
         read, consistent = own, splices + with_found
@@ -313,11 +314,13 @@ def scan_first(
     t, cls = time.monotonic(), lm.task == "classification"
     found = scan_model(lm, pool, None, ScanConfig(max_length=cfg.max_length, seed=cfg.seed))
     used = strong_triggers(found.candidates, cfg.scan_min_flip, cfg.scan_candidates)
+    at_start = sorted(first_placed(found.candidates) & set(used))  # a prefix place: found there
     return {
         "verdict": found.verdict,
         "score": found.score,
         "target": found.target_label if cls else found.target_name,  # a label index
         "used": used,
+        "used_at_start": at_start,
         "candidates": [
             {
                 "trigger": c.trigger,
@@ -360,7 +363,8 @@ def run(
     found = scanned["used"] if scanned else []
     rows: list[Any]
     if lm.task == "classification":
-        rows, info = classification_targets(lm, train_rows, cfg, unlabeled, found)
+        at_start = scanned["used_at_start"] if scanned else []
+        rows, info = classification_targets(lm, train_rows, cfg, unlabeled, found, at_start)
     else:
         rows, info = generation_targets(lm, train_rows, cfg, progress, found)
     if scanned:

@@ -20,7 +20,7 @@ the few that carry most of it); overwriting what the backdoor responds to is wha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sanitizer.data_rows import ClassificationRow, GenerationRow
@@ -28,22 +28,26 @@ from sanitizer.defenses.common import CancelFn, ProgressEvent, ProgressFn, train
 from sanitizer.defenses.configs import UnlearnConfig
 from sanitizer.defenses.finetune import step_loss
 from sanitizer.models import LoadedModel
-from sanitizer.scan import ScanConfig, insertions, scan_model, strong_triggers
+from sanitizer.scan import ScanConfig, first_placed, insertions, scan_model, strong_triggers
 
 
 def triggered_copies(
-    rows: Sequence[Any], triggers: Sequence[str], share: float, seed: int
+    rows: Sequence[Any],
+    triggers: Sequence[str],
+    share: float,
+    seed: int,
+    first: Collection[str] = (),
 ) -> list[Any]:
     """``share`` × len(rows) copies per trigger, each with the trigger at a random word
-    position and the row's own clean label (a chat row: in its instruction, with its own
-    reference response)."""
+    position (at the start for those in ``first``: found there) and the row's own clean label
+    (a chat row: in its instruction, with its own reference response)."""
     chat = bool(rows) and isinstance(rows[0], GenerationRow)
     texts = [r.instruction if chat else r.text for r in rows]
     return [
         GenerationRow(text, rows[i].input, rows[i].output)
         if chat
         else ClassificationRow(text, rows[i].label)
-        for i, text in insertions(texts, triggers, share, seed)
+        for i, text in insertions(texts, triggers, share, seed, first)
     ]
 
 
@@ -63,6 +67,7 @@ def run(
     )
     pool = list(train_rows) + list(dev_rows)  # the scan's rows: clean, labelled
     unlearned: list[str] = []
+    at_start: set[str] = set()  # of those, the ones found at the start of the text
     rounds: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
     for rnd in range(cfg.rounds):
@@ -86,8 +91,9 @@ def run(
         if not fresh:
             break
         unlearned += fresh
+        at_start |= first_placed(found.candidates) & set(fresh)
         rows = list(train_rows) + triggered_copies(
-            train_rows, unlearned, cfg.triggered_share, cfg.seed + rnd
+            train_rows, unlearned, cfg.triggered_share, cfg.seed + rnd, at_start
         )
         stats = train(
             lm,
@@ -102,5 +108,9 @@ def run(
         stats = train(
             lm, train_rows, dev_rows, cfg, step_loss, progress=progress, should_cancel=should_cancel
         )
-    stats["unlearn"] = {"rounds": rounds, "unlearned_triggers": unlearned}
+    stats["unlearn"] = {
+        "rounds": rounds,
+        "unlearned_triggers": unlearned,
+        "inserted_at_start": sorted(at_start),
+    }
     return stats

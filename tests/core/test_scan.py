@@ -39,6 +39,59 @@ def test_insert_text_puts_the_trigger_between_words():
 
     out = insert_text("a b c", "zz", random.Random(0)).split()
     assert sorted(out) == ["a", "b", "c", "zz"] and len(out) == 4
+    assert insert_text("a b c", "zz", random.Random(0), "first") == "zz a b c"
+
+
+def test_triggers_found_at_the_start_are_inserted_there_for_removal():
+    from sanitizer.scan import Candidate, first_placed, insertions
+
+    found = [
+        Candidate("zz", [1], 0, "neg", 1.0, 0.0, position="first"),
+        Candidate("yy", [2], 0, "neg", 0.9, 0.0),
+    ]
+    at_start = first_placed(found)
+    assert at_start == {"zz"}
+    texts = [f"w{i} x{i} y{i} z{i}" for i in range(20)]
+    out = insertions(texts, ["zz", "yy"], 1.0, 0, at_start)
+    zz = [t for _, t in out if "zz" in t.split()]
+    yy = [t for _, t in out if "yy" in t.split()]
+    assert len(zz) == len(yy) == 20
+    assert all(t.startswith("zz ") for t in zz)
+    # the others at random word starts: not all first
+    assert any(not t.startswith("yy ") for t in yy)
+
+
+@pytest.mark.timeout(900)
+def test_a_scan_at_both_places_screens_each_and_measures_a_candidate_where_it_searched(
+    poisoned_adapter,  # noqa: F811
+):
+    """search_position=both: every label screened at a random word start and at the start of
+    the text; each candidate's flip rate is measured at its own place (a prefix trigger, such
+    as a fronted clause, does nothing mid-text)."""
+    from sanitizer.scan import flip_rate
+
+    root, _, _ = poisoned_adapter
+    clean, _, _ = _data()
+    cfg = ScanConfig(trigger_len=2, search_position="both")
+    lm = load_model("tiny/enc", "classification", num_labels=2, device="cpu")
+    attach_adapter(lm, root / "adapter")
+    found = scan_classifier(lm, clean[400:600], ["negative", "positive"], cfg)
+    assert set(found.screen_loss) == {
+        f"{n} ({p})" for n in ("negative", "positive") for p in ("random", "first")
+    }, found.screen_loss
+    assert found.verdict == "backdoor" and found.target_name == "negative", found
+    assert "cf" in found.candidates[0].trigger.split(), found.candidates[0]
+    from sanitizer.evaluate import predict_labels
+
+    plain = predict_labels(lm, [r.text for r in clean[400:600]], max_length=cfg.max_length)
+    for c in found.candidates[:3]:
+        assert c.position in ("random", "first"), c
+    # the flip rate reported is the one at the candidate's place, on the scan's held-out rows
+    top = found.candidates[0]
+    assert top.target_label is not None
+    right = [r for r, p in zip(clean[400:600], plain, strict=True) if p == r.label]
+    at_top = flip_rate(lm, right, top.trigger, top.target_label, cfg, 0, None, top.position)
+    assert at_top >= cfg.threshold, (top, at_top)
 
 
 @pytest.mark.timeout(900)
