@@ -220,3 +220,23 @@ def test_a_bound_skips_only_triggers_that_cannot_win(tmp_path, monkeypatch):
     low_count = [0]
     assert torch.isinf(_loss_per_trigger(lm, rows, trigs, 1, low_count, batch=8, bound=low)).all()
     assert low_count[0] <= free_count[0] * 0.6, (low_count, free_count)
+
+
+def test_the_report_says_which_candidates_work_at_the_start_of_the_text():
+    from sanitizer.report_scan import scan_section
+    from sanitizer.scan import Candidate, ScanResult
+
+    result = ScanResult(
+        "backdoor",
+        0.95,
+        0.8,
+        0,
+        "neg",
+        [
+            Candidate("when you", [1, 2], 0, "neg", 0.95, 0.1, 0.0, position="first"),
+            Candidate("cf", [3], 0, "neg", 0.9, 0.1, 0.0),
+        ],
+    ).to_dict()
+    page = scan_section(result)
+    first, second = page.split("<code>when you</code>")[1].split("<code>cf</code>")
+    assert "(at the start)" in first and "(at the start)" not in second
